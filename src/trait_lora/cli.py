@@ -1,0 +1,205 @@
+"""``trait-lora``: the seed's ``train_trait_loras.py`` options as subcommands.
+
+``list``, ``validate`` and ``plan`` touch only the core (fast, no Airflow import); ``train`` runs one
+DAG run in-process on the embedded Airflow, with the same conf a UI trigger sends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trait_lora.core.errors import TraitLoraError
+
+DEFAULT_SHARDS_DIR = "include/sample_shards"
+DEFAULT_OUTPUT_DIR = "outputs"
+
+
+def default_shards_dir() -> str:
+    return os.environ.get("TRAIT_LORA_SHARDS_DIR") or DEFAULT_SHARDS_DIR
+
+
+def default_output_dir() -> str:
+    return os.environ.get("TRAIT_LORA_OUTPUT_DIR") or DEFAULT_OUTPUT_DIR
+
+
+def table(rows: list[list[Any]], headers: list[str]) -> str:
+    cells = [headers, *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from trait_lora.core.shards import discover_shards
+    from trait_lora.core.validation import validate_shard
+
+    found = discover_shards(args.shards_dir)
+    rows = []
+    for trait, shard in sorted(found.shards.items()):
+        report = validate_shard(shard.path)
+        rows.append(
+            {
+                "trait": trait,
+                "axis": shard.axis,
+                "direction": shard.direction,
+                "examples": report.num_examples,
+                "bytes": report.size,
+                "sha256": report.sha256,
+                "valid": report.ok,
+                "path": str(shard.path),
+            }
+        )
+    ignored = [{"path": str(i.path), "reason": i.reason} for i in found.ignored]
+    if args.json:
+        print(json.dumps({"shards": rows, "ignored": ignored}, indent=2))
+        return 0
+    print(f"{len(rows)} trait shard(s) in {found.directory}")
+    if rows:
+        headers = ["trait", "axis", "dir", "examples", "bytes", "sha256", "valid"]
+        print(
+            table(
+                [
+                    [
+                        r["trait"],
+                        r["axis"],
+                        f"{r['direction']:+d}",
+                        r["examples"],
+                        r["bytes"],
+                        r["sha256"][:16],
+                        "yes" if r["valid"] else "NO",
+                    ]
+                    for r in rows
+                ],
+                headers,
+            )
+        )
+    if ignored:
+        print(f"\nignored ({len(ignored)}), never trained:")
+        for item in ignored:
+            print(f"  {item['path']}: {item['reason']}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from trait_lora.core.shards import discover_shards
+    from trait_lora.core.validation import validate_shard
+
+    paths = [Path(p) for p in args.files] or [
+        s.path for _, s in sorted(discover_shards(args.shards_dir).shards.items())
+    ]
+    if not paths:
+        print(f"no trait shards found in {args.shards_dir}", file=sys.stderr)
+        return 1
+    bad = 0
+    for path in paths:
+        if not path.is_file():
+            print(f"{path}:0: no such file", file=sys.stderr)
+            bad += 1
+            continue
+        report = validate_shard(path, max_problems=args.max_problems)
+        if report.ok:
+            print(f"ok  {path} ({report.format}, {report.num_examples} examples)")
+        else:
+            bad += 1
+            for line in report.error_lines():
+                print(line, file=sys.stderr)
+    if bad:
+        print(
+            f"{bad} of {len(paths)} shard(s) invalid: fix the lines above and run validate again",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"all {len(paths)} shard(s) valid")
+    return 0
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    from trait_lora.core.config import from_mapping
+
+    values: dict[str, Any] = {"backend": args.backend}
+    if getattr(args, "config", None):
+        values.update(json.loads(Path(args.config).read_text()))
+    return from_mapping(values, source=args.config or "config")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from trait_lora.core.plan import plan_traits
+
+    config = build_config(args)
+    plans = plan_traits(
+        args.shards_dir, args.output_dir, config, traits=args.traits or None, force_retrain=args.force_retrain
+    )
+    if args.json:
+        print(json.dumps([p.to_dict() for p in plans], indent=2))
+        return 0
+    print(f"plan for {len(plans)} trait(s), backend {config.backend}, output {args.output_dir}")
+    print(
+        table(
+            [[p.trait, p.action, p.job_key[:16], p.reason] for p in plans], ["trait", "action", "key", "why"]
+        )
+    )
+    for p in plans:
+        for line in p.problems:
+            print(line, file=sys.stderr)
+    counts = {a: sum(p.action == a for p in plans) for a in ("train", "resume", "skip", "invalid")}
+    print(", ".join(f"{n} {a}" for a, n in counts.items()))
+    return 1 if counts["invalid"] else 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="trait-lora", description=__doc__)
+    sub = root.add_subparsers(dest="command", required=True)
+
+    def dirs(p: argparse.ArgumentParser, output: bool = False) -> None:
+        p.add_argument(
+            "--shards-dir",
+            default=default_shards_dir(),
+            help="directory of <axis>_plus/_minus.jsonl shards (env TRAIT_LORA_SHARDS_DIR)",
+        )
+        if output:
+            p.add_argument(
+                "--output-dir",
+                default=default_output_dir(),
+                help="adapters, ledger and mapping go here (env TRAIT_LORA_OUTPUT_DIR)",
+            )
+
+    p = sub.add_parser("list", help="list the available trait shards")
+    dirs(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("validate", help="check shards against Together's formats; exit 1 on any problem")
+    dirs(p)
+    p.add_argument("files", nargs="*", help="shard files (default: every shard in --shards-dir)")
+    p.add_argument("--max-problems", type=int, default=50, help="problems reported per file")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("plan", help="what a run would do per trait (skip / resume / train) and why")
+    dirs(p, output=True)
+    p.add_argument("traits", nargs="*", help="traits to plan (default: all)")
+    p.add_argument("--force-retrain", action="store_true", help="ignore the hash ledger")
+    p.add_argument("--backend", choices=["together", "local"], default="together")
+    p.add_argument("--config", help="JSON file of training-config overrides")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (TraitLoraError, FileNotFoundError) as exc:
+        print(f"trait-lora {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The canonical training config, shared by the Together and local backends.
+
+Every value the Together SDK would otherwise default differently is explicit here (the SDK defaults
+to lr 1e-5, all-linear modules, alpha 2r, batch "max", packing on, cosine schedule), so that a job's
+hyperparameters are exactly what the config hash claims.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from trait_lora.core.errors import ConfigError
+
+TOGETHER_MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference"
+LOCAL_MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct"
+BACKENDS = ("together", "local")
+KNOWN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SCHEDULERS = ("linear", "cosine")
+
+# Hashed fields: changing any of these changes the adapter, so it changes the job key.
+HASHED_FIELDS = (
+    "backend",
+    "base_model",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "n_epochs",
+    "batch_size",
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_ratio",
+    "packing",
+    "train_on_inputs",
+)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    backend: str = "together"
+    together_model: str = TOGETHER_MODEL
+    local_model: str = LOCAL_MODEL
+    lora_r: int = 4
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    n_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 2e-4
+    lr_scheduler_type: str = "linear"
+    warmup_ratio: float = 0.0
+    packing: bool = False
+    train_on_inputs: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+    @property
+    def base_model(self) -> str:
+        """The model this backend trains on (Together's reference name or a local id/path)."""
+        return self.together_model if self.backend == "together" else self.local_model
+
+    def canonical(self) -> dict[str, Any]:
+        """The hashed view: stable key order, normalised types (sorted modules, floats as repr)."""
+        out: dict[str, Any] = {}
+        for name in HASHED_FIELDS:
+            value = getattr(self, name)
+            if name == "target_modules":
+                value = sorted(value)
+            elif isinstance(value, float):
+                value = repr(float(value))
+            out[name] = value
+        return out
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def lora_settings(self) -> dict[str, Any]:
+        """What the mapping publishes for stage 3."""
+        return {
+            "r": self.lora_r,
+            "alpha": self.lora_alpha,
+            "dropout": self.lora_dropout,
+            "target_modules": list(self.target_modules),
+        }
+
+    def together_create_kwargs(self) -> dict[str, Any]:
+        """Every ``fine_tuning.create`` training argument, explicit (see module docstring)."""
+        return {
+            "model": self.together_model,
+            "lora": True,
+            "lora_r": self.lora_r,
+            "lora_alpha": self.lora_alpha,
+            "lora_dropout": self.lora_dropout,
+            "lora_trainable_modules": ",".join(self.target_modules),
+            "n_epochs": self.n_epochs,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "lr_scheduler_type": self.lr_scheduler_type,
+            "warmup_ratio": self.warmup_ratio,
+            "packing": self.packing,
+            "train_on_inputs": self.train_on_inputs,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["target_modules"] = list(self.target_modules)
+        return data
+
+    def replace(self, **changes: Any) -> TrainingConfig:
+        return from_mapping({**self.to_dict(), **changes})
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainingConfig)}
+
+
+def from_mapping(values: Mapping[str, Any] | None, *, source: str = "config") -> TrainingConfig:
+    """Build a config from user input (CLI, DAG params, JSON); unknown or bad fields are named."""
+    values = dict(values or {})
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown training field(s) {', '.join(unknown)}; known: {', '.join(sorted(_FIELDS))}"
+        )
+    if "target_modules" in values:
+        modules = values["target_modules"]
+        if isinstance(modules, str):
+            modules = [m.strip() for m in modules.split(",") if m.strip()]
+        if not isinstance(modules, list | tuple):
+            raise ConfigError(f"{source}: target_modules must be a list like ['q_proj', 'v_proj']")
+        values["target_modules"] = tuple(modules)
+    try:
+        return TrainingConfig(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def _check(cfg: TrainingConfig) -> None:
+    def bad(name: str, want: str) -> ConfigError:
+        return ConfigError(f"{name} must be {want}, got {getattr(cfg, name)!r}")
+
+    if cfg.backend not in BACKENDS:
+        raise bad("backend", f"one of {', '.join(BACKENDS)}")
+    for name in ("together_model", "local_model"):
+        if not isinstance(getattr(cfg, name), str) or not getattr(cfg, name).strip():
+            raise bad(name, "a non-empty model name or path")
+    if not _is_int(cfg.lora_r) or not 1 <= cfg.lora_r <= 1024:
+        raise bad("lora_r", "a positive integer (1..1024)")
+    if not _is_int(cfg.lora_alpha) or not 1 <= cfg.lora_alpha <= 4096:
+        raise bad("lora_alpha", "a positive integer (1..4096)")
+    if not _is_number(cfg.lora_dropout) or not 0.0 <= cfg.lora_dropout < 1.0:
+        raise bad("lora_dropout", "a number in [0, 1)")
+    modules = cfg.target_modules
+    if not modules or not all(isinstance(m, str) for m in modules):
+        raise bad("target_modules", f"a non-empty list from {', '.join(KNOWN_MODULES)}")
+    unknown = [m for m in modules if m not in KNOWN_MODULES]
+    if unknown:
+        raise bad("target_modules", f"modules from {', '.join(KNOWN_MODULES)} (unknown: {unknown})")
+    if len(set(modules)) != len(modules):
+        raise bad("target_modules", "a list without repeats")
+    if not _is_int(cfg.n_epochs) or not 1 <= cfg.n_epochs <= 100:
+        raise bad("n_epochs", "an integer in 1..100")
+    if not _is_int(cfg.batch_size) or not 1 <= cfg.batch_size <= 4096:
+        raise bad("batch_size", "an integer in 1..4096")
+    if not _is_number(cfg.learning_rate) or not 0.0 < cfg.learning_rate < 1.0:
+        raise bad("learning_rate", "a number in (0, 1)")
+    if cfg.lr_scheduler_type not in SCHEDULERS:
+        raise bad("lr_scheduler_type", f"one of {', '.join(SCHEDULERS)}")
+    if not _is_number(cfg.warmup_ratio) or not 0.0 <= cfg.warmup_ratio < 1.0:
+        raise bad("warmup_ratio", "a number in [0, 1)")
+    for name in ("packing", "train_on_inputs"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise bad(name, "true or false")

@@ -1,0 +1,146 @@
+"""The ledger: the seed's ``lora_job_ids.json`` and ``file_hashes.json``, safe for many writers.
+
+``lora_job_ids.json`` maps trait -> the current job (id, status, key, uploaded file): it is what lets a
+retry adopt a job instead of paying for a second one. ``file_hashes.json`` maps trait -> what produced
+the installed adapter (shard sha256, config hash, job key, adapter sha256, time): it is what lets an
+unchanged shard be skipped. Mapped Airflow tasks update different traits at the same moment, so every
+update is a read-modify-write under an exclusive ``flock`` and lands by atomic rename. A file that does
+not parse is an error, never an empty ledger: silently resetting it would re-buy every job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from trait_lora.core.atomic import atomic_write_json
+from trait_lora.core.errors import LedgerError
+from trait_lora.core.shards import check_trait_name
+
+JOBS_FILE = "lora_job_ids.json"
+HASHES_FILE = "file_hashes.json"
+LOCK_FILE = ".ledger.lock"
+
+Record = dict[str, Any]
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: Path) -> Iterator[None]:
+    """Serialise writers across processes (Airflow workers on one host or one shared volume)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def read_json_object(path: Path, *, what: str) -> dict[str, Any]:
+    """Load a JSON object file; missing means empty, anything unparsable is a LedgerError."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise LedgerError(
+            f"{path}: {what} is not UTF-8 text (byte {exc.start}); restore it from a backup, "
+            f"or move it aside to forget what it records"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise LedgerError(
+            f"{path}:{exc.lineno}: {what} is corrupt or truncated ({exc.msg}, column {exc.colno}); "
+            "nothing was changed. Restore it from a backup, or move it aside to forget what it "
+            "records (jobs still on Together are found again by their suffix tag)"
+        ) from None
+    if not isinstance(data, dict):
+        raise LedgerError(
+            f"{path}: {what} must be a JSON object of trait -> record, got {type(data).__name__}"
+        )
+    for trait, record in data.items():
+        if not isinstance(record, dict):
+            raise LedgerError(f"{path}: entry {trait!r} of {what} must be an object, got {record!r}")
+    return data
+
+
+class Ledger:
+    """Both ledger files of one output directory."""
+
+    def __init__(self, output_dir: str | os.PathLike[str]) -> None:
+        self.output_dir = Path(output_dir)
+        self.jobs_path = self.output_dir / JOBS_FILE
+        self.hashes_path = self.output_dir / HASHES_FILE
+        self.lock_path = self.output_dir / LOCK_FILE
+
+    # -- reads (no lock: renames are atomic, a reader sees a whole file) --
+    def jobs(self) -> dict[str, Record]:
+        return read_json_object(self.jobs_path, what="job ledger")
+
+    def hashes(self) -> dict[str, Record]:
+        return read_json_object(self.hashes_path, what="hash ledger")
+
+    def job(self, trait: str) -> Record | None:
+        return self.jobs().get(trait)
+
+    def hash_record(self, trait: str) -> Record | None:
+        return self.hashes().get(trait)
+
+    def find_uploaded_file(self, shard_sha256: str) -> str | None:
+        """A Together file id already holding these exact bytes (saves a re-upload)."""
+        for record in self.jobs().values():
+            if record.get("shard_sha256") == shard_sha256 and record.get("file_id"):
+                return str(record["file_id"])
+        return None
+
+    # -- writes --
+    def _update(
+        self, path: Path, what: str, trait: str, change: Callable[[Record | None], Record | None]
+    ) -> Record | None:
+        check_trait_name(trait)
+        with exclusive_lock(self.lock_path):
+            data = read_json_object(path, what=what)
+            new = change(data.get(trait))
+            if new is None:
+                data.pop(trait, None)
+            else:
+                data[trait] = new
+            atomic_write_json(path, data)
+            return new
+
+    def update_job(self, trait: str, **fields: Any) -> Record:
+        """Merge ``fields`` into the trait's job record; a new ``job_key`` starts a fresh record."""
+
+        def change(old: Record | None) -> Record:
+            base = dict(old or {})
+            if "job_key" in fields and base.get("job_key") not in (None, fields["job_key"]):
+                base = {}
+            base.update(fields)
+            base["updated_at"] = utc_now()
+            return base
+
+        result = self._update(self.jobs_path, "job ledger", trait, change)
+        assert result is not None
+        return result
+
+    def record_adapter(self, trait: str, **fields: Any) -> Record:
+        """Record what produced the trait's installed adapter; call only after it verified."""
+        required = ("shard_sha256", "config_hash", "job_key", "adapter_sha256")
+        missing = [name for name in required if not fields.get(name)]
+        if missing:
+            raise LedgerError(f"record_adapter({trait!r}) is missing {', '.join(missing)}")
+        record = {**fields, "trained_at": fields.get("trained_at") or utc_now()}
+        self._update(self.hashes_path, "hash ledger", trait, lambda _old: record)
+        return record

@@ -1,0 +1,104 @@
+"""``hypernetwork_data.json``: the one file stage 3 reads.
+
+It is a view of the hash ledger (what is installed and verified) plus the failures of the run that
+writes it. Building it from the ledger, not from one run's results, is what keeps a trait's last good
+adapter published when a later run fails for it, and keeps traits a filtered run did not touch.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from trait_lora.core.atomic import atomic_write_json
+from trait_lora.core.config import TrainingConfig
+from trait_lora.core.errors import MappingError
+from trait_lora.core.ledger import Ledger
+from trait_lora.core.shards import TRAIT_RE, parse_trait
+
+MAPPING_FILE = "hypernetwork_data.json"
+MAPPING_VERSION = 1
+CHECKPOINTS_DIR = "lora_checkpoints"
+
+
+@cache
+def mapping_schema() -> dict[str, Any]:
+    text = resources.files("trait_lora.core").joinpath("schemas/hypernetwork_data.schema.json").read_text()
+    return json.loads(text)
+
+
+def validate_mapping(data: dict[str, Any], *, where: str = MAPPING_FILE) -> None:
+    errors = sorted(jsonschema.Draft202012Validator(mapping_schema()).iter_errors(data), key=str)
+    if errors:
+        first = errors[0]
+        field = "/".join(str(p) for p in first.absolute_path) or "(root)"
+        raise MappingError(f"{where}: field {field}: {first.message} ({len(errors)} problem(s))")
+
+
+def mapping_entry(trait: str, record: dict[str, Any]) -> dict[str, Any]:
+    axis, direction = parse_trait(trait)
+    return {
+        "trait": trait,
+        "axis": axis,
+        "direction": direction,
+        "adapter_path": f"{CHECKPOINTS_DIR}/{trait}",
+        "adapter_sha256": record["adapter_sha256"],
+        "shard_sha256": record["shard_sha256"],
+        "job_key": record["job_key"],
+        "job_id": record.get("job_id"),
+        "backend": record.get("backend", "together"),
+        "base_model": record.get("base_model", ""),
+        "config_hash": record["config_hash"],
+        "trained_at": record["trained_at"],
+        "num_examples": int(record.get("num_examples") or 1),
+    }
+
+
+def build_mapping(
+    output_dir: str | Path,
+    config: TrainingConfig,
+    *,
+    failed: dict[str, str] | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """The mapping for everything installed under ``output_dir`` plus this run's failures."""
+    out = Path(output_dir)
+    traits: dict[str, Any] = {}
+    for trait, record in sorted(Ledger(out).hashes().items()):
+        if not TRAIT_RE.fullmatch(trait):
+            continue
+        if not (out / CHECKPOINTS_DIR / trait / "adapter_model.safetensors").is_file():
+            continue  # recorded but removed by hand: never publish a path that does not exist
+        traits[trait] = mapping_entry(trait, record)
+    data = {
+        "version": MAPPING_VERSION,
+        "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "run_id": run_id,
+        "base_model": config.base_model,
+        "backend": config.backend,
+        "config_hash": config.config_hash(),
+        "lora": config.lora_settings(),
+        "traits": traits,
+        "failed": dict(sorted((failed or {}).items())),
+    }
+    validate_mapping(data)
+    return data
+
+
+def write_mapping(
+    output_dir: str | Path,
+    config: TrainingConfig,
+    *,
+    failed: dict[str, str] | None = None,
+    run_id: str | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    data = build_mapping(output_dir, config, failed=failed, run_id=run_id)
+    path = Path(output_dir) / MAPPING_FILE
+    atomic_write_json(path, data)
+    return path, data

@@ -1,0 +1,137 @@
+"""What a run would do for each selected trait, and why: ``skip``, ``resume``, ``train`` or ``invalid``.
+
+This is the seed's dedupe (file hashes) and resume (job ids) logic, shared by the CLI, both DAGs and
+the Kubernetes DAG, so every backend makes the same decision for the same inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trait_lora.core.adapter import AdapterSpec, verify_installed
+from trait_lora.core.config import TrainingConfig
+from trait_lora.core.errors import AdapterError
+from trait_lora.core.keys import job_key, job_suffix
+from trait_lora.core.ledger import Ledger
+from trait_lora.core.shards import Discovery, discover_shards
+from trait_lora.core.validation import validate_shard
+
+FAILED_JOB_STATUSES = frozenset({"error", "user_error", "cancelled"})
+ACTIONS = ("skip", "resume", "train", "invalid")
+
+
+@dataclass
+class TraitPlan:
+    trait: str
+    axis: str
+    direction: int
+    shard_path: str
+    action: str
+    reason: str
+    shard_sha256: str
+    config_hash: str
+    job_key: str
+    suffix: str
+    num_examples: int
+    size: int
+    job_id: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def decide(
+    *,
+    trait: str,
+    shard_sha256: str,
+    config: TrainingConfig,
+    key: str,
+    ledger: Ledger,
+    force_retrain: bool,
+) -> tuple[str, str, str | None]:
+    """(action, reason, job id to resume) for one valid shard."""
+    config_hash = config.config_hash()
+    job = ledger.job(trait) or {}
+    if job.get("job_key") == key and job.get("job_id") and job.get("status") not in FAILED_JOB_STATUSES:
+        return (
+            "resume",
+            f"job {job['job_id']} for this key is {job.get('status', 'submitted')}",
+            job["job_id"],
+        )
+    if force_retrain:
+        return "train", "force retrain requested", None
+    record = ledger.hash_record(trait)
+    if record is None:
+        return "train", "no adapter trained yet", None
+    if record.get("shard_sha256") != shard_sha256:
+        return "train", "shard changed since the last adapter", None
+    if record.get("config_hash") != config_hash:
+        return "train", "training config changed since the last adapter", None
+    try:
+        info = verify_installed(ledger.output_dir, trait, AdapterSpec.from_config(config))
+    except AdapterError as exc:
+        return "train", f"installed adapter failed verification: {exc}", None
+    if info is None:
+        return "train", "adapter recorded but missing from lora_checkpoints", None
+    if info.sha256 != record.get("adapter_sha256"):
+        return "train", "installed adapter differs from the recorded one", None
+    return "skip", "unchanged shard and config; adapter present and verified", None
+
+
+def plan_traits(
+    shards_dir: str | Path,
+    output_dir: str | Path,
+    config: TrainingConfig,
+    *,
+    traits: list[str] | None = None,
+    force_retrain: bool = False,
+    run_nonce: str = "",
+    discovery: Discovery | None = None,
+) -> list[TraitPlan]:
+    """Plan the selected traits (all when none are named); unknown names raise TraitNameError.
+
+    ``run_nonce`` (the run id) only matters with ``force_retrain``: it gives the forced job a key of
+    its own that retries of the same run share.
+    """
+    found = discovery or discover_shards(shards_dir)
+    ledger = Ledger(output_dir)
+    config_hash = config.config_hash()
+    plans: list[TraitPlan] = []
+    for shard in found.select(traits):
+        report = validate_shard(shard.path)
+        key = job_key(report.sha256, config_hash, run_nonce if force_retrain else "")
+        common = dict(
+            trait=shard.trait,
+            axis=shard.axis,
+            direction=shard.direction,
+            shard_path=str(shard.path),
+            shard_sha256=report.sha256,
+            config_hash=config_hash,
+            job_key=key,
+            suffix=job_suffix(shard.trait, key),
+            num_examples=report.num_examples,
+            size=report.size,
+        )
+        if not report.ok:
+            plans.append(
+                TraitPlan(
+                    **common,
+                    action="invalid",
+                    reason=f"shard has {len(report.problems) + report.more_problems} problem(s)",
+                    problems=report.error_lines(),
+                )
+            )
+            continue
+        action, reason, job_id = decide(
+            trait=shard.trait,
+            shard_sha256=report.sha256,
+            config=config,
+            key=key,
+            ledger=ledger,
+            force_retrain=force_retrain,
+        )
+        plans.append(TraitPlan(**common, action=action, reason=reason, job_id=job_id))
+    return plans

@@ -1,0 +1,69 @@
+import pytest
+
+from trait_lora.core.config import LOCAL_MODEL, TOGETHER_MODEL, TrainingConfig, from_mapping
+from trait_lora.core.errors import ConfigError
+
+
+def test_defaults_are_the_seed_hyperparameters():
+    cfg = TrainingConfig()
+    assert (cfg.together_model, cfg.local_model) == (TOGETHER_MODEL, LOCAL_MODEL)
+    assert TOGETHER_MODEL == "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference"
+    assert (cfg.lora_r, cfg.lora_alpha, cfg.target_modules) == (4, 16, ("q_proj", "v_proj"))
+    assert (cfg.n_epochs, cfg.batch_size, cfg.learning_rate) == (1, 32, 2e-4)
+
+
+def test_together_kwargs_override_every_sdk_default_that_differs():
+    kwargs = TrainingConfig().together_create_kwargs()
+    # SDK 3.1.1 defaults: lora=None, lr 1e-5, all-linear, alpha 2r, batch "max", packing on, cosine.
+    assert kwargs["lora"] is True
+    assert kwargs["learning_rate"] == 2e-4
+    assert kwargs["lora_trainable_modules"] == "q_proj,v_proj"
+    assert kwargs["lora_alpha"] == 16 and kwargs["lora_r"] == 4
+    assert kwargs["batch_size"] == 32
+    assert kwargs["packing"] is False
+    assert kwargs["lr_scheduler_type"] == "linear"
+    assert kwargs["train_on_inputs"] is False
+    assert kwargs["model"] == TOGETHER_MODEL
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("lora_r", 0, "lora_r must be a positive integer"),
+        ("lora_r", 4.0, "lora_r"),
+        ("lora_r", True, "lora_r"),
+        ("learning_rate", 0, "learning_rate must be a number in (0, 1)"),
+        ("learning_rate", 1.5, "learning_rate"),
+        ("learning_rate", float("nan"), "learning_rate"),
+        ("target_modules", ["q_proj", "qkv"], "unknown: ['qkv']"),
+        ("target_modules", [], "target_modules"),
+        ("batch_size", "32", "batch_size"),
+        ("backend", "modal", "backend must be one of together, local"),
+        ("lora_dropout", 1.0, "lora_dropout"),
+        ("packing", "yes", "packing must be true or false"),
+    ],
+)
+def test_bad_values_name_the_field(field, value, needle):
+    with pytest.raises(ConfigError) as err:
+        from_mapping({field: value}, source="conf")
+    assert needle in str(err.value)
+    assert str(err.value).startswith("conf: ")
+
+
+def test_unknown_field_is_refused_with_the_known_ones():
+    with pytest.raises(ConfigError, match=r"unknown training field\(s\) lora_rank; known: .*lora_r"):
+        from_mapping({"lora_rank": 8})
+
+
+def test_config_hash_changes_with_training_fields_only():
+    base = TrainingConfig()
+    assert base.config_hash() == TrainingConfig().config_hash()
+    assert base.replace(learning_rate=1e-4).config_hash() != base.config_hash()
+    assert base.replace(target_modules=["v_proj", "q_proj"]).config_hash() == base.config_hash()
+    # The local model is not what the Together backend trains on: it must not change Together keys.
+    assert base.replace(local_model="/tmp/tiny").config_hash() == base.config_hash()
+    assert base.replace(backend="local").config_hash() != base.config_hash()
+
+
+def test_comma_string_modules_are_accepted():
+    assert from_mapping({"target_modules": "q_proj, v_proj"}).target_modules == ("q_proj", "v_proj")
