@@ -17,3 +17,5 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.pop("TOGETHER_API_KEY", None)
 os.environ.pop("TOGETHER_BASE_URL", None)
+
+pytest_plugins = ["tests.fake_together.fixtures"]

@@ -1,0 +1,68 @@
+"""The cost gate: refuse a launch before it is paid for, not after.
+
+Mapped launch tasks of one run check the per-run budget at the same moment, so the reservation is a
+read-modify-write of one small JSON file under the ledger's exclusive lock. A retry of the same trait
+finds its own reservation and does not count twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from trait_lora.core.atomic import atomic_write_json
+from trait_lora.core.errors import TraitLoraError
+from trait_lora.core.ledger import LOCK_FILE, exclusive_lock, read_json_object
+from trait_lora.core.runs import run_dir
+from trait_lora.core.shards import check_trait_name
+
+
+class BudgetError(TraitLoraError):
+    """A launch that would pass the per-job or per-run budget; nothing was created."""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    trait: str
+    amount: float
+    run_total: float
+
+
+def reserve(
+    output_dir: str | Path,
+    run_id: str,
+    trait: str,
+    amount: float,
+    *,
+    job_budget: float | None = None,
+    run_budget: float | None = None,
+) -> Reservation:
+    """Reserve ``amount`` (USD) for ``trait`` in this run, or raise BudgetError naming the limit."""
+    check_trait_name(trait)
+    if job_budget is not None and amount > job_budget:
+        raise BudgetError(
+            f"{trait}: Together estimates ${amount:.2f}, above the per-job budget ${job_budget:.2f}; "
+            "no job was created. Raise max_job_price_usd or shrink the shard"
+        )
+    path = run_dir(output_dir, run_id) / "budget.json"
+    with exclusive_lock(Path(output_dir) / LOCK_FILE):
+        reserved = read_json_object(path, what="budget reservations")
+        others = sum(float(r["amount"]) for t, r in reserved.items() if t != trait)
+        if run_budget is not None and others + amount > run_budget:
+            raise BudgetError(
+                f"{trait}: Together estimates ${amount:.2f}; with ${others:.2f} already reserved by this "
+                f"run that passes the per-run budget ${run_budget:.2f}; no job was created. Raise "
+                "max_run_price_usd or train fewer traits per run"
+            )
+        reserved[trait] = {"amount": amount}
+        atomic_write_json(path, reserved)
+    return Reservation(trait, amount, others + amount)
+
+
+def release(output_dir: str | Path, run_id: str, trait: str) -> None:
+    """Give a reservation back (the job was adopted, not created, so it costs this run nothing)."""
+    path = run_dir(output_dir, run_id) / "budget.json"
+    with exclusive_lock(Path(output_dir) / LOCK_FILE):
+        reserved = read_json_object(path, what="budget reservations")
+        if reserved.pop(trait, None) is not None:
+            atomic_write_json(path, reserved)

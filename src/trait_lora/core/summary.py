@@ -1,0 +1,169 @@
+"""The run summary: per trait what happened (trained / resumed / skipped / failed), at what cost.
+
+Written beside a loss-curve PNG for the run, from Together's metrics or the local trainer's, so a
+user sees in one place which adapters changed and whether their training looked healthy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from trait_lora.core.atomic import atomic_write_bytes, atomic_write_json
+from trait_lora.core.ledger import utc_now
+from trait_lora.core.runs import run_dir
+
+SUMMARY_FILE = "summary.json"
+LATEST_SUMMARY = "run_summary.json"
+PLOT_FILE = "loss_curves.png"
+COLUMNS = ("trait", "action", "job_id", "price", "duration_s", "final_loss", "detail")
+
+
+def build_summary(
+    *,
+    run_id: str,
+    backend: str,
+    plans: list[dict[str, Any]],
+    results: dict[str, dict[str, Any]],
+    failures: dict[str, dict[str, Any]],
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """One row per planned trait; a planned trait with neither a result nor a recorded failure failed silently
+    (its task was killed or never ran), and says so."""
+    rows = []
+    for plan in plans:
+        trait = plan["trait"]
+        row: dict[str, Any] = {"trait": trait, "job_id": plan.get("job_id"), "planned": plan["action"]}
+        if dry_run:
+            row.update(action=f"would {plan['action']}", detail=plan["reason"])
+        elif plan["action"] == "skip":
+            row.update(action="skipped", detail=plan["reason"])
+        elif trait in results:
+            res = results[trait]
+            row.update(
+                action=res.get("action", "trained"),
+                job_id=res.get("job_id"),
+                estimated_price=res.get("estimated_price"),
+                total_price=res.get("total_price"),
+                duration_s=res.get("duration_s"),
+                final_loss=res.get("final_loss"),
+                adapter_sha256=res.get("adapter_sha256"),
+                detail=res.get("detail", ""),
+            )
+        else:
+            failure = failures.get(trait) or {}
+            reason = failure.get("reason") or (
+                "; ".join(plan.get("problems") or [])
+                or "a task for this trait did not finish (see its log in the Airflow UI)"
+            )
+            row.update(action="failed", detail=reason, failed_step=failure.get("step"))
+        rows.append(row)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["action"]] = counts.get(row["action"], 0) + 1
+    return {
+        "run_id": run_id,
+        "backend": backend,
+        "dry_run": dry_run,
+        "finished_at": utc_now(),
+        "counts": counts,
+        "traits": rows,
+        "failed": {r["trait"]: r["detail"] for r in rows if r["action"] == "failed"},
+    }
+
+
+def _price(row: dict[str, Any]) -> str:
+    total, estimated = row.get("total_price"), row.get("estimated_price")
+    if total is not None:
+        return f"${float(total):.2f}"
+    if estimated is not None:
+        return f"~${float(estimated):.2f}"
+    return "-"
+
+
+def format_table(summary: dict[str, Any], width: int = 60) -> str:
+    rows = []
+    for r in summary["traits"]:
+        loss = r.get("final_loss")
+        duration = r.get("duration_s")
+        rows.append(
+            [
+                r["trait"],
+                r["action"],
+                r.get("job_id") or "-",
+                _price(r),
+                f"{duration:.0f}" if isinstance(duration, int | float) else "-",
+                f"{loss:.4f}" if isinstance(loss, int | float) else "-",
+                (r.get("detail") or "")[:width],
+            ]
+        )
+    cells = [list(COLUMNS), *rows]
+    widths = [max(len(str(row[i])) for row in cells) for i in range(len(COLUMNS))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    counts = ", ".join(f"{n} {a}" for a, n in sorted(summary["counts"].items()))
+    return "\n".join([*lines, "", f"run {summary['run_id']} ({summary['backend']}): {counts or 'no traits'}"])
+
+
+def plot_losses(curves: dict[str, list[tuple[int, float]]], path: Path) -> Path | None:
+    """All traits' loss per step on one figure; None when no trait has metrics."""
+    curves = {t: pts for t, pts in curves.items() if pts}
+    if not curves:
+        return None
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    for trait, points in sorted(curves.items()):
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, label=trait, linewidth=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title("LoRA training loss per trait")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def load_curves(output_dir: str | Path, traits: list[str]) -> dict[str, list[tuple[int, float]]]:
+    """Loss curves recorded by the download step (Together) or the local trainer, per trait."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for trait in traits:
+        path = Path(output_dir) / "metrics" / f"{trait}.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        points = [
+            (int(s["step"]), float(s["loss"]))
+            for s in data.get("steps", [])
+            if isinstance(s, dict) and s.get("loss") is not None
+        ]
+        if points:
+            curves[trait] = points
+    return curves
+
+
+def write_summary(output_dir: str | Path, summary: dict[str, Any]) -> dict[str, str]:
+    """Write the run's summary (+ plot) under runs/<run>/ and the latest copy at the output root."""
+    directory = run_dir(output_dir, summary["run_id"])
+    trained = [r["trait"] for r in summary["traits"] if r["action"] in ("trained", "resumed")]
+    plot = plot_losses(load_curves(output_dir, trained), directory / PLOT_FILE)
+    summary = {**summary, "loss_plot": str(plot) if plot else None}
+    atomic_write_json(directory / SUMMARY_FILE, summary)
+    atomic_write_json(Path(output_dir) / LATEST_SUMMARY, summary)
+    atomic_write_bytes(directory / "summary.txt", (format_table(summary) + "\n").encode())
+    paths = {"summary": str(directory / SUMMARY_FILE), "table": str(directory / "summary.txt")}
+    if plot:
+        paths["loss_plot"] = str(plot)
+    return paths

@@ -1,0 +1,137 @@
+"""The tasks every training DAG shares: discover (validate + plan), publish the mapping, final check.
+
+DAG files only wire these; keeping the logic here means the Together, local and Kubernetes DAGs make
+the same decisions and write the same mapping, summary and Asset metadata.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from trait_lora.core import runs
+from trait_lora.core.atomic import atomic_write_json
+from trait_lora.core.config import from_mapping
+from trait_lora.core.errors import TraitLoraError
+from trait_lora.core.ledger import utc_now
+from trait_lora.core.mapping import MAPPING_FILE, write_mapping
+from trait_lora.core.plan import plan_traits
+from trait_lora.core.summary import build_summary, format_table, write_summary
+from trait_lora.provider.params import config_values
+
+HYPERNETWORK_ASSET_NAME = "trait_lora_hypernetwork_data"
+
+
+def discover(params: dict[str, Any], run_id: str, backend: str) -> dict[str, Any]:
+    """Validate every selected shard and plan it; returns the full plan and the part to run."""
+    try:
+        config = from_mapping(config_values(params, backend), source="DAG params")
+        shards_dir = Path(params["shards_dir"]).resolve()
+        output_dir = Path(params["output_dir"]).resolve()
+        plans = plan_traits(
+            shards_dir,
+            output_dir,
+            config,
+            traits=list(params.get("traits") or []) or None,
+            force_retrain=bool(params.get("force_retrain")),
+            run_nonce=run_id,
+        )
+    except (TraitLoraError, FileNotFoundError) as exc:
+        raise AirflowFailException(str(exc)) from None
+    planned_at = utc_now()
+    extra = {
+        "output_dir": str(output_dir),
+        "config": config.to_dict(),
+        "planned_at": planned_at,
+        "max_job_price_usd": params.get("max_job_price_usd"),
+        "max_run_price_usd": params.get("max_run_price_usd"),
+    }
+    all_plans = [{**p.to_dict(), **extra} for p in plans]
+    dry_run = bool(params.get("dry_run"))
+    to_run = [] if dry_run else [p for p in all_plans if p["action"] != "skip"]
+    atomic_write_json(
+        runs.run_dir(output_dir, run_id) / "plan.json",
+        {
+            "run_id": run_id,
+            "backend": backend,
+            "dry_run": dry_run,
+            "planned_at": planned_at,
+            "plans": all_plans,
+        },
+    )
+    counts = {a: sum(p["action"] == a for p in all_plans) for a in ("train", "resume", "skip", "invalid")}
+    print(f"plan for run {run_id} ({backend}{', dry run' if dry_run else ''}): {counts}")
+    for p in all_plans:
+        print(f"  {p['trait']:<24} {p['action']:<8} {p['reason']}")
+    return {"plans": all_plans, "to_run": to_run, "dry_run": dry_run, "output_dir": str(output_dir)}
+
+
+def normalise_results(results: Any) -> dict[str, dict[str, Any]]:
+    """A mapped group's output is a list (2+ successes), a dict (1) or None (0): make it trait -> result."""
+    if results is None:
+        return {}
+    if isinstance(results, dict):
+        results = [results]
+    out: dict[str, dict[str, Any]] = {}
+    for item in results:
+        if isinstance(item, dict) and item.get("trait"):
+            out[item["trait"]] = item
+    return out
+
+
+def publish(
+    discovered: dict[str, Any],
+    results: Any,
+    run_id: str,
+    backend: str,
+    outlet_events: Any = None,
+    asset: Any = None,
+) -> dict[str, Any]:
+    """Write the mapping (even when some traits failed), the run summary, and the Asset's metadata."""
+    output_dir = discovered["output_dir"]
+    plans = discovered["plans"]
+    by_trait = normalise_results(results)
+    failures = runs.read_failures(output_dir, run_id)
+    summary = build_summary(
+        run_id=run_id,
+        backend=backend,
+        plans=plans,
+        results=by_trait,
+        failures=failures,
+        dry_run=discovered["dry_run"],
+    )
+    paths = write_summary(output_dir, summary)
+    print(format_table(summary))
+    if discovered["dry_run"]:
+        raise AirflowSkipException("dry run: plan and summary written; mapping and Asset left unchanged")
+    config = from_mapping(plans[0]["config"]) if plans else None
+    if config is None:
+        raise AirflowSkipException("no traits selected: nothing to publish")
+    mapping_path, mapping = write_mapping(output_dir, config, failed=summary["failed"], run_id=run_id)
+    print(f"mapping: {mapping_path} ({len(mapping['traits'])} trait(s), {len(mapping['failed'])} failed)")
+    extra = {
+        "run_id": run_id,
+        "mapping_path": str(mapping_path),
+        "trained": sorted(r["trait"] for r in summary["traits"] if r["action"] == "trained"),
+        "resumed": sorted(r["trait"] for r in summary["traits"] if r["action"] == "resumed"),
+        "skipped": sorted(r["trait"] for r in summary["traits"] if r["action"] == "skipped"),
+        "failed": sorted(summary["failed"]),
+        "num_traits": len(mapping["traits"]),
+    }
+    if outlet_events is not None and asset is not None:
+        outlet_events[asset].extra = extra
+    return {**extra, "summary": paths, "counts": summary["counts"], "failed_reasons": summary["failed"]}
+
+
+def check(published: dict[str, Any] | None) -> None:
+    """The leaf that turns a partial success into a failed run, after the good traits were published."""
+    if not published:
+        return
+    failed = published.get("failed_reasons") or {}
+    if failed:
+        lines = "\n".join(f"  {t}: {r}" for t, r in sorted(failed.items()))
+        raise AirflowFailException(
+            f"{len(failed)} trait(s) failed (the others are published in {MAPPING_FILE}):\n{lines}"
+        )

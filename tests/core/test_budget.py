@@ -1,0 +1,40 @@
+import multiprocessing as mp
+
+import pytest
+
+from trait_lora.core.budget import BudgetError, release, reserve, run_dir
+
+
+def test_per_job_budget_refuses_before_reserving(tmp_path):
+    with pytest.raises(
+        BudgetError, match=r"joy_plus: Together estimates \$5.00, above the per-job budget \$4.00"
+    ):
+        reserve(tmp_path, "manual__1", "joy_plus", 5.0, job_budget=4.0)
+    assert not (run_dir(tmp_path, "manual__1") / "budget.json").exists()
+
+
+def test_run_budget_counts_other_traits_but_not_a_retry_of_the_same(tmp_path):
+    reserve(tmp_path, "r1", "joy_plus", 3.0, run_budget=5.0)
+    assert reserve(tmp_path, "r1", "joy_plus", 3.0, run_budget=5.0).run_total == 3.0  # retry
+    with pytest.raises(BudgetError, match=r"\$3.00 already reserved by this run"):
+        reserve(tmp_path, "r1", "joy_minus", 2.5, run_budget=5.0)
+    release(tmp_path, "r1", "joy_plus")
+    assert reserve(tmp_path, "r1", "joy_minus", 2.5, run_budget=5.0).run_total == 2.5
+    # Another run has its own budget.
+    assert reserve(tmp_path, "r2", "joy_plus", 4.0, run_budget=5.0).run_total == 4.0
+
+
+def _try(args):
+    out, trait = args
+    try:
+        reserve(out, "scheduled__2026-11-25T00:00:00+00:00", trait, 1.0, run_budget=3.0)
+        return True
+    except BudgetError:
+        return False
+
+
+def test_concurrent_reservations_never_pass_the_run_budget(tmp_path):
+    traits = [f"t{i}_plus" for i in range(10)]
+    with mp.get_context("spawn").Pool(5) as pool:
+        granted = pool.map(_try, [(str(tmp_path), t) for t in traits])
+    assert sum(granted) == 3
