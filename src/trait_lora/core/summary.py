@@ -75,10 +75,10 @@ def build_summary(
 
 def _price(row: dict[str, Any]) -> str:
     total, estimated = row.get("total_price"), row.get("estimated_price")
-    if total is not None:
-        return f"${float(total):.2f}"
-    if estimated is not None:
-        return f"~${float(estimated):.2f}"
+    for value, prefix in ((total, "$"), (estimated, "~$")):
+        if value is not None:
+            value = float(value)
+            return f"{prefix}{value:.2f}" if value >= 1 else f"{prefix}{value:.4f}"
     return "-"
 
 

@@ -6,6 +6,7 @@ the same decisions and write the same mapping, summary and Asset metadata.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,12 @@ from trait_lora.provider.params import config_values
 HYPERNETWORK_ASSET_NAME = "trait_lora_hypernetwork_data"
 
 
-def discover(params: dict[str, Any], run_id: str, backend: str) -> dict[str, Any]:
-    """Validate every selected shard and plan it; returns the full plan and the part to run."""
+def discover(params: dict[str, Any], run_id: str, backend: str) -> list[dict[str, Any]]:
+    """Validate every selected shard and plan it; returns what to map over (skips and dry runs excluded).
+
+    The whole plan goes to ``runs/<run>/plan.json`` for ``publish``: Airflow can only map over a
+    task's return value, so the plan cannot travel as a second XCom key.
+    """
     try:
         config = from_mapping(config_values(params, backend), source="DAG params")
         shards_dir = Path(params["shards_dir"]).resolve()
@@ -65,7 +70,13 @@ def discover(params: dict[str, Any], run_id: str, backend: str) -> dict[str, Any
     print(f"plan for run {run_id} ({backend}{', dry run' if dry_run else ''}): {counts}")
     for p in all_plans:
         print(f"  {p['trait']:<24} {p['action']:<8} {p['reason']}")
-    return {"plans": all_plans, "to_run": to_run, "dry_run": dry_run, "output_dir": str(output_dir)}
+    return to_run
+
+
+def load_plan(params: dict[str, Any], run_id: str) -> dict[str, Any]:
+    output_dir = Path(params["output_dir"]).resolve()
+    data = json.loads((runs.run_dir(output_dir, run_id) / "plan.json").read_text())
+    return {**data, "output_dir": str(output_dir)}
 
 
 def normalise_results(results: Any) -> dict[str, dict[str, Any]]:
@@ -82,7 +93,7 @@ def normalise_results(results: Any) -> dict[str, dict[str, Any]]:
 
 
 def publish(
-    discovered: dict[str, Any],
+    params: dict[str, Any],
     results: Any,
     run_id: str,
     backend: str,
@@ -90,6 +101,7 @@ def publish(
     asset: Any = None,
 ) -> dict[str, Any]:
     """Write the mapping (even when some traits failed), the run summary, and the Asset's metadata."""
+    discovered = load_plan(params, run_id)
     output_dir = discovered["output_dir"]
     plans = discovered["plans"]
     by_trait = normalise_results(results)

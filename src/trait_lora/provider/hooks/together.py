@@ -73,6 +73,12 @@ def job_matches_tag(job: dict[str, Any], tag: str) -> bool:
     return tag in (output_name(job) or "")
 
 
+def is_permanent(exc: BaseException) -> bool:
+    """A 4xx other than 408/409/429: the request itself is wrong, retrying the task cannot help."""
+    status = getattr(exc, "status_code", None)
+    return isinstance(status, int) and 400 <= status < 500 and status not in (408, 409, 429)
+
+
 def retry_after_seconds(exc: BaseException) -> float | None:
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None) or {}
@@ -213,10 +219,21 @@ class TogetherHook(BaseHook):
     def model_limits(self, model: str) -> Any:
         return self.client.fine_tuning.model_limits(model_name=model)
 
-    def estimate_price(self, *, training_file: str, model: str, n_epochs: int) -> dict[str, Any]:
-        """What Together would charge; the cost gate reads it before any create."""
+    def estimate_price(self, *, training_file: str, params: dict[str, Any]) -> dict[str, Any]:
+        """What Together would charge for ``create(**params)``; the cost gate reads it before any create."""
         result = self.client.fine_tuning.estimate_price(
-            training_file=training_file, model=model, n_epochs=n_epochs, training_type={"type": "Lora"}
+            training_file=training_file,
+            model=params["model"],
+            n_epochs=params["n_epochs"],
+            n_evals=0,
+            training_type={
+                "type": "Lora",
+                "lora_r": params["lora_r"],
+                "lora_alpha": params["lora_alpha"],
+                "lora_dropout": params["lora_dropout"],
+                "lora_trainable_modules": params["lora_trainable_modules"],
+            },
+            training_method={"method": "sft", "train_on_inputs": params["train_on_inputs"]},
         )
         return job_to_dict(result)
 

@@ -35,6 +35,7 @@ from trait_lora.provider.hooks.together import (
     TogetherHook,
     backoff_delay,
     first_error_message,
+    is_permanent,
     output_name,
 )
 from trait_lora.provider.links import JOB_URL_XCOM_KEY, TogetherJobLink, dashboard_url
@@ -61,6 +62,8 @@ def guarded(context: Any, output_dir: str, trait: str, step: str, body: Any) -> 
         raise
     except Exception as exc:
         runs.record_failure(output_dir, context["run_id"], trait, step, f"{step}: {exc}")
+        if is_permanent(exc):
+            raise AirflowFailException(f"{trait}: Together refused the request: {exc}") from exc
         raise
 
 
@@ -266,7 +269,7 @@ class TogetherLaunchOperator(_TogetherStep):
         cfg = self.training_config
         trait = request["trait"]
         estimate = self.hook.estimate_price(
-            training_file=request["file_id"], model=cfg.together_model, n_epochs=cfg.n_epochs
+            training_file=request["file_id"], params=cfg.together_create_kwargs()
         )
         price = estimate.get("estimated_total_price") if estimate.get("estimation_available") else None
         self.log.info(

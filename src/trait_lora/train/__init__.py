@@ -1,0 +1,38 @@
+"""Local LoRA training: the same adapter Together would train, on this machine or a GPU pod.
+
+Run it as ``python -m trait_lora.train --shard PATH --out DIR --config-json JSON`` (see ``cli``). This
+``__init__`` stays light (no torch, transformers or peft) so that Airflow and the core can import the
+exit codes and error types without paying for the ML stack; ``trainer`` holds the heavy code.
+
+Exit codes are part of the contract with the in-process backend and the pod operator, which decide on them
+whether a retry can help: a bad shard (2) or a missing model (3) will fail again; OOM (4) needs a smaller
+``--micro-batch``; anything else (1) may be transient.
+"""
+
+from __future__ import annotations
+
+from trait_lora.core.errors import TraitLoraError
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # unexpected failure (may be transient)
+EXIT_BAD_INPUT = 2  # invalid shard, config JSON or arguments: fix the input
+EXIT_MODEL = 3  # the base model cannot be loaded offline, or cannot train this shard's format
+EXIT_OOM = 4  # out of memory: pass a smaller --micro-batch
+
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_FAILED",
+    "EXIT_MODEL",
+    "EXIT_OK",
+    "EXIT_OOM",
+    "ModelLoadError",
+    "TrainInputError",
+]
+
+
+class ModelLoadError(TraitLoraError):
+    """The base model or its tokenizer cannot be loaded (offline) or used for this shard."""
+
+
+class TrainInputError(TraitLoraError, ValueError):
+    """Arguments that cannot train anything (e.g. every example truncated away, --out is a file)."""
