@@ -67,3 +67,10 @@ def test_config_hash_changes_with_training_fields_only():
 
 def test_comma_string_modules_are_accepted():
     assert from_mapping({"target_modules": "q_proj, v_proj"}).target_modules == ("q_proj", "v_proj")
+
+
+def test_integer_zero_from_json_hashes_like_the_float_default():
+    # JSON/CLI input often says 0 where the default is 0.0; a different hash would buy a retrain.
+    assert (
+        from_mapping({"lora_dropout": 0, "warmup_ratio": 0}).config_hash() == TrainingConfig().config_hash()
+    )

@@ -22,6 +22,7 @@ LOCAL_MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 BACKENDS = ("together", "local")
 KNOWN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SCHEDULERS = ("linear", "cosine")
+FLOAT_FIELDS = ("lora_dropout", "learning_rate", "warmup_ratio")
 
 # Hashed fields: changing any of these changes the adapter, so it changes the job key.
 HASHED_FIELDS = (
@@ -73,8 +74,8 @@ class TrainingConfig:
             value = getattr(self, name)
             if name == "target_modules":
                 value = sorted(value)
-            elif isinstance(value, float):
-                value = repr(float(value))
+            elif name in FLOAT_FIELDS:
+                value = repr(float(value))  # 0 and 0.0 from JSON must hash alike: a new hash = a paid retrain
             out[name] = value
         return out
 

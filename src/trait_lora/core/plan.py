@@ -52,8 +52,17 @@ def decide(
     ledger: Ledger,
     force_retrain: bool,
 ) -> tuple[str, str, str | None]:
-    """(action, reason, job id to resume) for one valid shard."""
+    """(action, reason, job id to resume) for one valid shard.
+
+    Skip wins when the installed adapter is exactly what this key would produce; otherwise a live
+    (or completed, not yet installed) job for the same key is resumed, never paid for again.
+    """
     config_hash = config.config_hash()
+    why_train = "force retrain requested"
+    if not force_retrain:
+        why_train = _why_not_skip(trait, shard_sha256, config, config_hash, ledger)
+        if why_train is None:
+            return "skip", "unchanged shard and config; adapter present and verified", None
     job = ledger.job(trait) or {}
     if job.get("job_key") == key and job.get("job_id") and job.get("status") not in FAILED_JOB_STATUSES:
         return (
@@ -61,24 +70,28 @@ def decide(
             f"job {job['job_id']} for this key is {job.get('status', 'submitted')}",
             job["job_id"],
         )
-    if force_retrain:
-        return "train", "force retrain requested", None
+    return "train", why_train, None
+
+
+def _why_not_skip(
+    trait: str, shard_sha256: str, config: TrainingConfig, config_hash: str, ledger: Ledger
+) -> str | None:
     record = ledger.hash_record(trait)
     if record is None:
-        return "train", "no adapter trained yet", None
+        return "no adapter trained yet"
     if record.get("shard_sha256") != shard_sha256:
-        return "train", "shard changed since the last adapter", None
+        return "shard changed since the last adapter"
     if record.get("config_hash") != config_hash:
-        return "train", "training config changed since the last adapter", None
+        return "training config changed since the last adapter"
     try:
         info = verify_installed(ledger.output_dir, trait, AdapterSpec.from_config(config))
     except AdapterError as exc:
-        return "train", f"installed adapter failed verification: {exc}", None
+        return f"installed adapter failed verification: {exc}"
     if info is None:
-        return "train", "adapter recorded but missing from lora_checkpoints", None
+        return "adapter recorded but missing from lora_checkpoints"
     if info.sha256 != record.get("adapter_sha256"):
-        return "train", "installed adapter differs from the recorded one", None
-    return "skip", "unchanged shard and config; adapter present and verified", None
+        return "installed adapter differs from the recorded one"
+    return None
 
 
 def plan_traits(

@@ -1,0 +1,33 @@
+import json
+
+from tests.support.airflow import copy_shards, run_dag, task_states
+
+TRAITS = ["joy_plus", "joy_minus", "wisdom_plus"]
+
+
+def test_whole_dag_trains_publishes_and_reruns_for_free(airflow_db, together_conn, tmp_path):
+    fake = together_conn
+    conf = {"shards_dir": str(copy_shards(tmp_path / "shards", TRAITS)), "output_dir": str(tmp_path / "out")}
+    dr = run_dag("trait_lora_together", conf)
+    assert str(dr.state) == "success"
+    assert (fake.creates, fake.uploads) == (3, 3)
+    mapping = json.loads((tmp_path / "out" / "hypernetwork_data.json").read_text())
+    assert sorted(mapping["traits"]) == sorted(TRAITS)
+    assert mapping["failed"] == {}
+    for entry in mapping["traits"].values():
+        assert (tmp_path / "out" / entry["adapter_path"] / "adapter_model.safetensors").is_file()
+        assert entry["job_id"] in fake.jobs
+    states = task_states(dr)
+    assert states[("trait.download", 0)] == "success"
+
+    # Nothing changed: zero uploads, zero creates, every trait skipped, mapping intact.
+    calls_before = len(fake.calls)
+    dr2 = run_dag("trait_lora_together", conf)
+    assert str(dr2.state) == "success"
+    assert (fake.creates, fake.uploads) == (3, 3)
+    assert len(fake.calls) == calls_before
+    summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+    assert {r["action"] for r in summary["traits"]} == {"skipped"}
+    assert sorted(json.loads((tmp_path / "out" / "hypernetwork_data.json").read_text())["traits"]) == sorted(
+        TRAITS
+    )
