@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo lint fmt bench constraints clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,10 +23,22 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+fmt: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# Regenerate the full pinned set after changing requirements.txt.
+constraints: $(STAMP)
+	(echo "# Full resolved set (pip freeze) so a fresh install resolves exactly what CI tested. Regenerate with"; \
+	 echo "# 'make constraints' after changing requirements.txt."; \
+	 $(PIP) freeze --exclude-editable | grep -v '^torch==') > constraints.txt
+
+# The main job, embedded: trait_lora_local on include/sample_shards with a tiny Llama built offline.
+# A second `make demo` skips every trait (unchanged shards, verified adapters).
 demo: $(STAMP)
 	$(VENV)/bin/trait-lora list
 	$(VENV)/bin/trait-lora validate
-	$(VENV)/bin/trait-lora plan
+	$(VENV)/bin/trait-lora train --backend local --all --tiny-model
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

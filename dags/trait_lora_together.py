@@ -29,11 +29,16 @@ HYPERNETWORK_DATA = Asset(
 POOL = os.environ.get("TRAIT_LORA_TOGETHER_POOL", "together_api")
 POLL_SECONDS = float(os.environ.get("TRAIT_LORA_POLL_SECONDS", "30"))
 RETRY_DELAY_SECONDS = float(os.environ.get("TRAIT_LORA_RETRY_DELAY_SECONDS", "30"))
+STAGGER_SECONDS = float(os.environ.get("TRAIT_LORA_STAGGER_SECONDS", "2"))
+# Unpausing a cron DAG starts the latest missed run at once (catchup=False still runs the most recent
+# slot): TRAIT_LORA_SCHEDULE=none (or empty) makes the DAG manual-only, so unpausing starts nothing.
+_SCHEDULE = os.environ.get("TRAIT_LORA_SCHEDULE", "0 3 * * 1").strip()
+SCHEDULE = None if _SCHEDULE.lower() in ("", "none", "null") else _SCHEDULE
 
 
 @dag(
     dag_id="trait_lora_together",
-    schedule=os.environ.get("TRAIT_LORA_SCHEDULE", "0 3 * * 1"),
+    schedule=SCHEDULE,
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -50,13 +55,24 @@ def trait_lora_together():
     @task_group(group_id="trait")
     def per_trait(trait_plan):
         upload = TogetherUploadOperator(task_id="upload", trait_plan=trait_plan)
-        launch = TogetherLaunchOperator(task_id="launch", upload_result=upload.output, pool=POOL)
+        # launch and wait share the together_api pool (created with --include-deferred): a deferred
+        # wait keeps its slot while Together trains. Absolute weights let a finished launch's wait
+        # take the freed slot before the next launch can, so slots bound jobs in flight.
+        launch = TogetherLaunchOperator(
+            task_id="launch",
+            upload_result=upload.output,
+            pool=POOL,
+            priority_weight=1,
+            weight_rule="absolute",
+            stagger_seconds=STAGGER_SECONDS,
+        )
         wait = TogetherFineTuneSensor(
             task_id="wait",
             launch_result=launch.output,
             pool=POOL,
-            poll_interval=POLL_SECONDS,
             priority_weight=10,
+            weight_rule="absolute",
+            poll_interval=POLL_SECONDS,
         )
         return TogetherDownloadOperator(task_id="download", wait_result=wait.output).output
 

@@ -18,6 +18,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # DAG files read these at parse time: poll fast, retry fast, in tests.
 os.environ.setdefault("TRAIT_LORA_POLL_SECONDS", "0.05")
 os.environ.setdefault("TRAIT_LORA_RETRY_DELAY_SECONDS", "0.5")
+os.environ.setdefault("TRAIT_LORA_STAGGER_SECONDS", "0")
 os.environ.pop("TOGETHER_API_KEY", None)
 os.environ.pop("TOGETHER_BASE_URL", None)
 

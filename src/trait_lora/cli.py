@@ -153,6 +153,34 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 1 if counts["invalid"] else 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """One DAG run in-process on the embedded Airflow (SQLite in a project-local AIRFLOW_HOME)."""
+    from trait_lora.embedded import run_training
+
+    if args.all and args.traits:
+        print("trait-lora train: give --all or trait names, not both", file=sys.stderr)
+        return 2
+    conf: dict[str, Any] = {
+        "traits": list(args.traits),
+        "force_retrain": args.force_retrain,
+        "dry_run": args.dry_run,
+        "shards_dir": str(Path(args.shards_dir).resolve()),
+        "output_dir": str(Path(args.output_dir).resolve()),
+    }
+    if args.config:
+        conf.update(json.loads(Path(args.config).read_text()))
+    if args.model:
+        conf["base_model"] = args.model
+    return run_training(
+        backend=args.backend,
+        conf=conf,
+        tiny_model=args.tiny_model,
+        dags_folder=Path(args.dags_folder).resolve(),
+        airflow_home=Path(args.airflow_home).resolve(),
+        verbose=args.verbose,
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="trait-lora", description=__doc__)
     sub = root.add_subparsers(dest="command", required=True)
@@ -189,6 +217,33 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON file of training-config overrides")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser(
+        "train",
+        help="run one training DAG run in-process (embedded Airflow, SQLite) and print the summary",
+        description="The seed's train_trait_loras.py: the same conf a UI trigger sends, run here.",
+    )
+    dirs(p, output=True)
+    p.add_argument("traits", nargs="*", help="traits to train (default: all)")
+    p.add_argument("--all", action="store_true", help="train every shard (the default when none are named)")
+    p.add_argument("--backend", choices=["together", "local"], default="together")
+    p.add_argument("--force-retrain", action="store_true", help="retrain even unchanged shards")
+    p.add_argument("--dry-run", action="store_true", help="plan only: no upload, no job, no training")
+    p.add_argument("--model", help="base model (Together name, or local model id/path)")
+    p.add_argument(
+        "--tiny-model",
+        action="store_true",
+        help="local backend: build (once) and use a small random Llama offline, for demos and tests",
+    )
+    p.add_argument("--config", help="JSON file of hyperparameter overrides (DAG param names)")
+    p.add_argument("--dags-folder", default=os.environ.get("AIRFLOW__CORE__DAGS_FOLDER") or "dags")
+    p.add_argument(
+        "--airflow-home",
+        default=os.environ.get("AIRFLOW_HOME") or ".airflow",
+        help="embedded Airflow home (SQLite metadata DB); default ./.airflow",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="show Airflow's task logs")
+    p.set_defaults(func=cmd_train)
     return root
 
 

@@ -31,3 +31,35 @@ def test_whole_dag_trains_publishes_and_reruns_for_free(airflow_db, together_con
     assert sorted(json.loads((tmp_path / "out" / "hypernetwork_data.json").read_text())["traits"]) == sorted(
         TRAITS
     )
+
+
+def test_one_failed_trait_fails_the_run_but_the_others_are_published(airflow_db, together_conn, tmp_path):
+    fake = together_conn
+    fake.set_outcome("wisdom-plus", "error", "Training diverged: loss is NaN at step 3")
+    conf = {"shards_dir": str(copy_shards(tmp_path / "shards", TRAITS)), "output_dir": str(tmp_path / "out")}
+    dr = run_dag("trait_lora_together", conf)
+    assert str(dr.state) == "failed"
+    mapping = json.loads((tmp_path / "out" / "hypernetwork_data.json").read_text())
+    assert sorted(mapping["traits"]) == ["joy_minus", "joy_plus"]
+    assert "Training diverged: loss is NaN at step 3" in mapping["failed"]["wisdom_plus"]
+    states = task_states(dr)
+    assert states[("publish_mapping", -1)] == "success"
+    assert states[("check", -1)] == "failed"
+
+
+def test_trait_filter_and_dry_run(airflow_db, together_conn, tmp_path):
+    fake = together_conn
+    conf = {"shards_dir": str(copy_shards(tmp_path / "shards", TRAITS)), "output_dir": str(tmp_path / "out")}
+    dr = run_dag("trait_lora_together", {**conf, "dry_run": True})
+    assert str(dr.state) == "success"
+    assert fake.calls == []  # a dry run makes no remote call at all
+    assert not (tmp_path / "out" / "hypernetwork_data.json").exists()
+    summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
+    assert {r["action"] for r in summary["traits"]} == {"would train"}
+
+    dr = run_dag("trait_lora_together", {**conf, "traits": ["joy_minus"]})
+    assert str(dr.state) == "success"
+    assert fake.creates == 1
+    assert list(json.loads((tmp_path / "out" / "hypernetwork_data.json").read_text())["traits"]) == [
+        "joy_minus"
+    ]

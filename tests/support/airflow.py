@@ -52,18 +52,13 @@ def copy_shards(dest: Path, traits: list[str]) -> Path:
     return dest
 
 
-_BAGS: dict[str, Any] = {}
-
-
 def get_dag(dag_id: str) -> Any:
-    """Parse the repo's dags/ once per process (the DAG files read their env at parse time)."""
-    if dag_id not in _BAGS:
-        from airflow.dag_processing.dagbag import DagBag
+    """A freshly parsed DAG: ``dag.test()`` folds a run's conf into the DAG object's params."""
+    from airflow.dag_processing.dagbag import DagBag
 
-        bag = DagBag(dag_folder=str(REPO / "dags"))
-        assert not bag.import_errors, bag.import_errors
-        _BAGS.update(bag.dags)
-    return _BAGS[dag_id]
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    return bag.dags[dag_id]
 
 
 def run_dag(dag_id: str, conf: dict[str, Any]) -> Any:

@@ -79,12 +79,35 @@ def load_plan(params: dict[str, Any], run_id: str) -> dict[str, Any]:
     return {**data, "output_dir": str(output_dir)}
 
 
+def train_local(plan: dict[str, Any], run_id: str, context: Any) -> dict[str, Any]:
+    """One trait on the local backend; a bad shard or a trainer failure fails only this trait."""
+    from trait_lora.local.backend import LocalTrainingError, train_trait
+
+    context["trait_label"] = plan["trait"]
+    output_dir = plan["output_dir"]
+    try:
+        if plan["action"] == "invalid":
+            raise AirflowFailException(
+                f"{plan['trait']}: shard is invalid, nothing trained:\n" + "\n".join(plan["problems"])
+            )
+        result = train_trait(plan)
+    except (LocalTrainingError, TraitLoraError, AirflowFailException) as exc:
+        runs.record_failure(output_dir, run_id, plan["trait"], "train", str(exc))
+        if isinstance(exc, LocalTrainingError) and exc.exit_code in (1, 4):
+            raise  # a crash or OOM may pass on retry
+        raise AirflowFailException(str(exc)) from None
+    runs.clear_failure(output_dir, run_id, plan["trait"])
+    return result
+
+
 def normalise_results(results: Any) -> dict[str, dict[str, Any]]:
     """A mapped group's output is a list (2+ successes), a dict (1) or None (0): make it trait -> result."""
     if results is None:
         return {}
     if isinstance(results, dict):
         results = [results]
+    elif not isinstance(results, list | tuple):
+        results = list(results[:])  # a LazyXComSequence: one slice request, not one request per item
     out: dict[str, dict[str, Any]] = {}
     for item in results:
         if isinstance(item, dict) and item.get("trait"):

@@ -198,13 +198,14 @@ class TogetherHook(BaseHook):
     def test_connection(self) -> tuple[bool, str]:
         """Called by the UI's Test button: one cheap authenticated call."""
         try:
+            base_url = self.settings["base_url"]
+        except TogetherConfigError as exc:  # no key: say so instead of raising out of the Test button
+            return False, str(exc)
+        try:
             self.client.fine_tuning.list()
         except Exception as exc:
-            return (
-                False,
-                f"Together API at {self.settings['base_url']} refused the request: {type(exc).__name__}",
-            )
-        return True, f"Connected to Together API at {self.settings['base_url']}"
+            return False, f"Together API at {base_url} refused the request: {type(exc).__name__}"
+        return True, f"Connected to Together API at {base_url}"
 
     # -- files --------------------------------------------------------------------------------
     def upload_file(self, path: Path) -> dict[str, Any]:
@@ -341,6 +342,7 @@ def first_error_message(events: Iterable[dict[str, Any]]) -> str | None:
         if event.get("level") in ("error", "legacy_ierror") or event.get("type") in (
             "job_error",
             "job_failed",
+            "job_stopped",  # cancelled: Together says why in a stop event (level warning, not error)
         ):
             message = event.get("message") or message
     return message

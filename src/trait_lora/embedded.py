@@ -1,0 +1,123 @@
+"""The embedded default: one DAG run in this process, on SQLite, with Airflow's own ``dag.test()``.
+
+This is what ``trait-lora train`` and ``make demo`` use: the same DAG, params validation, tasks and
+outputs as a deployment, without a scheduler. Airflow is configured through the environment before
+it is imported, so this module imports it lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+DAG_IDS = {"together": "trait_lora_together", "local": "trait_lora_local"}
+
+
+def configure_airflow(airflow_home: Path, dags_folder: Path, shards_dir: str, verbose: bool) -> None:
+    airflow_home.mkdir(parents=True, exist_ok=True)
+    os.environ["AIRFLOW_HOME"] = str(airflow_home)
+    os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(dags_folder)
+    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # The trigger form's trait list comes from the shards dir at parse time: parse with the one we run.
+    os.environ["TRAIT_LORA_SHARDS_DIR"] = shards_dir
+    if not verbose:
+        os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    if "AIRFLOW_CONN_TOGETHER_DEFAULT" not in os.environ and os.environ.get("TOGETHER_API_KEY"):
+        os.environ["AIRFLOW_CONN_TOGETHER_DEFAULT"] = json.dumps(
+            {
+                "conn_type": "together",
+                "password": os.environ["TOGETHER_API_KEY"],
+                "host": os.environ.get("TOGETHER_BASE_URL", ""),
+            }
+        )
+
+
+def migrate_db() -> None:
+    airflow = Path(sys.executable).with_name("airflow")
+    done = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"airflow db migrate failed:\n{done.stderr[-2000:]}")
+
+
+def ensure_tiny_model(shards_dir: str, output_dir: str) -> str:
+    """Build the offline demo model once (cached by content) and return its path."""
+    target = Path(output_dir) / ".tiny-model"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trait_lora.train.tiny_model",
+            "--shards-dir",
+            shards_dir,
+            "--out",
+            str(target),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"building the tiny model failed:\n{done.stderr[-2000:]}")
+    return str(target)
+
+
+def run_training(
+    *,
+    backend: str,
+    conf: dict[str, Any],
+    tiny_model: bool,
+    dags_folder: Path,
+    airflow_home: Path,
+    verbose: bool = False,
+) -> int:
+    from trait_lora.core.summary import format_table
+
+    configure_airflow(airflow_home, dags_folder, conf["shards_dir"], verbose)
+    if tiny_model:
+        if backend != "local":
+            print("trait-lora train: --tiny-model needs --backend local", file=sys.stderr)
+            return 2
+        conf["base_model"] = ensure_tiny_model(conf["shards_dir"], conf["output_dir"])
+        print(f"base model: tiny Llama built offline at {conf['base_model']}")
+    migrate_db()
+
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.exceptions import ParamValidationError
+
+    bag = DagBag(dag_folder=str(dags_folder))
+    dag_id = DAG_IDS[backend]
+    if dag_id not in bag.dags:
+        errors = "\n".join(f"{path}: {err}" for path, err in bag.import_errors.items())
+        print(f"trait-lora train: DAG {dag_id} not found in {dags_folder}\n{errors}", file=sys.stderr)
+        return 2
+    if not verbose:
+        logging.getLogger("airflow").setLevel(logging.WARNING)
+    print(f"running {dag_id} in-process (AIRFLOW_HOME={airflow_home}) with conf {json.dumps(conf)}")
+    try:
+        dagrun = bag.dags[dag_id].test(run_conf=conf)
+    except ParamValidationError as exc:
+        print(f"trait-lora train: conf refused: {exc}", file=sys.stderr)
+        return 2
+    summary_path = Path(conf["output_dir"]) / "run_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    if summary is None or summary.get("run_id") != dagrun.run_id:
+        print(f"run {dagrun.run_id} ended {dagrun.state} before writing a summary (see the log above)")
+        return 1
+    print()
+    print(format_table(summary, width=100))
+    out = Path(conf["output_dir"])
+    mapping = out / "hypernetwork_data.json"
+    if not summary.get("dry_run") and mapping.exists():
+        print(f"\nmapping:  {mapping}")
+        for row in summary["traits"]:
+            if row["action"] != "failed":
+                print(f"adapter:  {out / 'lora_checkpoints' / row['trait']}")
+    if summary.get("loss_plot"):
+        print(f"losses:   {summary['loss_plot']}")
+    print(f"run {dagrun.run_id}: {dagrun.state}")
+    return 0 if str(dagrun.state) == "success" and not summary.get("failed") else 1

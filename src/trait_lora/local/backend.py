@@ -1,0 +1,183 @@
+"""Train one trait locally and install its adapter under the same contract as the Together path.
+
+The trainer runs as ``python -m trait_lora.train`` in a child process: torch never loads into the
+Airflow worker (or scheduler, or DAG processor), and all of its memory goes back when the trait is done.
+The child writes into a staging directory; only after the core verifies the adapter is it installed
+atomically and recorded in the ledger, exactly as a downloaded Together adapter is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from trait_lora.core.adapter import AdapterSpec, install_adapter
+from trait_lora.core.atomic import atomic_write_json
+from trait_lora.core.config import from_mapping
+from trait_lora.core.errors import TraitLoraError
+from trait_lora.core.ledger import Ledger
+from trait_lora.core.shards import check_trait_name
+
+EXIT_MEANINGS = {
+    1: "the trainer crashed (see the log above)",
+    2: "bad shard, config or arguments",
+    3: "base model missing or unusable: pass a local model path (base_model) or pre-download it",
+    4: "out of memory: lower micro_batch (the effective batch stays the same)",
+}
+STAGING_DIR = ".staging-train"
+
+
+class LocalTrainingError(TraitLoraError):
+    """The trainer exited non-zero; the message carries its exit meaning and its last stderr lines."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def trainer_argv(
+    plan: dict[str, Any],
+    out: str | Path,
+    *,
+    python: str = sys.executable,
+    gpu: bool = False,
+    micro_batch: int | None = None,
+    max_steps: int | None = None,
+) -> list[str]:
+    """The trainer's argv as a list (never a shell string); the trait is re-validated first."""
+    check_trait_name(plan["trait"])
+    config = from_mapping({**plan["config"], "backend": "local"})
+    argv = [
+        python,
+        "-m",
+        "trait_lora.train",
+        "--shard",
+        str(plan["shard_path"]),
+        "--out",
+        str(out),
+        "--config-json",
+        json.dumps(config.to_dict(), sort_keys=True),
+    ]
+    if gpu:
+        argv.append("--gpu")
+    if micro_batch:
+        argv += ["--micro-batch", str(int(micro_batch))]
+    if max_steps:
+        argv += ["--max-steps", str(int(max_steps))]
+    return argv
+
+
+def staging_path(output_dir: str | Path, plan: dict[str, Any]) -> Path:
+    return Path(output_dir) / STAGING_DIR / f"{check_trait_name(plan['trait'])}-{plan['job_key'][:16]}"
+
+
+def run_trainer(
+    argv: list[str], *, log: Callable[[str], None] = print, timeout: float | None = None
+) -> dict[str, Any]:
+    """Run the trainer, relay its progress lines, return its final JSON line."""
+    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    tail: deque[str] = deque(maxlen=20)
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, bufsize=1
+    ) as proc:
+        assert proc.stderr is not None and proc.stdout is not None
+        for line in proc.stderr:
+            line = line.rstrip()
+            tail.append(line)
+            log(line)
+        stdout = proc.stdout.read()
+        code = proc.wait(timeout=timeout)
+    if code != 0:
+        meaning = EXIT_MEANINGS.get(code, f"exit code {code}")
+        detail = "\n".join(tail)
+        raise LocalTrainingError(f"trainer failed ({meaning}):\n{detail}", code)
+    lines = [ln for ln in stdout.splitlines() if ln.strip()]
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, ValueError):
+        raise LocalTrainingError(
+            f"trainer exited 0 but printed no result line: {stdout[-500:]!r}", 1
+        ) from None
+
+
+def install_trained(plan: dict[str, Any], adapter_src: str | Path, output_dir: str | Path) -> dict[str, Any]:
+    """Verify and install a locally trained adapter, record it, keep its loss curve for the summary.
+
+    Shared by the in-process backend and the Kubernetes DAG (whose pod wrote ``adapter_src`` on the PVC).
+    """
+    trait = check_trait_name(plan["trait"])
+    config = from_mapping({**plan["config"], "backend": "local"})
+    src = Path(adapter_src)
+    metrics: dict[str, Any] = {}
+    if (src / "metrics.json").is_file():
+        metrics = json.loads((src / "metrics.json").read_text())
+    if metrics.get("shard_sha256") not in (None, plan["shard_sha256"]):
+        raise LocalTrainingError(
+            f"{trait}: the shard changed while it trained (sha256 {plan['shard_sha256'][:12]} -> "
+            f"{metrics['shard_sha256'][:12]}); trigger a new run",
+            2,
+        )
+    path, info = install_adapter(src, Path(output_dir), trait, AdapterSpec.from_config(config))
+    steps = [{"step": s["step"], "loss": s["loss"]} for s in metrics.get("steps", []) if "loss" in s]
+    atomic_write_json(
+        Path(output_dir) / "metrics" / f"{trait}.json",
+        {
+            "job_id": None,
+            "steps": steps,
+            **{
+                k: metrics[k]
+                for k in ("tokens_per_second", "wall_seconds", "real_tokens", "device")
+                if k in metrics
+            },
+        },
+    )
+    record = Ledger(output_dir).record_adapter(
+        trait,
+        shard_sha256=plan["shard_sha256"],
+        config_hash=plan["config_hash"],
+        job_key=plan["job_key"],
+        adapter_sha256=info.sha256,
+        job_id=None,
+        backend="local",
+        base_model=config.local_model,
+        num_examples=plan.get("num_examples"),
+    )
+    return {
+        "trait": trait,
+        "action": "trained",
+        "job_id": None,
+        "adapter_path": str(path),
+        "adapter_sha256": info.sha256,
+        "final_loss": metrics.get("final_loss"),
+        "duration_s": metrics.get("wall_seconds"),
+        "tokens_per_second": metrics.get("tokens_per_second"),
+        "trained_at": record["trained_at"],
+    }
+
+
+def train_trait(
+    plan: dict[str, Any],
+    *,
+    output_dir: str | Path | None = None,
+    gpu: bool = False,
+    micro_batch: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train, verify, install, record one trait; the staging directory never outlives the call."""
+    out = Path(output_dir or plan["output_dir"])
+    staging = staging_path(out, plan)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        argv = trainer_argv(plan, staging, gpu=gpu, micro_batch=micro_batch)
+        log(f"{plan['trait']}: training {plan['shard_path']} ({plan['num_examples']} examples)")
+        run_trainer(argv, log=log)
+        return install_trained(plan, staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,60 @@
+"""trait_lora_local end to end through the CLI a user runs (`trait-lora train --backend local`)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.airflow import REPO, copy_shards
+
+CLI = Path(sys.executable).with_name("trait-lora")
+
+
+def train(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    return subprocess.run(
+        [
+            str(CLI),
+            "train",
+            "--backend",
+            "local",
+            "--tiny-model",
+            "--airflow-home",
+            str(tmp_path / "af"),
+            "--dags-folder",
+            str(REPO / "dags"),
+            "--shards-dir",
+            str(tmp_path / "shards"),
+            "--output-dir",
+            str(tmp_path / "out"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+
+
+def test_local_dag_trains_publishes_fails_only_the_bad_shard_then_skips(tmp_path):
+    shards = copy_shards(tmp_path / "shards", ["joy_plus"])
+    (shards / "broken_minus.jsonl").write_text('{"messages": [{"role": "assistant", "content": "hi"}]}\n')
+
+    first = train(tmp_path=tmp_path)
+    assert first.returncode == 1, first.stderr[-3000:]
+    out = tmp_path / "out"
+    mapping = json.loads((out / "hypernetwork_data.json").read_text())
+    assert list(mapping["traits"]) == ["joy_plus"]
+    assert mapping["backend"] == "local" and mapping["traits"]["joy_plus"]["job_id"] is None
+    assert "broken_minus.jsonl:1:" in mapping["failed"]["broken_minus"]
+    assert (out / "lora_checkpoints" / "joy_plus" / "adapter_model.safetensors").is_file()
+    table = {row[0]: row[1] for row in (line.split() for line in first.stdout.splitlines()) if len(row) > 1}
+    assert (table["joy_plus"], table["broken_minus"]) == ("trained", "failed")
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["loss_plot"] and Path(summary["loss_plot"]).read_bytes()[:4] == b"\x89PNG"
+
+    second = train("joy_plus", tmp_path=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    rows = json.loads((out / "run_summary.json").read_text())["traits"]
+    assert [(r["trait"], r["action"]) for r in rows] == [("joy_plus", "skipped")]
