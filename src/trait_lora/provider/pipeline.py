@@ -100,6 +100,36 @@ def train_local(plan: dict[str, Any], run_id: str, context: Any) -> dict[str, An
     return result
 
 
+def pod_spec(plan: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The pod's per-trait values; an invalid shard fails here, before any pod is scheduled."""
+    from trait_lora.provider.kubernetes import pod_spec as build
+
+    context["trait_label"] = plan["trait"]
+    if plan["action"] == "invalid":
+        reason = f"{plan['trait']}: shard is invalid, no pod started:\n" + "\n".join(plan["problems"])
+        runs.record_failure(plan["output_dir"], context["run_id"], plan["trait"], "pod_spec", reason)
+        raise AirflowFailException(reason)
+    return build(plan)
+
+
+def install_pod_result(plan: dict[str, Any], pod_result: Any, run_id: str, context: Any) -> dict[str, Any]:
+    """Verify and install what the pod wrote on the PVC, like any other adapter."""
+    from trait_lora.local.backend import install_trained
+
+    context["trait_label"] = plan["trait"]
+    try:
+        if not isinstance(pod_result, dict) or not pod_result.get("adapter_dir"):
+            raise AirflowFailException(
+                f"{plan['trait']}: the pod returned no adapter_dir (got {pod_result!r})"
+            )
+        result = install_trained(plan, pod_result["adapter_dir"], plan["output_dir"])
+    except (TraitLoraError, AirflowFailException) as exc:
+        runs.record_failure(plan["output_dir"], run_id, plan["trait"], "install", str(exc))
+        raise AirflowFailException(str(exc)) from None
+    runs.clear_failure(plan["output_dir"], run_id, plan["trait"])
+    return result
+
+
 def normalise_results(results: Any) -> dict[str, dict[str, Any]]:
     """A mapped group's output is a list (2+ successes), a dict (1) or None (0): make it trait -> result."""
     if results is None:

@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-length", type=int, default=None, help="truncate examples to N tokens (default 4096)"
     )
+    parser.add_argument(
+        "--xcom-file",
+        type=Path,
+        default=None,
+        help="also write the result JSON here (a KubernetesPodOperator reads /airflow/xcom/return.json)",
+    )
     return parser
 
 
@@ -136,7 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return EXIT_OOM
         raise
-    print(json.dumps(result.summary(), sort_keys=True), flush=True)
+    line = json.dumps(result.summary(), sort_keys=True)
+    if args.xcom_file:
+        args.xcom_file.parent.mkdir(parents=True, exist_ok=True)
+        args.xcom_file.write_text(line)
+    print(line, flush=True)
     return EXIT_OK
 
 

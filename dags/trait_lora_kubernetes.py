@@ -1,0 +1,76 @@
+"""trait_lora_kubernetes: one GPU pod per trait (KubernetesPodOperator), same contract as the others.
+
+discover -> per trait [pod_spec -> train_pod (deferrable KPO, nvidia.com/gpu) -> install] -> publish -> check.
+This is the one DAG file that imports the Kubernetes provider (it builds pods); the others never do.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.sdk import Asset, dag, task, task_group
+
+from trait_lora.provider import kubernetes, pipeline
+from trait_lora.provider.params import build_params, default_dirs
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+OUTPUT_DIR = default_dirs(PROJECT_DIR)[1]
+HYPERNETWORK_DATA = Asset(
+    name=pipeline.HYPERNETWORK_ASSET_NAME, uri=f"file://{OUTPUT_DIR}/hypernetwork_data.json"
+)
+POOL = os.environ.get("TRAIT_LORA_GPU_POOL", "default_pool")
+
+
+@dag(
+    dag_id="trait_lora_kubernetes",
+    schedule=os.environ.get("TRAIT_LORA_SCHEDULE", "0 3 * * 1"),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    params=build_params(PROJECT_DIR, "local"),
+    default_args={"retries": 1, "retry_delay": timedelta(minutes=2)},
+    tags=["trait-lora", "kubernetes", "gpu"],
+    doc_md=__doc__,
+)
+def trait_lora_kubernetes():
+    @task
+    def discover(params=None, run_id=None):
+        return pipeline.discover(params, run_id, "local")
+
+    @task_group(group_id="trait")
+    def per_trait(trait_plan):
+        @task(multiple_outputs=True, map_index_template="{{ trait_label | default('') }}")
+        def pod_spec(trait_plan, **context):
+            return pipeline.pod_spec(trait_plan, context)
+
+        spec = pod_spec(trait_plan)
+        pod = KubernetesPodOperator(
+            task_id="train_pod",
+            name=spec["name"],
+            arguments=spec["arguments"],
+            labels=spec["labels"],
+            pool=POOL,
+            **kubernetes.pod_operator_kwargs(),
+        )
+
+        @task(map_index_template="{{ trait_label | default('') }}")
+        def install(trait_plan, pod_result, run_id=None, **context):
+            return pipeline.install_pod_result(trait_plan, pod_result, run_id, context)
+
+        return install(trait_plan, pod.output)
+
+    @task(trigger_rule="all_done", outlets=[HYPERNETWORK_DATA])
+    def publish_mapping(results, params=None, run_id=None, outlet_events=None):
+        return pipeline.publish(params, results, run_id, "local", outlet_events, HYPERNETWORK_DATA)
+
+    @task
+    def check(published):
+        pipeline.check(published)
+
+    check(publish_mapping(per_trait.expand(trait_plan=discover())))
+
+
+trait_lora_kubernetes()
