@@ -1,7 +1,7 @@
 """trait_lora_kubernetes: one GPU pod per trait (KubernetesPodOperator), same contract as the others.
 
 discover -> per trait [pod_spec -> train_pod (deferrable KPO, nvidia.com/gpu) -> install] -> publish -> check.
-This is the one DAG file that imports the Kubernetes provider (it builds pods); the others never do.
+TrainingPodOperator builds the KubernetesPodOperator in the worker, so parsing never imports Kubernetes.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.sdk import Asset, dag, task, task_group
 
 from trait_lora.provider import kubernetes, pipeline
@@ -47,13 +46,12 @@ def trait_lora_kubernetes():
             return pipeline.pod_spec(trait_plan, context)
 
         spec = pod_spec(trait_plan)
-        pod = KubernetesPodOperator(
+        pod = kubernetes.TrainingPodOperator(
             task_id="train_pod",
             name=spec["name"],
             arguments=spec["arguments"],
             labels=spec["labels"],
             pool=POOL,
-            **kubernetes.pod_operator_kwargs(),
         )
 
         @task(map_index_template="{{ trait_label | default('') }}")

@@ -1,6 +1,7 @@
 """trait_lora_together: one LoRA adapter per trait shard on Together AI.
 
-discover -> per trait [upload -> launch -> wait (deferred) -> download] -> publish_mapping -> check.
+discover -> per trait [upload -> launch (deferred until the job ends) -> wait -> download]
+         -> publish_mapping -> check.
 Wiring only: the logic lives in trait_lora.provider (operators, pipeline).
 """
 
@@ -19,7 +20,7 @@ from trait_lora.provider.operators.together import (
     TogetherLaunchOperator,
     TogetherUploadOperator,
 )
-from trait_lora.provider.params import build_params, default_dirs
+from trait_lora.provider.params import build_params, default_dirs, schedule_from_env
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 OUTPUT_DIR = default_dirs(PROJECT_DIR)[1]
@@ -30,10 +31,7 @@ POOL = os.environ.get("TRAIT_LORA_TOGETHER_POOL", "together_api")
 POLL_SECONDS = float(os.environ.get("TRAIT_LORA_POLL_SECONDS", "30"))
 RETRY_DELAY_SECONDS = float(os.environ.get("TRAIT_LORA_RETRY_DELAY_SECONDS", "30"))
 STAGGER_SECONDS = float(os.environ.get("TRAIT_LORA_STAGGER_SECONDS", "2"))
-# Unpausing a cron DAG starts the latest missed run at once (catchup=False still runs the most recent
-# slot): TRAIT_LORA_SCHEDULE=none (or empty) makes the DAG manual-only, so unpausing starts nothing.
-_SCHEDULE = os.environ.get("TRAIT_LORA_SCHEDULE", "0 3 * * 1").strip()
-SCHEDULE = None if _SCHEDULE.lower() in ("", "none", "null") else _SCHEDULE
+SCHEDULE = schedule_from_env()  # TRAIT_LORA_SCHEDULE: cron, weekly by default; "none" = manual only
 
 
 @dag(
@@ -55,25 +53,20 @@ def trait_lora_together():
     @task_group(group_id="trait")
     def per_trait(trait_plan):
         upload = TogetherUploadOperator(task_id="upload", trait_plan=trait_plan)
-        # launch and wait share the together_api pool (created with --include-deferred): a deferred
-        # wait keeps its slot while Together trains. Absolute weights let a finished launch's wait
-        # take the freed slot before the next launch can, so slots bound jobs in flight.
+        # One together_api slot (pool created with --include-deferred) per Together job in flight: launch
+        # takes it before the create and, deferred on the job (no worker slot), keeps it until the job
+        # ends. A slot shared by separate launch and wait tasks is free between the two and the scheduler
+        # hands it to the next launch (a live deployment ran 8 jobs on 6 slots), so the wait is not pooled.
         launch = TogetherLaunchOperator(
             task_id="launch",
             upload_result=upload.output,
             pool=POOL,
-            priority_weight=1,
-            weight_rule="absolute",
             stagger_seconds=STAGGER_SECONDS,
-        )
-        wait = TogetherFineTuneSensor(
-            task_id="wait",
-            launch_result=launch.output,
-            pool=POOL,
-            priority_weight=10,
-            weight_rule="absolute",
+            wait_for_completion=True,
             poll_interval=POLL_SECONDS,
         )
+        # The job has ended by now: wait records the outcome (price, Together's failure reason) at once.
+        wait = TogetherFineTuneSensor(task_id="wait", launch_result=launch.output, poll_interval=POLL_SECONDS)
         return TogetherDownloadOperator(task_id="download", wait_result=wait.output).output
 
     @task(trigger_rule="all_done", outlets=[HYPERNETWORK_DATA])

@@ -21,8 +21,10 @@ def test_together_dag_shape_schedule_and_form():
     traits = params.get_param("traits").schema
     assert traits["items"]["enum"][:2] == ["intellect_minus", "intellect_plus"]
     assert params["learning_rate"] == 2e-4 and params["lora_r"] == 4 and params["lora_alpha"] == 16
-    assert dag.get_task("trait.wait").pool == "together_api"
+    # The slot is held by launch from before the create until the job ends (it defers on the job).
     assert dag.get_task("trait.launch").pool == "together_api"
+    assert dag.get_task("trait.launch").wait_for_completion is True
+    assert dag.get_task("trait.wait").pool != "together_api"
 
 
 @pytest.mark.parametrize(

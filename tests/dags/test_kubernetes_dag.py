@@ -24,15 +24,9 @@ def make_plan(tmp_path, monkeypatch, local_model="meta-llama/Meta-Llama-3.1-8B-I
 
 
 def rendered_pod(plan):
-    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-
     spec = kubernetes.pod_spec(plan)
-    op = KubernetesPodOperator(
-        task_id="train_pod",
-        name=spec["name"],
-        arguments=spec["arguments"],
-        labels=spec["labels"],
-        **kubernetes.pod_operator_kwargs(),
+    op = kubernetes.TrainingPodOperator(
+        task_id="train_pod", name=spec["name"], arguments=spec["arguments"], labels=spec["labels"]
     )
     op.render_template_fields({"var": {"value": {"trait_lora_trainer_image": "registry.local/trainer:7"}}})
     return spec, op.build_pod_request_obj(dry_run=True)

@@ -14,8 +14,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from trait_lora.core.atomic import atomic_write_json
 from trait_lora.core.config import TrainingConfig
 from trait_lora.core.errors import MappingError
@@ -34,6 +32,8 @@ def mapping_schema() -> dict[str, Any]:
 
 
 def validate_mapping(data: dict[str, Any], *, where: str = MAPPING_FILE) -> None:
+    import jsonschema  # only when a mapping is written: this module is imported on DAG parse
+
     errors = sorted(jsonschema.Draft202012Validator(mapping_schema()).iter_errors(data), key=str)
     if errors:
         first = errors[0]

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import Any
+
+from airflow.sdk import BaseOperator
 
 from trait_lora.core.config import from_mapping
 from trait_lora.core.shards import check_trait_name
@@ -84,7 +87,10 @@ def pod_spec(plan: dict[str, Any]) -> dict[str, Any]:
 
 
 def pod_operator_kwargs() -> dict[str, Any]:
-    """Everything but the per-trait values, as KubernetesPodOperator keyword arguments."""
+    """Everything but the per-trait values and the templated image/namespace, as pod-operator kwargs.
+
+    Called in the worker (it imports the Kubernetes client), never while a DAG file is parsed.
+    """
     from airflow.providers.cncf.kubernetes.secret import Secret
     from kubernetes.client import models as k8s
 
@@ -100,8 +106,6 @@ def pod_operator_kwargs() -> dict[str, Any]:
     tolerations = [k8s.V1Toleration(**t) for t in json.loads(setting("TRAIT_LORA_K8S_TOLERATIONS"))]
     mount = setting("TRAIT_LORA_K8S_MOUNT_PATH")
     return {
-        "image": variable_template("trait_lora_trainer_image", "TRAIT_LORA_TRAINER_IMAGE"),
-        "namespace": variable_template("trait_lora_k8s_namespace", "TRAIT_LORA_K8S_NAMESPACE"),
         "cmds": ["python", "-m", "trait_lora.train"],
         "container_resources": resources,
         "node_selector": json.loads(setting("TRAIT_LORA_K8S_NODE_SELECTOR")),
@@ -129,5 +133,68 @@ def pod_operator_kwargs() -> dict[str, Any]:
         "get_logs": True,
         "on_finish_action": "delete_pod",
         "startup_timeout_seconds": 1800,
-        "map_index_template": "{{ trait_label | default('') }}",
     }
+
+
+class TrainingPodOperator(BaseOperator):
+    """A ``KubernetesPodOperator`` built when the task runs, not when the DAG file is parsed.
+
+    Importing the Kubernetes provider costs the DAG processor about a second per parse; this operator
+    keeps the pod's per-trait values as plain templated fields and builds the real operator in the
+    worker. Deferral works unchanged: the pod operator defers with ``method_name="trigger_reentry"``,
+    and the task resumes through this class's ``trigger_reentry``, which rebuilds it from the event.
+    """
+
+    template_fields: Sequence[str] = ("image", "namespace", "name", "arguments", "labels")
+    ui_color = "#d6f5e3"
+
+    def __init__(
+        self,
+        *,
+        name: str | Any,
+        arguments: list[str] | Any,
+        labels: dict[str, str] | Any,
+        image: str | None = None,
+        namespace: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("map_index_template", "{{ trait_label | default('') }}")
+        super().__init__(**kwargs)
+        self.name = name
+        self.arguments = arguments
+        self.labels = labels
+        self.image = image or variable_template("trait_lora_trainer_image", "TRAIT_LORA_TRAINER_IMAGE")
+        self.namespace = namespace or variable_template(
+            "trait_lora_k8s_namespace", "TRAIT_LORA_K8S_NAMESPACE"
+        )
+        self._pod_op: Any = None
+
+    def pod_operator(self) -> Any:
+        from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+        if self._pod_op is None:
+            self._pod_op = KubernetesPodOperator(
+                task_id=self.task_id,
+                name=self.name,
+                arguments=list(self.arguments),
+                labels=dict(self.labels),
+                image=self.image,
+                namespace=self.namespace,
+                **pod_operator_kwargs(),
+            )
+        return self._pod_op
+
+    def build_pod_request_obj(self, context: Any = None, *, dry_run: bool = False) -> Any:
+        return self.pod_operator().build_pod_request_obj(context, dry_run=dry_run)
+
+    def execute(self, context: Any) -> Any:
+        context["trait_label"] = str(dict(self.labels).get("trait", "")).replace("-", "_")
+        return self.pod_operator().execute(context)
+
+    def trigger_reentry(self, context: Any, event: dict[str, Any]) -> Any:
+        context["trait_label"] = str(dict(self.labels).get("trait", "")).replace("-", "_")
+        return self.pod_operator().trigger_reentry(context, event)
+
+    def on_kill(self) -> None:
+        if self._pod_op is not None:
+            self._pod_op.on_kill()

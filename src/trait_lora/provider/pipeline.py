@@ -13,14 +13,13 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from trait_lora.core import runs
-from trait_lora.core.atomic import atomic_write_json
 from trait_lora.core.config import from_mapping
 from trait_lora.core.errors import TraitLoraError
-from trait_lora.core.ledger import utc_now
-from trait_lora.core.mapping import MAPPING_FILE, write_mapping
-from trait_lora.core.plan import plan_traits
-from trait_lora.core.summary import build_summary, format_table, write_summary
+from trait_lora.core.mapping import MAPPING_FILE
 from trait_lora.provider.params import config_values
+
+# Planning and summary code (validation, adapter checks, matplotlib) is imported inside the tasks:
+# DAG files import this module and must stay cheap to parse.
 
 HYPERNETWORK_ASSET_NAME = "trait_lora_hypernetwork_data"
 
@@ -31,6 +30,10 @@ def discover(params: dict[str, Any], run_id: str, backend: str) -> list[dict[str
     The whole plan goes to ``runs/<run>/plan.json`` for ``publish``: Airflow can only map over a
     task's return value, so the plan cannot travel as a second XCom key.
     """
+    from trait_lora.core.atomic import atomic_write_json
+    from trait_lora.core.ledger import utc_now
+    from trait_lora.core.plan import plan_traits
+
     try:
         config = from_mapping(config_values(params, backend), source="DAG params")
         shards_dir = Path(params["shards_dir"]).resolve()
@@ -154,6 +157,9 @@ def publish(
     asset: Any = None,
 ) -> dict[str, Any]:
     """Write the mapping (even when some traits failed), the run summary, and the Asset's metadata."""
+    from trait_lora.core.mapping import write_mapping
+    from trait_lora.core.summary import build_summary, format_table, write_summary
+
     discovered = load_plan(params, run_id)
     output_dir = discovered["output_dir"]
     plans = discovered["plans"]

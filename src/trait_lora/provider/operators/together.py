@@ -13,20 +13,14 @@ from collections.abc import Sequence
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from airflow.sdk import BaseOperator, BaseSensorOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from trait_lora.core import budget, runs
-from trait_lora.core.adapter import AdapterSpec, install_adapter
-from trait_lora.core.atomic import atomic_write_json
-from trait_lora.core.config import TrainingConfig, from_mapping
-from trait_lora.core.errors import AdapterError, ShardError
-from trait_lora.core.keys import job_tag
+from trait_lora.core import runs
 from trait_lora.core.ledger import Ledger
-from trait_lora.core.validation import require_valid
 from trait_lora.provider.hooks.together import (
     ACTIVE_STATUSES,
     FAILED_STATUSES,
@@ -39,9 +33,15 @@ from trait_lora.provider.hooks.together import (
     output_name,
 )
 from trait_lora.provider.links import JOB_URL_XCOM_KEY, TogetherJobLink, dashboard_url
-from trait_lora.provider.triggers.together import TogetherFineTuneTrigger
+
+if TYPE_CHECKING:
+    from trait_lora.core.config import TrainingConfig
+
+# The core's validation, adapter and budget modules are imported where they are used: DAG files import
+# this module, and a DAG file's parse time is paid by the DAG processor on every parse.
 
 STATE_JOB_ID = "together_job_id"
+LAUNCH_RESULT_XCOM_KEY = "launch_result"
 METRICS_DIR = "metrics"
 
 
@@ -112,6 +112,8 @@ class _TogetherStep(BaseOperator):
 
     @property
     def training_config(self) -> TrainingConfig:
+        from trait_lora.core.config import from_mapping
+
         values = self.config or self.incoming.get("config") or {}
         return from_mapping({**values, "backend": "together"}, source="DAG params")
 
@@ -137,6 +139,9 @@ class TogetherUploadOperator(_TogetherStep):
         self.trait_plan = trait_plan
 
     def run_step(self, context: Any, plan: dict[str, Any]) -> dict[str, Any]:
+        from trait_lora.core.errors import ShardError
+        from trait_lora.core.validation import require_valid
+
         trait = plan["trait"]
         if plan["action"] == "skip":
             raise AirflowSkipException(f"{trait}: {plan['reason']}; no remote call")
@@ -186,8 +191,15 @@ class TogetherLaunchOperator(_TogetherStep):
     Order of lookups before any create: our ledger, Airflow's ``task_state_store`` (survives retries,
     unlike XCom), then Together's own job list by the key's tag. The create itself is sent with SDK
     retries off; after any failure the list is read again before another create is ever sent.
+
+    ``wait_for_completion=True``: after the create (or adoption) the task defers on the job until it
+    ends, so a pool slot taken by this task spans the whole job. That is what makes a pool bound the
+    jobs in flight: a slot shared by a separate launch and wait task is free between the two, and the
+    scheduler can hand it to the next launch (seen on a live deployment: 8 jobs in flight on a 6-slot
+    pool). The result then carries the job's final status; failed jobs are reported by the wait task.
     """
 
+    operator_extra_links = (TogetherJobLink(),)
     template_fields: Sequence[str] = (
         "upload_result",
         "output_dir",
@@ -205,6 +217,10 @@ class TogetherLaunchOperator(_TogetherStep):
         max_run_price_usd: float | None = None,
         stagger_seconds: float = 0.0,
         create_attempts: int = 6,
+        wait_for_completion: bool = False,
+        poll_interval: float = 30.0,
+        wait_timeout: float = 24 * 3600.0,
+        max_transient_errors: int = 10,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -213,6 +229,51 @@ class TogetherLaunchOperator(_TogetherStep):
         self.max_run_price_usd = max_run_price_usd
         self.stagger_seconds = stagger_seconds
         self.create_attempts = create_attempts
+        self.wait_for_completion = wait_for_completion
+        self.poll_interval = poll_interval
+        self.wait_timeout = wait_timeout
+        self.max_transient_errors = max_transient_errors
+
+    def execute(self, context: Any) -> Any:
+        result = super().execute(context)
+        if not self.wait_for_completion or result.get("status") in TERMINAL_STATUSES:
+            return result
+        from trait_lora.provider.triggers.together import TogetherFineTuneTrigger
+
+        # For execute_complete: an XCom pushed before defer() survives the deferral (defer kwargs would
+        # too, but dag.test() replaces them with the event alone).
+        context["ti"].xcom_push(key=LAUNCH_RESULT_XCOM_KEY, value=result)
+        self.defer(
+            trigger=TogetherFineTuneTrigger(
+                job_id=result["job_id"],
+                trait=result["trait"],
+                together_conn_id=self.together_conn_id,
+                poll_interval=self.poll_interval,
+                deadline=time.time() + self.wait_timeout,
+                max_transient_errors=self.max_transient_errors,
+                last_status=result.get("status"),
+            ),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=self.wait_timeout + 3600),
+        )
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        """The job ended (any terminal status: the wait task reports failures) or the wait gave up."""
+        ti = context["ti"]
+        pushed = ti.xcom_pull(task_ids=ti.task_id, key=LAUNCH_RESULT_XCOM_KEY, map_indexes=ti.map_index)
+        if isinstance(pushed, list):  # some pull paths wrap a single mapped value in a list
+            pushed = pushed[0] if pushed else None
+        result = {**self.incoming, "job_id": event["job_id"], **(pushed or {})}
+        trait = result["trait"]
+        label(context, trait)
+        if event.get("status") in ("timeout", "poll_error"):
+
+            def give_up() -> None:  # retried: the retry adopts the same job and waits again
+                raise AirflowException(f"{trait}: {event.get('message')}")
+
+            return guarded(context, self.out_dir, trait, self.task_id, give_up)
+        self.log.info("%s: %s", trait, event.get("message"))
+        return {**result, "status": event.get("status", result.get("status"))}
 
     def run_step(self, context: Any, request: dict[str, Any]) -> dict[str, Any]:
         trait, key = request["trait"], request["job_key"]
@@ -246,6 +307,8 @@ class TogetherLaunchOperator(_TogetherStep):
         }
 
     def _existing_job(self, trait: str, key: str, store: Any) -> dict[str, Any] | None:
+        from together import NotFoundError
+
         record = self.ledger.job(trait) or {}
         candidates: list[str] = []
         if record.get("job_key") == key and record.get("job_id"):
@@ -253,19 +316,27 @@ class TogetherLaunchOperator(_TogetherStep):
         if store is not None and (stored := store.get(STATE_JOB_ID)):
             candidates.append(str(stored))
         for job_id in dict.fromkeys(candidates):
-            job = self.hook.get_job(job_id)
+            try:
+                job = self.hook.get_job(job_id)
+            except NotFoundError:  # deleted on Together: a 404 here must not fail every later run
+                self.log.info("%s: earlier job %s is gone from Together; not adopting it", trait, job_id)
+                continue
             if job.get("status") not in FAILED_STATUSES:
                 return job
             self.log.info("%s: earlier job %s ended %s; not adopting it", trait, job_id, job.get("status"))
         return self._listed_job(key)
 
     def _listed_job(self, key: str) -> dict[str, Any] | None:
+        from trait_lora.core.keys import job_tag
+
         for job in self.hook.find_jobs(job_tag(key)):
             if job.get("status") in ACTIVE_STATUSES or job.get("status") == "completed":
                 return job
         return None
 
     def _cost_gate(self, context: Any, request: dict[str, Any]) -> float | None:
+        from trait_lora.core import budget
+
         cfg = self.training_config
         trait = request["trait"]
         estimate = self.hook.estimate_price(
@@ -428,6 +499,8 @@ class TogetherFineTuneSensor(BaseSensorOperator):
             return guarded(
                 context, self.out_dir, result["trait"], self.task_id, lambda: self._finish(context, job)
             )
+        from trait_lora.provider.triggers.together import TogetherFineTuneTrigger
+
         self.defer(
             trigger=TogetherFineTuneTrigger(
                 job_id=result["job_id"],
@@ -497,6 +570,9 @@ class TogetherDownloadOperator(_TogetherStep):
         self.wait_result = wait_result
 
     def run_step(self, context: Any, result: dict[str, Any]) -> dict[str, Any]:
+        from trait_lora.core.adapter import AdapterSpec, install_adapter
+        from trait_lora.core.errors import AdapterError
+
         trait, job_id = result["trait"], result["job_id"]
         cfg = self.training_config
         downloads = Path(self.out_dir) / ".downloads"
@@ -550,6 +626,8 @@ class TogetherDownloadOperator(_TogetherStep):
         }
 
     def _metrics(self, trait: str, job_id: str) -> list[dict[str, Any]]:
+        from trait_lora.core.atomic import atomic_write_json
+
         try:
             steps = self.hook.list_metrics(job_id)
         except Exception as exc:  # metrics are for the summary; never fail an installed adapter on them

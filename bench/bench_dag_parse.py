@@ -1,0 +1,95 @@
+"""DAG parse cost: each DAG file against a trivial DAG, in fresh processes, as `airflow dags report` does.
+
+Prints the median wall time of importing Airflow + parsing the file (DagBag on that one file) over
+fresh interpreters, the ratio to a trivial DAG measured in the same run (goal <= 2x), and which heavy
+modules parsing imported (goal: none of torch, transformers, peft, together, kubernetes; the
+Kubernetes DAG necessarily imports the Kubernetes provider, reported, not hidden).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+HEAVY = ("torch", "transformers", "peft", "together", "kubernetes")
+RUNS = int(os.environ.get("BENCH_RUNS", "7"))
+
+PROBE = r"""
+import json, sys, time
+t0 = time.perf_counter()
+from airflow.dag_processing.dagbag import DagBag
+t1 = time.perf_counter()
+bag = DagBag(dag_folder=sys.argv[1])
+t2 = time.perf_counter()
+assert not bag.import_errors, bag.import_errors
+heavy = [m for m in HEAVY if m in sys.modules]
+print(json.dumps({"total": t2 - t0, "parse": t2 - t1, "dags": len(bag.dags), "heavy": heavy}))
+""".replace("HEAVY", repr(HEAVY))
+
+TRIVIAL = """
+from datetime import datetime
+from airflow.sdk import dag, task
+
+@dag(dag_id="trivial", schedule=None, start_date=datetime(2026, 1, 1), catchup=False)
+def trivial():
+    @task
+    def hello():
+        return 1
+    hello()
+
+trivial()
+"""
+
+
+def measure(path: Path, env: dict[str, str]) -> dict[str, float | list[str]]:
+    totals, parses, heavy = [], [], []
+    for _ in range(RUNS):
+        out = subprocess.run(
+            [sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True, env=env
+        )
+        if out.returncode != 0:
+            raise SystemExit(f"{path}: parse failed:\n{out.stderr[-2000:]}")
+        data = json.loads(out.stdout.strip().splitlines()[-1])
+        totals.append(data["total"])
+        parses.append(data["parse"])
+        heavy = data["heavy"]
+    return {"total": statistics.median(totals), "parse": statistics.median(parses), "heavy": heavy}
+
+
+def main() -> None:
+    home = tempfile.mkdtemp(prefix="bench-parse-")
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": home,
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR",
+    }
+    trivial = Path(home) / "trivial_dag.py"
+    trivial.write_text(TRIVIAL)
+    base = measure(trivial, env)
+    print(f"fresh-process median over {RUNS} runs (import airflow + DagBag of one file)")
+    print("total = import airflow + parse; parse = DagBag on the file (what `airflow dags report` shows)")
+    print(f"{'file':<28} {'total s':>8} {'parse s':>8} {'x total':>8} {'x parse':>8}  heavy imports")
+    print(f"{'trivial_dag.py':<28} {base['total']:8.3f} {base['parse']:8.3f} {1.0:8.2f} {1.0:8.2f}  -")
+    for path in sorted((REPO / "dags").glob("*.py")):
+        m = measure(path, env)
+        total_ratio = m["total"] / base["total"]
+        parse_ratio = m["parse"] / base["parse"]
+        allowed = {"kubernetes"} if path.name == "trait_lora_kubernetes.py" else set()
+        unexpected = set(m["heavy"]) - allowed
+        verdict = "PASS" if parse_ratio <= 2.0 and not unexpected else "MISS"
+        heavy = ",".join(m["heavy"]) or "-"
+        print(
+            f"{path.name:<28} {m['total']:8.3f} {m['parse']:8.3f} {total_ratio:8.2f} {parse_ratio:8.2f}"
+            f"  {heavy}  {verdict} (goal: parse <= 2x trivial, no heavy import)"
+        )
+
+
+if __name__ == "__main__":
+    main()
