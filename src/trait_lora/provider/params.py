@@ -16,6 +16,18 @@ from trait_lora.core.config import KNOWN_MODULES, LOCAL_MODEL, SCHEDULERS, TOGET
 from trait_lora.core.shards import TRAIT_PATTERN, discover_shards
 
 SHARDS_ENV, OUTPUT_ENV = "TRAIT_LORA_SHARDS_DIR", "TRAIT_LORA_OUTPUT_DIR"
+SCHEDULE_ENV, DEFAULT_SCHEDULE = "TRAIT_LORA_SCHEDULE", "0 3 * * 1"
+
+
+def schedule_from_env() -> str | None:
+    """The DAGs' schedule: ``TRAIT_LORA_SCHEDULE`` (a cron string), weekly by default.
+
+    ``none`` (or empty) means manual runs only. It matters at unpause: with ``catchup=False`` a cron DAG
+    still starts its most recent missed slot at once, so unpausing a weekly DAG to trigger it by hand
+    would first start a scheduled run of every shard.
+    """
+    value = os.environ.get(SCHEDULE_ENV, DEFAULT_SCHEDULE).strip()
+    return None if value.lower() in ("", "none", "null") else value
 
 
 def default_dirs(project_dir: Path) -> tuple[Path, Path]:
