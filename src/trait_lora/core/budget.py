@@ -21,6 +21,11 @@ class BudgetError(TraitLoraError):
     """A launch that would pass the per-job or per-run budget; nothing was created."""
 
 
+def usd(amount: float) -> str:
+    """Dollars readable at every scale: a $0.0033 job must not print as $0.00."""
+    return f"${amount:.2f}" if abs(amount) >= 1 else f"${amount:.4f}"
+
+
 @dataclass(frozen=True)
 class Reservation:
     trait: str
@@ -41,7 +46,7 @@ def reserve(
     check_trait_name(trait)
     if job_budget is not None and amount > job_budget:
         raise BudgetError(
-            f"{trait}: Together estimates ${amount:.2f}, above the per-job budget ${job_budget:.2f}; "
+            f"{trait}: Together estimates {usd(amount)}, above the per-job budget {usd(job_budget)}; "
             "no job was created. Raise max_job_price_usd or shrink the shard"
         )
     path = run_dir(output_dir, run_id) / "budget.json"
@@ -50,8 +55,8 @@ def reserve(
         others = sum(float(r["amount"]) for t, r in reserved.items() if t != trait)
         if run_budget is not None and others + amount > run_budget:
             raise BudgetError(
-                f"{trait}: Together estimates ${amount:.2f}; with ${others:.2f} already reserved by this "
-                f"run that passes the per-run budget ${run_budget:.2f}; no job was created. Raise "
+                f"{trait}: Together estimates {usd(amount)}; with {usd(others)} already reserved by this "
+                f"run that passes the per-run budget {usd(run_budget)}; no job was created. Raise "
                 "max_run_price_usd or train fewer traits per run"
             )
         reserved[trait] = {"amount": amount}

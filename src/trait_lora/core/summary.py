@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from trait_lora.core.atomic import atomic_write_bytes, atomic_write_json
+from trait_lora.core.budget import usd
 from trait_lora.core.ledger import utc_now
 from trait_lora.core.runs import run_dir
 
@@ -75,10 +76,10 @@ def build_summary(
 
 def _price(row: dict[str, Any]) -> str:
     total, estimated = row.get("total_price"), row.get("estimated_price")
-    for value, prefix in ((total, "$"), (estimated, "~$")):
-        if value is not None:
-            value = float(value)
-            return f"{prefix}{value:.2f}" if value >= 1 else f"{prefix}{value:.4f}"
+    if total is not None:
+        return usd(float(total))
+    if estimated is not None:
+        return "~" + usd(float(estimated))
     return "-"
 
 

@@ -346,7 +346,7 @@ class TogetherLaunchOperator(_TogetherStep):
         self.log.info(
             "%s: Together estimates %s (allowed_to_proceed=%s)",
             trait,
-            f"${price:.2f}" if price is not None else "no price",
+            budget.usd(price) if price is not None else f"no price ({estimate.get('unavailable_reason')})",
             estimate.get("allowed_to_proceed"),
         )
         if estimate.get("allowed_to_proceed") is False:
@@ -356,6 +356,14 @@ class TogetherLaunchOperator(_TogetherStep):
             )
         job_budget = _as_float(self.max_job_price_usd, request.get("max_job_price_usd"))
         run_budget = _as_float(self.max_run_price_usd, request.get("max_run_price_usd"))
+        if price is None and (job_budget is not None or run_budget is not None):
+            # A budget that an unknown price could pass is no budget: refuse, and let a retry ask again
+            # (an estimate is often unavailable only until Together has validated the file).
+            why = estimate.get("unavailable_reason", "none given")
+            raise AirflowException(
+                f"{trait}: Together gave no price estimate ({why}) and a budget is set, so no job was "
+                "created; the task retries, or clear the budget"
+            )
         if price is not None and (job_budget is not None or run_budget is not None):
             try:
                 budget.reserve(
@@ -533,7 +541,7 @@ class TogetherFineTuneSensor(BaseSensorOperator):
             if event.get("status") in ("timeout", "poll_error"):
                 raise AirflowException(f"{result['trait']}: {event.get('message')}")
             # Re-read: the return value is the job as Together has it now, not the event's snapshot.
-            return self._finish(context, self.hook.get_job(result["job_id"]), event.get("message"))
+            return self._finish(context, self.hook.get_job(result["job_id"]), event.get("reason"))
 
         return guarded(context, self.out_dir, result["trait"], self.task_id, complete)
 
@@ -546,10 +554,10 @@ class TogetherFineTuneSensor(BaseSensorOperator):
             trait, job_key=result["job_key"], job_id=job["id"], status=status, total_price_usd=price
         )
         if status in FAILED_STATUSES:
-            if not message or message.endswith("no message from Together"):
-                message = first_error_message(self.hook.list_events(job["id"])) or message
+            if not message:
+                message = first_error_message(self.hook.list_events(job["id"]))
             raise TogetherJobFailed(
-                f"{trait}: Together job {job['id']} ended {status}: {message or 'no message'}"
+                f"{trait}: Together job {job['id']} ended {status}: {message or 'no message from Together'}"
             )
         return {
             **result,

@@ -80,7 +80,9 @@ class TogetherFineTuneTrigger(BaseTrigger):
             },
         )
 
-    def _event(self, status: str, message: str, job: dict[str, Any] | None = None) -> TriggerEvent:
+    def _event(
+        self, status: str, message: str, job: dict[str, Any] | None = None, reason: str | None = None
+    ) -> TriggerEvent:
         job = job or {}
         return TriggerEvent(
             {
@@ -88,6 +90,7 @@ class TogetherFineTuneTrigger(BaseTrigger):
                 "job_id": self.job_id,
                 "trait": self.trait,
                 "message": message,
+                "reason": reason,  # Together's own words for a failed job, without our framing
                 "total_price": job.get("total_price"),
             }
         )
@@ -142,13 +145,13 @@ class TogetherFineTuneTrigger(BaseTrigger):
                     self.log.info("%s: job %s is %s", self.trait, self.job_id, new_status)
                     status = new_status
                 if status in TERMINAL_STATUSES:
-                    message = f"job {self.job_id} {status}"
+                    message, reason = f"job {self.job_id} {status}", None
                     if status in FAILED_STATUSES:
                         if events is None:
                             events = await self._events(hook, client)
                         reason = first_error_message(events or []) or job.get("message") or job.get("error")
                         message = f"job {self.job_id} ended {status}: {reason or 'no message from Together'}"
-                    yield self._event(status, message, job)
+                    yield self._event(status, message, job, reason)
                     return
                 await asyncio.sleep(self.poll_interval)
         finally:

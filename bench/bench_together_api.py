@@ -1,0 +1,171 @@
+"""How many Together API calls one job costs us, and what the waiting costs in CPU.
+
+Why: Together rate-limits per account, and a triggerer waits on every job in flight on one event loop.
+The wait (``TogetherFineTuneTrigger``) must poll the job and little else: goal <= N + 8 API calls for
+a job that lasts N poll intervals (one retrieve per interval, events read from the job itself, a
+bounded number of extras). Also reported: every call of one whole per-trait cycle
+(upload -> launch -> wait -> download, through the real DAG with ``dag.test()``), and the trigger's CPU
+time per 1,000 polls (``time.process_time()`` is the whole process, the in-process fake server's
+threads included; ``time.thread_time()`` is the event loop's thread alone, i.e. the trigger and the
+SDK client).
+
+Everything runs against the fake Together server (``tests/fake_together``) started in this process, on
+loopback, with the real ``together`` SDK. Prints figures and PASS/MISS; never fails on them.
+
+Usage: python bench/bench_together_api.py [--polls 10 50 200] [--cpu-polls 1000] [--no-cycle]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+# Before anything imports Airflow: a private AIRFLOW_HOME, the repo's dags, fast polls and retries.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="bench-together-airflow-"))
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
+os.environ.setdefault("TRAIT_LORA_POLL_SECONDS", "0.01")
+os.environ.setdefault("TRAIT_LORA_RETRY_DELAY_SECONDS", "0.5")
+os.environ.pop("TOGETHER_API_KEY", None)
+os.environ.pop("TOGETHER_BASE_URL", None)
+
+CALL_GOAL_EXTRA = 8
+POLL_INTERVAL = 0.0005
+
+
+def use_fake(fake) -> None:
+    """Point ``together_default`` at the fake, as a deployment would by env."""
+    os.environ["AIRFLOW_CONN_TOGETHER_DEFAULT"] = json.dumps(
+        {"conn_type": "together", "host": fake.base_url, "password": fake.api_key}
+    )
+
+
+async def run_trigger(job_id: str) -> list[dict]:
+    from trait_lora.provider.triggers.together import TogetherFineTuneTrigger
+
+    trigger = TogetherFineTuneTrigger(job_id=job_id, trait="joy_plus", poll_interval=POLL_INTERVAL)
+    return [event.payload async for event in trigger.run()]
+
+
+def calls_for(fake, job_id: str) -> collections.Counter:
+    return collections.Counter(f"{m} {p}" for m, p in fake.calls if job_id in p)
+
+
+def bench_trigger_calls(polls: list[int]) -> None:
+    from tests.fake_together.server import FakeTogether
+
+    print(f"Trigger API calls for a job lasting N poll intervals (goal <= N + {CALL_GOAL_EXTRA})")
+    print(f"  {'N':>5}  {'calls':>6}  {'goal':>5}  {'result':<6}  {'status':<10}  breakdown")
+    for n in polls:
+        with FakeTogether(job_polls=n) as fake:
+            use_fake(fake)
+            job_id = fake.add_job(suffix="joy-plus-0123456789abcdef")
+            events = asyncio.run(run_trigger(job_id))
+            counts = calls_for(fake, job_id)
+            total = sum(counts.values())
+            goal = n + CALL_GOAL_EXTRA
+            verdict = "PASS" if total <= goal else "MISS"
+            status = events[-1]["status"] if events else "none"
+            detail = ", ".join(f"{k.replace(job_id, '{id}')}: {v}" for k, v in sorted(counts.items()))
+            print(f"  {n:>5}  {total:>6}  {goal:>5}  {verdict:<6}  {status:<10}  {detail}")
+
+
+def bench_trigger_cpu(polls: int) -> None:
+    from tests.fake_together.server import FakeTogether
+
+    with FakeTogether(job_polls=polls) as fake:
+        use_fake(fake)
+        job_id = fake.add_job(suffix="joy-plus-0123456789abcdef")
+        fake.job_polls = 3
+        asyncio.run(run_trigger(fake.add_job(suffix="joy-minus-0123456789abcdef")))  # warm imports
+        wall0, cpu0, thread0 = time.perf_counter(), time.process_time(), time.thread_time()
+        events = asyncio.run(run_trigger(job_id))
+        wall, cpu, thread = (
+            time.perf_counter() - wall0,
+            time.process_time() - cpu0,
+            time.thread_time() - thread0,
+        )
+        done = fake.count("GET", rf"^/v1/fine-tunes/{job_id}$")
+    scale = 1000 / max(1, done)
+    print(f"\nTrigger CPU for {done} polls (job ended {events[-1]['status']}), per 1,000 polls:")
+    print(f"  process_time (trigger + SDK + in-process fake server): {cpu * scale:.3f} s")
+    print(f"  thread_time  (event-loop thread: trigger + SDK only):  {thread * scale:.3f} s")
+    print(f"  wall, at a {POLL_INTERVAL * 1000:.1f} ms poll interval:                   {wall * scale:.3f} s")
+
+
+def bench_cycle() -> None:
+    import shutil
+
+    from tests.fake_together.server import FakeTogether
+
+    home = Path(os.environ["AIRFLOW_HOME"])
+    if not (home / ".migrated").exists():
+        airflow = Path(sys.executable).with_name("airflow")
+        subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True)
+        (home / ".migrated").touch()
+    from tests.support.airflow import run_dag
+
+    work = Path(tempfile.mkdtemp(prefix="bench-together-cycle-"))
+    shards = work / "shards"
+    shards.mkdir()
+    shutil.copy(REPO / "include" / "sample_shards" / "joy_plus.jsonl", shards)
+    with FakeTogether(job_polls=3) as fake:
+        use_fake(fake)
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            t0 = time.perf_counter()
+            dagrun = run_dag(
+                "trait_lora_together",
+                {"shards_dir": str(shards), "output_dir": str(work / "out"), "traits": ["joy_plus"]},
+            )
+            wall = time.perf_counter() - t0
+        ids = {**dict.fromkeys(fake.jobs, "{job}"), **dict.fromkeys(fake.files, "{file}")}
+        counts = collections.Counter()
+        for method, path in fake.calls:
+            for real, placeholder in ids.items():
+                path = path.replace(real, placeholder)
+            counts[f"{method} {path}"] += 1
+    storage = sum(v for k, v in counts.items() if "/storage/" in k)
+    counts = collections.Counter({k: v for k, v in counts.items() if "/storage/" not in k})
+    if storage:
+        counts["PUT /storage/... (upload bytes)"] = storage
+    print(
+        f"\nOne full cycle for one trait, job of 3 polls (upload -> launch -> wait -> download), "
+        f"run {dagrun.state}, {wall:.1f} s wall through dag.test():"
+    )
+    print(f"  total API calls: {sum(counts.values())}")
+    for key, value in sorted(counts.items()):
+        print(f"    {value:>3}  {key}")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--polls", type=int, nargs="+", default=[10, 50, 200])
+    parser.add_argument("--cpu-polls", type=int, default=1000)
+    parser.add_argument("--no-cycle", action="store_true", help="skip the whole-DAG cycle (needs a DB)")
+    args = parser.parse_args()
+    bench_trigger_calls(args.polls)
+    bench_trigger_cpu(args.cpu_polls)
+    if not args.no_cycle:
+        bench_cycle()
+
+
+if __name__ == "__main__":
+    main()

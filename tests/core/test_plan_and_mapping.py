@@ -1,0 +1,118 @@
+import json
+
+import pytest
+
+from tests.support.adapters import write_adapter_dir
+from tests.support.airflow import copy_shards
+from trait_lora.core.adapter import AdapterSpec, install_adapter
+from trait_lora.core.config import TrainingConfig
+from trait_lora.core.errors import MappingError, TraitNameError
+from trait_lora.core.ledger import Ledger
+from trait_lora.core.mapping import MAPPING_FILE, build_mapping, validate_mapping, write_mapping
+from trait_lora.core.plan import plan_traits
+
+CFG = TrainingConfig()
+
+
+def install(tmp_path, trait, plan, job_id="ft-1"):
+    src = write_adapter_dir(tmp_path / "src" / trait)
+    _, info = install_adapter(src, tmp_path / "out", trait, AdapterSpec.from_config(CFG))
+    Ledger(tmp_path / "out").record_adapter(
+        trait,
+        shard_sha256=plan.shard_sha256,
+        config_hash=plan.config_hash,
+        job_key=plan.job_key,
+        adapter_sha256=info.sha256,
+        job_id=job_id,
+        backend="together",
+        base_model=CFG.base_model,
+        num_examples=plan.num_examples,
+    )
+
+
+def by_trait(plans):
+    return {p.trait: p for p in plans}
+
+
+def test_plan_train_then_skip_then_retrain_on_change(tmp_path):
+    shards = copy_shards(tmp_path / "shards", ["joy_plus", "joy_minus"])
+    out = tmp_path / "out"
+    first = by_trait(plan_traits(shards, out, CFG))
+    assert {t: p.action for t, p in first.items()} == {"joy_plus": "train", "joy_minus": "train"}
+    assert first["joy_plus"].reason == "no adapter trained yet"
+    install(tmp_path, "joy_plus", first["joy_plus"])
+    second = by_trait(plan_traits(shards, out, CFG))
+    assert second["joy_plus"].action == "skip" and second["joy_minus"].action == "train"
+
+    # A config change, a shard change and force each bring training back, with the reason.
+    assert plan_traits(shards, out, CFG.replace(learning_rate=1e-4), traits=["joy_plus"])[0].reason == (
+        "training config changed since the last adapter"
+    )
+    forced = plan_traits(shards, out, CFG, traits=["joy_plus"], force_retrain=True, run_nonce="run-9")[0]
+    assert forced.action == "train" and forced.job_key != second["joy_plus"].job_key
+    assert (
+        forced.job_key
+        == plan_traits(shards, out, CFG, traits=["joy_plus"], force_retrain=True, run_nonce="run-9")[
+            0
+        ].job_key
+    )  # same run, same key: retries adopt
+    with (shards / "joy_plus.jsonl").open("a") as fh:
+        fh.write(
+            json.dumps(
+                {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"}]}
+            )
+            + "\n"
+        )
+    assert (
+        plan_traits(shards, out, CFG, traits=["joy_plus"])[0].reason == "shard changed since the last adapter"
+    )
+
+
+def test_plan_resumes_an_in_flight_job_and_retrains_after_a_failed_one(tmp_path):
+    shards = copy_shards(tmp_path / "shards", ["joy_plus"])
+    out = tmp_path / "out"
+    plan = plan_traits(shards, out, CFG)[0]
+    Ledger(out).update_job("joy_plus", job_key=plan.job_key, job_id="ft-7", status="running")
+    resumed = plan_traits(shards, out, CFG)[0]
+    assert (resumed.action, resumed.job_id) == ("resume", "ft-7")
+    Ledger(out).update_job("joy_plus", status="error")
+    assert plan_traits(shards, out, CFG)[0].action == "train"
+
+
+def test_plan_reports_invalid_shards_and_refuses_unknown_traits(tmp_path):
+    shards = copy_shards(tmp_path / "shards", ["joy_plus"])
+    (shards / "bad_minus.jsonl").write_text('{"messages": [{"role": "user", "content": "x"}]}\n')
+    plans = by_trait(plan_traits(shards, tmp_path / "out", CFG))
+    assert plans["bad_minus"].action == "invalid"
+    assert plans["bad_minus"].problems[0].startswith(f"{shards / 'bad_minus.jsonl'}:1:")
+    with pytest.raises(TraitNameError, match="available: bad_minus, joy_plus"):
+        plan_traits(shards, tmp_path / "out", CFG, traits=["wisdom_plus"])
+
+
+def test_mapping_keeps_the_last_good_adapter_of_a_failed_trait_and_validates(tmp_path):
+    shards = copy_shards(tmp_path / "shards", ["joy_plus", "joy_minus"])
+    plans = by_trait(plan_traits(shards, tmp_path / "out", CFG))
+    install(tmp_path, "joy_plus", plans["joy_plus"])
+    path, data = write_mapping(
+        tmp_path / "out", CFG, failed={"joy_plus": "launch: budget exceeded"}, run_id="r2"
+    )
+    assert path == tmp_path / "out" / MAPPING_FILE
+    entry = data["traits"]["joy_plus"]
+    assert (entry["axis"], entry["direction"], entry["adapter_path"]) == (
+        "joy",
+        1,
+        "lora_checkpoints/joy_plus",
+    )
+    assert data["failed"] == {"joy_plus": "launch: budget exceeded"}
+    assert data["version"] == 1 and data["lora"]["target_modules"] == ["q_proj", "v_proj"]
+    assert json.loads(path.read_text()) == data
+    # A recorded adapter whose files were removed by hand is never published.
+    (tmp_path / "out" / "lora_checkpoints" / "joy_plus" / "adapter_model.safetensors").unlink()
+    assert build_mapping(tmp_path / "out", CFG)["traits"] == {}
+
+
+def test_schema_rejects_a_mapping_stage_3_could_not_use(tmp_path):
+    data = build_mapping(tmp_path, CFG)
+    data["traits"]["joy_plus"] = {"trait": "joy_plus", "adapter_path": "/etc/passwd"}
+    with pytest.raises(MappingError, match="traits/joy_plus"):
+        validate_mapping(data)
