@@ -238,24 +238,10 @@ class TogetherLaunchOperator(_TogetherStep):
         result = super().execute(context)
         if not self.wait_for_completion or result.get("status") in TERMINAL_STATUSES:
             return result
-        from trait_lora.provider.triggers.together import TogetherFineTuneTrigger
-
         # For execute_complete: an XCom pushed before defer() survives the deferral (defer kwargs would
         # too, but dag.test() replaces them with the event alone).
         context["ti"].xcom_push(key=LAUNCH_RESULT_XCOM_KEY, value=result)
-        self.defer(
-            trigger=TogetherFineTuneTrigger(
-                job_id=result["job_id"],
-                trait=result["trait"],
-                together_conn_id=self.together_conn_id,
-                poll_interval=self.poll_interval,
-                deadline=time.time() + self.wait_timeout,
-                max_transient_errors=self.max_transient_errors,
-                last_status=result.get("status"),
-            ),
-            method_name="execute_complete",
-            timeout=timedelta(seconds=self.wait_timeout + 3600),
-        )
+        defer_on_job(self, result, result.get("status"))
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         """The job ended (any terminal status: the wait task reports failures) or the wait gave up."""
@@ -433,6 +419,25 @@ def _as_float(*values: Any) -> float | None:
     return None
 
 
+def defer_on_job(op: Any, result: dict[str, Any], status: str | None) -> None:
+    """Hand the wait for ``result``'s job to the triggerer: no worker slot, an absolute deadline."""
+    from trait_lora.provider.triggers.together import TogetherFineTuneTrigger
+
+    op.defer(
+        trigger=TogetherFineTuneTrigger(
+            job_id=result["job_id"],
+            trait=result["trait"],
+            together_conn_id=op.together_conn_id,
+            poll_interval=op.poll_interval,
+            deadline=time.time() + op.wait_timeout,
+            max_transient_errors=op.max_transient_errors,
+            last_status=status,
+        ),
+        method_name="execute_complete",
+        timeout=timedelta(seconds=op.wait_timeout + 3600),
+    )
+
+
 def _seconds_since(stamp: str | None) -> float | None:
     """Wall time from the run's plan to the installed adapter (what a user waited for)."""
     if not stamp:
@@ -507,21 +512,7 @@ class TogetherFineTuneSensor(BaseSensorOperator):
             return guarded(
                 context, self.out_dir, result["trait"], self.task_id, lambda: self._finish(context, job)
             )
-        from trait_lora.provider.triggers.together import TogetherFineTuneTrigger
-
-        self.defer(
-            trigger=TogetherFineTuneTrigger(
-                job_id=result["job_id"],
-                trait=result["trait"],
-                together_conn_id=self.together_conn_id,
-                poll_interval=self.poll_interval,
-                deadline=time.time() + self.wait_timeout,
-                max_transient_errors=self.max_transient_errors,
-                last_status=job.get("status"),
-            ),
-            method_name="execute_complete",
-            timeout=timedelta(seconds=self.wait_timeout + 3600),
-        )
+        defer_on_job(self, result, job.get("status"))
 
     def poke(self, context: Any) -> Any:
         from airflow.sdk import PokeReturnValue
