@@ -7,6 +7,7 @@ the same decisions and write the same mapping, summary and Asset metadata.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from trait_lora.core.config import from_mapping
 from trait_lora.core.errors import TraitLoraError
 from trait_lora.core.mapping import MAPPING_FILE
 from trait_lora.provider.params import config_values
+
+log = logging.getLogger(__name__)
 
 # Planning and summary code (validation, adapter checks, matplotlib) is imported inside the tasks:
 # DAG files import this module and must stay cheap to parse.
@@ -174,14 +177,16 @@ def publish(
         dry_run=discovered["dry_run"],
     )
     paths = write_summary(output_dir, summary)
-    print(format_table(summary))
+    log.info("run summary\n%s", format_table(summary))
     if discovered["dry_run"]:
         raise AirflowSkipException("dry run: plan and summary written; mapping and Asset left unchanged")
     config = from_mapping(plans[0]["config"]) if plans else None
     if config is None:
         raise AirflowSkipException("no traits selected: nothing to publish")
     mapping_path, mapping = write_mapping(output_dir, config, failed=summary["failed"], run_id=run_id)
-    print(f"mapping: {mapping_path} ({len(mapping['traits'])} trait(s), {len(mapping['failed'])} failed)")
+    log.info(
+        "mapping: %s (%d trait(s), %d failed)", mapping_path, len(mapping["traits"]), len(mapping["failed"])
+    )
     extra = {
         "run_id": run_id,
         "mapping_path": str(mapping_path),
