@@ -118,11 +118,13 @@ def plot_losses(curves: dict[str, list[tuple[int, float]]], path: Path) -> Path 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     for trait, points in sorted(curves.items()):
         xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, label=trait, linewidth=1.2)
+        ax.plot(xs, ys, label=trait, linewidth=1.2, marker="o", markersize=3)  # 1-step runs stay visible
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.set_title("LoRA training loss per trait")
