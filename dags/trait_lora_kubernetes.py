@@ -12,7 +12,7 @@ from pathlib import Path
 
 from airflow.sdk import Asset, dag, task, task_group
 
-from trait_lora.provider import kubernetes, pipeline
+from trait_lora.provider import kubernetes, pipeline, tasks
 from trait_lora.provider.params import build_params, default_dirs
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -35,10 +35,6 @@ POOL = os.environ.get("TRAIT_LORA_GPU_POOL", "default_pool")
     doc_md=__doc__,
 )
 def trait_lora_kubernetes():
-    @task
-    def discover(params=None, run_id=None):
-        return pipeline.discover(params, run_id, "local")
-
     @task_group(group_id="trait")
     def per_trait(trait_plan):
         @task(multiple_outputs=True, map_index_template="{{ trait_label | default('') }}")
@@ -60,15 +56,8 @@ def trait_lora_kubernetes():
 
         return install(trait_plan, pod.output)
 
-    @task(trigger_rule="all_done", outlets=[HYPERNETWORK_DATA])
-    def publish_mapping(results, params=None, run_id=None, outlet_events=None):
-        return pipeline.publish(params, results, run_id, "local", outlet_events, HYPERNETWORK_DATA)
-
-    @task
-    def check(published):
-        pipeline.check(published)
-
-    check(publish_mapping(per_trait.expand(trait_plan=discover())))
+    results = per_trait.expand(trait_plan=tasks.discover_task("local"))
+    tasks.publish_and_check(results, "local", HYPERNETWORK_DATA)
 
 
 trait_lora_kubernetes()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from airflow.sdk import Asset, dag, task
 
-from trait_lora.provider import pipeline
+from trait_lora.provider import pipeline, tasks
 from trait_lora.provider.params import build_params, default_dirs
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -37,23 +37,12 @@ RETRY_DELAY_SECONDS = float(os.environ.get("TRAIT_LORA_RETRY_DELAY_SECONDS", "30
     doc_md=__doc__,
 )
 def trait_lora_local():
-    @task
-    def discover(params=None, run_id=None):
-        return pipeline.discover(params, run_id, "local")
-
     @task(map_index_template="{{ trait_label | default('') }}", max_active_tis_per_dagrun=CONCURRENCY)
     def train(trait_plan, run_id=None, **context):
         return pipeline.train_local(trait_plan, run_id, context)
 
-    @task(trigger_rule="all_done", outlets=[HYPERNETWORK_DATA])
-    def publish_mapping(results, params=None, run_id=None, outlet_events=None):
-        return pipeline.publish(params, results, run_id, "local", outlet_events, HYPERNETWORK_DATA)
-
-    @task
-    def check(published):
-        pipeline.check(published)
-
-    check(publish_mapping(train.expand(trait_plan=discover())))
+    results = train.expand(trait_plan=tasks.discover_task("local"))
+    tasks.publish_and_check(results, "local", HYPERNETWORK_DATA)
 
 
 trait_lora_local()

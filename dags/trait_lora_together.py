@@ -11,9 +11,9 @@ import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import Asset, dag, task, task_group
+from airflow.sdk import Asset, dag, task_group
 
-from trait_lora.provider import pipeline
+from trait_lora.provider import pipeline, tasks
 from trait_lora.provider.operators.together import (
     TogetherDownloadOperator,
     TogetherFineTuneSensor,
@@ -46,10 +46,6 @@ SCHEDULE = schedule_from_env()  # TRAIT_LORA_SCHEDULE: cron, weekly by default; 
     doc_md=__doc__,
 )
 def trait_lora_together():
-    @task
-    def discover(params=None, run_id=None):
-        return pipeline.discover(params, run_id, "together")
-
     @task_group(group_id="trait")
     def per_trait(trait_plan):
         upload = TogetherUploadOperator(task_id="upload", trait_plan=trait_plan)
@@ -69,16 +65,8 @@ def trait_lora_together():
         wait = TogetherFineTuneSensor(task_id="wait", launch_result=launch.output, poll_interval=POLL_SECONDS)
         return TogetherDownloadOperator(task_id="download", wait_result=wait.output).output
 
-    @task(trigger_rule="all_done", outlets=[HYPERNETWORK_DATA])
-    def publish_mapping(results, params=None, run_id=None, outlet_events=None):
-        return pipeline.publish(params, results, run_id, "together", outlet_events, HYPERNETWORK_DATA)
-
-    @task
-    def check(published):
-        pipeline.check(published)
-
-    results = per_trait.expand(trait_plan=discover())
-    check(publish_mapping(results))
+    results = per_trait.expand(trait_plan=tasks.discover_task("together"))
+    tasks.publish_and_check(results, "together", HYPERNETWORK_DATA)
 
 
 trait_lora_together()
