@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint fmt bench constraints clean
+.PHONY: install test e2e demo lint fmt bench constraints clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,7 +18,12 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not e2e"
+
+# A live Airflow on loopback (PostgreSQL from apt if missing, api-server, scheduler, dag-processor,
+# triggerer) running trait_lora_together against the fake Together server; prints its timings.
+e2e: $(STAMP)
+	$(PY) -m pytest -m e2e -s -v -p no:cacheprovider tests/e2e
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

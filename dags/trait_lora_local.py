@@ -13,7 +13,7 @@ from pathlib import Path
 from airflow.sdk import Asset, dag, task
 
 from trait_lora.provider import pipeline, tasks
-from trait_lora.provider.params import build_params, default_dirs
+from trait_lora.provider.params import build_params, default_dirs, schedule_from_env
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 OUTPUT_DIR = default_dirs(PROJECT_DIR)[1]
@@ -27,7 +27,7 @@ RETRY_DELAY_SECONDS = float(os.environ.get("TRAIT_LORA_RETRY_DELAY_SECONDS", "30
 
 @dag(
     dag_id="trait_lora_local",
-    schedule=os.environ.get("TRAIT_LORA_SCHEDULE", "0 3 * * 1"),
+    schedule=schedule_from_env(),  # TRAIT_LORA_SCHEDULE: cron, weekly by default; "none" = manual only
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -1,0 +1,224 @@
+"""Live end-to-end test: a real Airflow (PostgreSQL, LocalExecutor, api-server, scheduler, dag-processor,
+triggerer) runs ``trait_lora_together`` against the fake Together API in its own process.
+
+What only a live deployment can show (``dag.test()`` runs triggers inline, one at a time):
+
+* the per-trait waits reach ``deferred`` and hold no worker slot: more tasks are deferred at once than
+  the executor has slots (the launch task defers on its Together job until the job ends, so that its
+  pool slot spans the whole job);
+* the ``together_api`` pool (created with ``--include-deferred`` by ``scripts/airflow-init.sh``) bounds
+  the Together jobs in flight: the fake's exact peak of concurrent jobs never exceeds the pool size;
+* a run triggered through the REST API finishes, writes ``hypernetwork_data.json`` and records an
+  Asset event; the API serves the trigger form's params and refuses a bad conf with HTTP 400;
+* a forced retrain survives the triggerer being stopped (SIGTERM) and crashing (SIGKILL) mid-wait:
+  the run completes with exactly one new Together job per trait and no job cancelled.
+
+Skipped by ``make test`` (marker ``e2e``); run with ``make e2e``. Prints its timings.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.live import (
+    DAG_ID,
+    LiveDeployment,
+    RunWatch,
+    Sample,
+    describe,
+    log,
+    trait_of_suffix,
+    watch_run,
+    write_shards,
+)
+
+pytestmark = pytest.mark.e2e
+
+N_TRAITS = 8  # more traits than worker slots and than pool slots
+PARALLELISM = 4  # LocalExecutor worker slots
+POOL_SLOTS = 6  # together_api: > PARALLELISM (so deferral is visible), < N_TRAITS (so the pool binds)
+JOB_SECONDS = 20.0  # every fake Together job takes this long
+POLL_SECONDS = 1.0
+RUN_TIMEOUT = 600.0
+
+TIMINGS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, request):
+    workdir = tmp_path_factory.mktemp("live")
+    shards = workdir / "shards"
+    write_shards(shards, N_TRAITS)
+    dep = LiveDeployment(
+        workdir,
+        job_seconds=JOB_SECONDS,
+        pool_slots=POOL_SLOTS,
+        parallelism=PARALLELISM,
+        shards_dir=shards,
+        output_dir=workdir / "outputs",
+        poll_seconds=POLL_SECONDS,
+    )
+    started = time.monotonic()
+    try:
+        with dep:
+            yield dep
+            if request.session.testsfailed:
+                dep.print_log_tails()
+    finally:
+        TIMINGS["total (start to stop)"] = time.monotonic() - started
+        dep.timings.marks.update(TIMINGS)
+        print("\n== e2e timings ==\n" + dep.timings.table())
+
+
+def conf_for(dep: LiveDeployment, **extra) -> dict:
+    return {"shards_dir": str(dep.shards_dir), "output_dir": str(dep.output_dir), **extra}
+
+
+def finish_and_report(dep: LiveDeployment, run_id: str, label: str, on_sample=None) -> RunWatch:
+    last_print = [0.0]
+
+    def sample_hook(sample: Sample) -> None:
+        if sample.t - last_print[0] >= 5:
+            last_print[0] = sample.t
+            log(describe(sample))
+        if on_sample is not None:
+            on_sample(sample)
+
+    watch = watch_run(dep, run_id, timeout=RUN_TIMEOUT, on_sample=sample_hook)
+    TIMINGS[f"{label}: trigger to {watch.state}"] = watch.wall_s
+    log(
+        f"{label}: {watch.state} in {watch.wall_s:.1f} s; peak deferred tasks {watch.max_deferred}, "
+        f"peak jobs in flight (polled) {watch.max_fake_active}"
+    )
+    return watch
+
+
+def test_api_serves_trait_options_and_refuses_bad_conf(live):
+    details = live.api("GET", f"/api/v2/dags/{DAG_ID}/details")
+    assert details.status_code == 200, details.text
+    traits_param = details.json()["params"]["traits"]
+    assert traits_param["schema"]["items"]["enum"] == sorted(live.traits)
+    assert traits_param["schema"]["examples"] == sorted(live.traits)
+
+    for bad in ({"traits": ["../etc_plus"]}, {"traits": ["no_such_trait_plus"]}, {"learning_rate": 3}):
+        response = live.trigger(bad)
+        assert response.status_code == 400, (bad, response.status_code, response.text)
+    runs = live.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns").json()
+    assert runs["total_entries"] == 0, "a refused conf must not create a run"
+
+
+def test_run_defers_waits_and_pool_bounds_jobs_in_flight(live):
+    before = live.fake.state()
+    response = live.trigger(conf_for(live), run_id="e2e_first")
+    assert response.status_code == 200, response.text
+    pool_seen: list[dict] = []
+
+    def check_pool(sample: Sample) -> None:
+        if len(pool_seen) < sample.t / 2:  # the API, every ~2 s
+            pool_seen.append(live.pool())
+
+    watch = finish_and_report(live, "e2e_first", "first run", check_pool)
+    assert watch.state == "success", watch.api
+
+    # Deferred tasks hold no worker slot: more of them at once than the executor has slots.
+    assert watch.max_deferred > PARALLELISM, f"peak deferred {watch.max_deferred} <= {PARALLELISM} slots"
+    deferred_tasks = {t for s in watch.samples for t, c in s.states.items() if c.get("deferred")}
+    assert deferred_tasks == {"trait.launch"}, deferred_tasks
+    # The pool bounds Together jobs in flight: the exact peak (from job intervals) and every poll.
+    state = live.fake.state()
+    assert state["max_active"] <= POOL_SLOTS, state["max_active"]
+    assert watch.max_fake_active <= POOL_SLOTS
+    assert state["max_active"] > PARALLELISM  # and it did run that many at once
+    assert max(p["occupied_slots"] for p in pool_seen) <= POOL_SLOTS
+    assert any(p["deferred_slots"] > 0 for p in pool_seen), "the pool never counted a deferred task"
+    assert state["creates"] - before["creates"] == N_TRAITS
+    assert state["cancels"] == 0 and not state["bugs"]
+
+    mapping = json.loads((live.output_dir / "hypernetwork_data.json").read_text())
+    assert sorted(mapping["traits"]) == sorted(live.traits)
+    assert mapping["failed"] == {}
+    for entry in mapping["traits"].values():
+        assert (live.output_dir / entry["adapter_path"] / "adapter_model.safetensors").is_file()
+
+    events = live.api(
+        "GET", "/api/v2/assets/events", params={"source_dag_id": DAG_ID, "source_run_id": "e2e_first"}
+    ).json()
+    assert events["total_entries"] == 1, events
+    event = events["asset_events"][0]
+    assert event["source_task_id"] == "publish_mapping"
+    assert event["extra"]["num_traits"] == N_TRAITS
+    assert sorted(event["extra"]["trained"]) == sorted(live.traits)
+
+    # While Together trains, a trait holds no worker slot (a poke-mode sensor would hold one each).
+    mid = watch.mid_training
+    assert len(mid) >= 5, "too few samples with a job mid-training to judge"
+    held = max(s.mid_training_slots for s in mid)
+    log(
+        f"{len(mid)} samples with jobs mid-training (up to {max(s.mid_training_jobs for s in mid)} at once): "
+        f"worker slots held by those traits max {held}; "
+        f"pool peak occupied {max(p['occupied_slots'] for p in pool_seen)}/{POOL_SLOTS}"
+    )
+    assert held == 0, [describe(s) for s in mid if s.mid_training_slots]
+
+
+def test_forced_rerun_survives_triggerer_stop_and_crash(live):
+    before = live.fake.state()
+    old_jobs = {j["id"] for j in before["jobs"]}
+    kills: list[tuple[str, float]] = []
+
+    def chaos(sample: Sample) -> None:
+        launch = sample.states.get("trait.launch", {})
+        launched = launch.get("deferred", 0) + launch.get("success", 0)
+        if not kills and sample.deferred >= 3:
+            # A rolling restart: SIGTERM, the triggerer shuts down cleanly (its triggers are cancelled,
+            # which must NOT cancel the Together jobs), a new one adopts the triggers.
+            live.stop_component("triggerer", signal.SIGTERM)
+            kills.append(("SIGTERM", sample.t))
+            time.sleep(2)
+            live.start_component("triggerer")
+        elif len(kills) == 1 and launched == N_TRAITS and sample.deferred >= 1:
+            # A crash: SIGKILL to the whole process group. The triggers are reassigned once the dead
+            # triggerer's heartbeat is older than triggerer_health_check_threshold (10 s here).
+            live.stop_component("triggerer", signal.SIGKILL)
+            kills.append(("SIGKILL", sample.t))
+            time.sleep(2)
+            live.start_component("triggerer")
+
+    response = live.trigger(conf_for(live, force_retrain=True), run_id="e2e_forced")
+    assert response.status_code == 200, response.text
+    watch = finish_and_report(live, "e2e_forced", "forced run (triggerer restarts)", chaos)
+    log(f"triggerer kills: {kills}")
+    assert [k for k, _ in kills] == ["SIGTERM", "SIGKILL"], kills
+    assert watch.state == "success", watch.api
+
+    state = live.fake.state()
+    new_jobs = [j for j in state["jobs"] if j["id"] not in old_jobs]
+    per_trait = Counter(trait_of_suffix(j["suffix"] or "", live.traits) for j in new_jobs)
+    assert per_trait == Counter({t: 1 for t in live.traits}), per_trait
+    assert state["creates"] - before["creates"] == N_TRAITS
+    assert state["cancels"] == 0, "a triggerer restart cancelled a Together job"
+    assert state["max_active"] <= POOL_SLOTS
+    assert not state["bugs"]
+
+    mapping = json.loads((live.output_dir / "hypernetwork_data.json").read_text())
+    new_ids = {j["id"] for j in new_jobs}
+    assert {entry["job_id"] for entry in mapping["traits"].values()} == new_ids
+    events = live.api(
+        "GET", "/api/v2/assets/events", params={"source_dag_id": DAG_ID, "source_run_id": "e2e_forced"}
+    ).json()
+    assert events["total_entries"] == 1
+
+
+def test_logs_show_deferral_in_the_triggerer(live):
+    """The restarted triggerers really ran our trigger (its classpath imports in the triggerer)."""
+    logs = Path(live.home) / "logs"
+    trigger_logs = list(logs.rglob("*.trigger.*.log"))
+    assert trigger_logs, "no trigger log written"
+    text = "\n".join(p.read_text(errors="replace") for p in trigger_logs)
+    assert "is completed" in text
