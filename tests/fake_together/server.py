@@ -1294,6 +1294,20 @@ class FakeTogether:
         }
         job["events"].append(event)
 
+    def _advance_step(self, job: dict[str, Any], run: Any, step: int) -> None:
+        """Move a running job's step forward (never back), with Together's checkpoint event."""
+        step = min(run.total_steps - 1, step)
+        if step > run.step:
+            run.step = step
+            job["epochs_completed"] = step // run.steps_per_epoch
+            self._event(
+                job,
+                "checkpoint_save",
+                f"Checkpoint saved at step {step} of {run.total_steps}",
+                step=step,
+                total_steps=run.total_steps,
+            )
+
     def _move(self, job: dict[str, Any], run: _Run, target: str) -> None:
         """Go forward along STAGES to ``target``, logging every stage passed (skipped ones included)."""
         current = job["status"]
@@ -1342,17 +1356,7 @@ class FakeTogether:
             target = status
         self._move(job, run, target)
         if target == "running":
-            step = min(run.total_steps - 1, run.total_steps * run.polls // run.polls_needed)
-            if step > run.step:
-                run.step = step
-                job["epochs_completed"] = step // run.steps_per_epoch
-                self._event(
-                    job,
-                    "checkpoint_save",
-                    f"Checkpoint saved at step {step} of {run.total_steps}",
-                    step=step,
-                    total_steps=run.total_steps,
-                )
+            self._advance_step(job, run, run.total_steps * run.polls // run.polls_needed)
 
     def _finish_by_outcome(self, job: dict[str, Any], run: _Run) -> None:
         status, message = "completed", ""

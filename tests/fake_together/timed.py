@@ -71,17 +71,7 @@ class TimedFakeTogether(FakeTogether):
         if status in STAGES and STAGES.index(target) > STAGES.index(status):
             self._move(job, run, target)
         if job["status"] == "running":
-            step = min(run.total_steps - 1, int(run.total_steps * fraction))
-            if step > run.step:
-                run.step = step
-                job["epochs_completed"] = step // run.steps_per_epoch
-                self._event(
-                    job,
-                    "checkpoint_save",
-                    f"Checkpoint saved at step {step} of {run.total_steps}",
-                    step=step,
-                    total_steps=run.total_steps,
-                )
+            self._advance_step(job, run, int(run.total_steps * fraction))
         job["progress"] = {
             "estimate_available": True,
             "seconds_remaining": max(0, round(self.job_seconds - elapsed)),
