@@ -259,7 +259,9 @@ class TogetherLaunchOperator(_TogetherStep):
 
             return guarded(context, self.out_dir, trait, self.task_id, give_up)
         self.log.info("%s: %s", trait, event.get("message"))
-        return {**result, "status": event.get("status", result.get("status"))}
+        # Re-read: the result carries the job as Together has it now, not the event's snapshot.
+        job = guarded(context, self.out_dir, trait, self.task_id, lambda: self.hook.get_job(result["job_id"]))
+        return {**result, "status": str(job.get("status") or event.get("status"))}
 
     def run_step(self, context: Any, request: dict[str, Any]) -> dict[str, Any]:
         trait, key = request["trait"], request["job_key"]
