@@ -14,7 +14,7 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -144,3 +144,25 @@ class Ledger:
         record = {**fields, "trained_at": fields.get("trained_at") or utc_now()}
         self._update(self.hashes_path, "hash ledger", trait, lambda _old: record)
         return record
+
+    def record_planned_adapter(
+        self,
+        plan: Mapping[str, Any],
+        *,
+        adapter_sha256: str,
+        job_id: str | None,
+        backend: str,
+        base_model: str,
+    ) -> Record:
+        """``record_adapter`` for the trait a run planned: the keys come from the plan, never recomputed."""
+        return self.record_adapter(
+            plan["trait"],
+            shard_sha256=plan["shard_sha256"],
+            config_hash=plan["config_hash"],
+            job_key=plan["job_key"],
+            adapter_sha256=adapter_sha256,
+            job_id=job_id,
+            backend=backend,
+            base_model=base_model,
+            num_examples=plan.get("num_examples"),
+        )

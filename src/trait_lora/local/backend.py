@@ -138,16 +138,8 @@ def install_trained(plan: dict[str, Any], adapter_src: str | Path, output_dir: s
             },
         },
     )
-    record = Ledger(output_dir).record_adapter(
-        trait,
-        shard_sha256=plan["shard_sha256"],
-        config_hash=plan["config_hash"],
-        job_key=plan["job_key"],
-        adapter_sha256=info.sha256,
-        job_id=None,
-        backend="local",
-        base_model=config.local_model,
-        num_examples=plan.get("num_examples"),
+    record = Ledger(output_dir).record_planned_adapter(
+        plan, adapter_sha256=info.sha256, job_id=None, backend="local", base_model=config.local_model
     )
     return {
         "trait": trait,

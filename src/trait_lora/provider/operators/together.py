@@ -598,16 +598,12 @@ class TogetherDownloadOperator(_TogetherStep):
         finally:
             part.unlink(missing_ok=True)
         metrics = self._metrics(trait, job_id)
-        record = self.ledger.record_adapter(
-            trait,
-            shard_sha256=result["shard_sha256"],
-            config_hash=result["config_hash"],
-            job_key=result["job_key"],
+        record = self.ledger.record_planned_adapter(
+            result,
             adapter_sha256=info.sha256,
             job_id=job_id,
             backend="together",
             base_model=cfg.together_model,
-            num_examples=result.get("num_examples"),
         )
         self.ledger.update_job(trait, job_key=result["job_key"], status="completed", downloaded=True)
         runs.clear_failure(self.out_dir, context["run_id"], trait)
