@@ -17,33 +17,17 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.e2e.live import write_shards  # noqa: E402  (distinct small shards, shared with the e2e)
+
 N = int(os.environ.get("BENCH_TRAITS", "200"))
-
-
-def make_shards(directory: Path, n: int) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    sample = (REPO / "include" / "sample_shards" / "joy_plus.jsonl").read_text().splitlines()
-    for i in range(n):
-        name = f"axis{i:03d}_{'plus' if i % 2 == 0 else 'minus'}"
-        # Distinct bytes per shard (distinct sha256, so no upload dedupe between traits).
-        lines = [
-            *sample[: 5 + i % 7],
-            json.dumps(
-                {
-                    "messages": [
-                        {"role": "user", "content": f"Which trait is {name}?"},
-                        {"role": "assistant", "content": f"It is {name}."},
-                    ]
-                }
-            ),
-        ]
-        (directory / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     shards, out = work / "shards", work / "out"
-    make_shards(shards, N)
+    write_shards(shards, N, salt="-bench-scale")
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
         "AIRFLOW_HOME": str(work / "af"),

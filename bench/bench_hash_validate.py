@@ -38,14 +38,98 @@ RSS_GOAL_BYTES = 100 * MB
 TIME_BIN = "/usr/bin/time"
 
 WORDS = (
-    "the", "a", "of", "to", "and", "in", "that", "it", "with", "as", "for", "on", "was", "is", "be", "this",
-    "by", "at", "from", "or", "have", "an", "they", "which", "one", "you", "were", "all", "we", "when",
-    "there", "can", "been", "has", "more", "if", "will", "would", "about", "some", "what", "out", "so",
-    "up", "into", "them", "could", "time", "only", "new", "people", "may", "first", "any", "now", "such",
-    "like", "over", "even", "most", "made", "after", "also", "many", "before", "must", "through", "back",
-    "years", "where", "much", "your", "way", "well", "down", "should", "because", "each", "just", "those",
-    "patience", "careful", "reflect", "consider", "decision", "future", "measured", "anxious", "cheerful",
-    "calm", "curious", "analyse",
+    "the",
+    "a",
+    "of",
+    "to",
+    "and",
+    "in",
+    "that",
+    "it",
+    "with",
+    "as",
+    "for",
+    "on",
+    "was",
+    "is",
+    "be",
+    "this",
+    "by",
+    "at",
+    "from",
+    "or",
+    "have",
+    "an",
+    "they",
+    "which",
+    "one",
+    "you",
+    "were",
+    "all",
+    "we",
+    "when",
+    "there",
+    "can",
+    "been",
+    "has",
+    "more",
+    "if",
+    "will",
+    "would",
+    "about",
+    "some",
+    "what",
+    "out",
+    "so",
+    "up",
+    "into",
+    "them",
+    "could",
+    "time",
+    "only",
+    "new",
+    "people",
+    "may",
+    "first",
+    "any",
+    "now",
+    "such",
+    "like",
+    "over",
+    "even",
+    "most",
+    "made",
+    "after",
+    "also",
+    "many",
+    "before",
+    "must",
+    "through",
+    "back",
+    "years",
+    "where",
+    "much",
+    "your",
+    "way",
+    "well",
+    "down",
+    "should",
+    "because",
+    "each",
+    "just",
+    "those",
+    "patience",
+    "careful",
+    "reflect",
+    "consider",
+    "decision",
+    "future",
+    "measured",
+    "anxious",
+    "cheerful",
+    "calm",
+    "curious",
+    "analyse",
 )
 
 PY_CHILD = """
@@ -86,8 +170,10 @@ def _record(rng: random.Random) -> bytes:
         messages.append({"role": "system", "content": "You are a helpful assistant."})
     for _ in range(rng.randint(1, 4)):
         messages.append({"role": "user", "content": _sentence(rng, 5, 30)})
-        paragraphs = [" ".join(_sentence(rng, 6, 25) for _ in range(rng.randint(1, 5)))
-                      for _ in range(rng.randint(1, 3))]
+        paragraphs = [
+            " ".join(_sentence(rng, 6, 25) for _ in range(rng.randint(1, 5)))
+            for _ in range(rng.randint(1, 3))
+        ]
         messages.append({"role": "assistant", "content": "\n\n".join(paragraphs) + " Caf\u00e9 \u2014 ok."})
     return json.dumps({"messages": messages}, ensure_ascii=False).encode() + b"\n"
 
@@ -162,8 +248,10 @@ def report(size: int, rows: list[tuple[str, Result | None, float | None, bool]])
             passed = res.rss is not None and res.rss < RSS_GOAL_BYTES
             goals.append(f"RSS < {RSS_GOAL_BYTES // MB} MB: {'PASS' if passed else 'MISS'}")
         rss_text = f"{res.rss / MB:>13.1f}" if res.rss is not None else f"{'n/a':>13}"
-        print(f"{name:<30}{res.seconds:>8.2f}{rate / MB:>8.0f}{ratio:>13.2f}x{rss_text}   "
-              + ("; ".join(goals) or "(reference)"))
+        print(
+            f"{name:<30}{res.seconds:>8.2f}{rate / MB:>8.0f}{ratio:>13.2f}x{rss_text}   "
+            + ("; ".join(goals) or "(reference)")
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,11 +277,15 @@ def main(argv: list[str] | None = None) -> int:
 
         base = measure_python("trait_lora.core.validation", "", path)  # interpreter + imports only
         ref = best_of(args.repeat, lambda: measure_tool(["sha256sum", str(path)]))
-        ossl = (best_of(args.repeat, lambda: measure_tool(["openssl", "dgst", "-sha256", str(path)]))
-                if shutil.which("openssl") else None)
+        ossl = (
+            best_of(args.repeat, lambda: measure_tool(["openssl", "dgst", "-sha256", str(path)]))
+            if shutil.which("openssl")
+            else None
+        )
         hashed = best_of(args.repeat, lambda: measure_python("trait_lora.core.keys", "sha256_file", path))
-        valid = best_of(args.repeat,
-                        lambda: measure_python("trait_lora.core.validation", "validate_shard", path))
+        valid = best_of(
+            args.repeat, lambda: measure_python("trait_lora.core.validation", "validate_shard", path)
+        )
 
         digests = {r.sha256 for r in (ref, ossl, hashed, valid) if r is not None}
         if len(digests) != 1:
@@ -203,17 +295,22 @@ def main(argv: list[str] | None = None) -> int:
             print("validate_shard reported problems on the generated shard; the benchmark is broken")
             return 1
 
-        print(f"\nfile: {size / MB:.0f} MB, {valid.examples} examples, sha256 {ref.sha256[:16]}..., "
-              f"best of {args.repeat}, python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+        print(
+            f"\nfile: {size / MB:.0f} MB, {valid.examples} examples, sha256 {ref.sha256[:16]}..., "
+            f"best of {args.repeat}, python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+        )
         base_rss = f"{base.rss / MB:.1f} MB" if base.rss is not None else "n/a"
         print(f"python interpreter + imports alone: peak RSS {base_rss}")
         print("MB = 10^6 bytes; peak RSS = high-water resident set of the measuring process\n")
-        report(size, [
-            ("sha256sum (coreutils)", ref, None, False),
-            ("openssl dgst -sha256", ossl, None, False),
-            ("keys.sha256_file", hashed, HASH_RATIO_GOAL, True),
-            ("validate_shard (hash+check)", valid, None, True),
-        ])
+        report(
+            size,
+            [
+                ("sha256sum (coreutils)", ref, None, False),
+                ("openssl dgst -sha256", ossl, None, False),
+                ("keys.sha256_file", hashed, HASH_RATIO_GOAL, True),
+                ("validate_shard (hash+check)", valid, None, True),
+            ],
+        )
         return 0
     finally:
         if args.keep:

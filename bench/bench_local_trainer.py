@@ -43,19 +43,167 @@ SEED = 42
 
 # About 170 common words, so the BPE has something to learn and sequences look like prose.
 VOCAB_WORDS = (
-    "the", "of", "and", "to", "in", "is", "that", "it", "for", "on", "with", "as", "was", "he", "be", "by",
-    "at", "this", "had", "not", "are", "but", "from", "or", "have", "an", "they", "which", "one", "you",
-    "were", "her", "all", "she", "there", "would", "their", "we", "him", "been", "has", "when", "who",
-    "will", "more", "no", "if", "out", "so", "said", "what", "up", "its", "about", "into", "than", "them",
-    "can", "only", "other", "new", "some", "could", "time", "these", "two", "may", "then", "do", "first",
-    "any", "my", "now", "such", "like", "our", "over", "man", "me", "even", "most", "made", "after",
-    "also", "did", "many", "before", "must", "through", "back", "years", "where", "much", "your", "way",
-    "well", "down", "should", "because", "each", "just", "those", "people", "how", "too", "little",
-    "state", "good", "very", "make", "world", "still", "own", "see", "men", "work", "long", "get", "here",
-    "between", "both", "life", "being", "under", "never", "day", "same", "another", "know", "while",
-    "last", "might", "us", "great", "old", "year", "off", "come", "since", "against", "go", "came",
-    "right", "used", "take", "three", "wisdom", "patience", "calm", "kindness", "courage", "honesty",
-    "humility", "curiosity", "doubt", "reflect", "listen", "learn", "careful", "thought", "answer",
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "that",
+    "it",
+    "for",
+    "on",
+    "with",
+    "as",
+    "was",
+    "he",
+    "be",
+    "by",
+    "at",
+    "this",
+    "had",
+    "not",
+    "are",
+    "but",
+    "from",
+    "or",
+    "have",
+    "an",
+    "they",
+    "which",
+    "one",
+    "you",
+    "were",
+    "her",
+    "all",
+    "she",
+    "there",
+    "would",
+    "their",
+    "we",
+    "him",
+    "been",
+    "has",
+    "when",
+    "who",
+    "will",
+    "more",
+    "no",
+    "if",
+    "out",
+    "so",
+    "said",
+    "what",
+    "up",
+    "its",
+    "about",
+    "into",
+    "than",
+    "them",
+    "can",
+    "only",
+    "other",
+    "new",
+    "some",
+    "could",
+    "time",
+    "these",
+    "two",
+    "may",
+    "then",
+    "do",
+    "first",
+    "any",
+    "my",
+    "now",
+    "such",
+    "like",
+    "our",
+    "over",
+    "man",
+    "me",
+    "even",
+    "most",
+    "made",
+    "after",
+    "also",
+    "did",
+    "many",
+    "before",
+    "must",
+    "through",
+    "back",
+    "years",
+    "where",
+    "much",
+    "your",
+    "way",
+    "well",
+    "down",
+    "should",
+    "because",
+    "each",
+    "just",
+    "those",
+    "people",
+    "how",
+    "too",
+    "little",
+    "state",
+    "good",
+    "very",
+    "make",
+    "world",
+    "still",
+    "own",
+    "see",
+    "men",
+    "work",
+    "long",
+    "get",
+    "here",
+    "between",
+    "both",
+    "life",
+    "being",
+    "under",
+    "never",
+    "day",
+    "same",
+    "another",
+    "know",
+    "while",
+    "last",
+    "might",
+    "us",
+    "great",
+    "old",
+    "year",
+    "off",
+    "come",
+    "since",
+    "against",
+    "go",
+    "came",
+    "right",
+    "used",
+    "take",
+    "three",
+    "wisdom",
+    "patience",
+    "calm",
+    "kindness",
+    "courage",
+    "honesty",
+    "humility",
+    "curiosity",
+    "doubt",
+    "reflect",
+    "listen",
+    "learn",
+    "careful",
+    "thought",
+    "answer",
     "question",
 )
 
@@ -153,18 +301,21 @@ def naive_worker(args: argparse.Namespace) -> int:
     transformers.utils.logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(args.model, local_files_only=True, dtype=torch.float32)
-    examples, _ = encode_records(tokenizer, iter_examples(args.shard), "chat", train_on_inputs=False,
-                                 max_length=4096)
+    examples, _ = encode_records(
+        tokenizer, iter_examples(args.shard), "chat", train_on_inputs=False, max_length=4096
+    )
     longest = max(len(e.input_ids) for e in examples)
     pad = tokenizer.pad_token_id
     dataset = []
     for e in examples:
         n = len(e.input_ids)
-        dataset.append({
-            "input_ids": torch.tensor(e.input_ids + [pad] * (longest - n)),
-            "attention_mask": torch.tensor([1] * n + [0] * (longest - n)),
-            "labels": torch.tensor(e.labels + [IGNORE_INDEX] * (longest - n)),
-        })
+        dataset.append(
+            {
+                "input_ids": torch.tensor(e.input_ids + [pad] * (longest - n)),
+                "attention_mask": torch.tensor([1] * n + [0] * (longest - n)),
+                "labels": torch.tensor(e.labels + [IGNORE_INDEX] * (longest - n)),
+            }
+        )
     real_tokens = 0
 
     def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
@@ -174,8 +325,12 @@ def naive_worker(args: argparse.Namespace) -> int:
         return batch
 
     transformers.set_seed(args.seed)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0,
-                                             target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=4, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
+        ),
+    )
     training = TrainingArguments(
         output_dir=str(Path(args.out_json).parent / "naive-trainer"),
         per_device_train_batch_size=args.micro_batch,
@@ -198,14 +353,18 @@ def naive_worker(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     output = trainer.train()
     wall = time.perf_counter() - started
-    Path(args.out_json).write_text(json.dumps({
-        "real_tokens": real_tokens,
-        "padded_tokens": len(dataset) * longest * args.epochs - real_tokens,
-        "wall_seconds": wall,
-        "tokens_per_second": real_tokens / wall,
-        "train_loss": output.training_loss,
-        "lengths": [len(e.input_ids) for e in examples],
-    }))
+    Path(args.out_json).write_text(
+        json.dumps(
+            {
+                "real_tokens": real_tokens,
+                "padded_tokens": len(dataset) * longest * args.epochs - real_tokens,
+                "wall_seconds": wall,
+                "tokens_per_second": real_tokens / wall,
+                "train_loss": output.training_loss,
+                "lengths": [len(e.input_ids) for e in examples],
+            }
+        )
+    )
     return 0
 
 
@@ -242,35 +401,76 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
     (work / "shards").mkdir(parents=True, exist_ok=True)
     shard = work / "shards" / "bench_plus.jsonl"
     shape = write_variable_shard(shard, args.examples)
-    model = build_tiny_model(work / "shards", work / "model", hidden=args.hidden, layers=args.layers,
-                             heads=4, kv_heads=2)
+    model = build_tiny_model(
+        work / "shards", work / "model", hidden=args.hidden, layers=args.layers, heads=4, kv_heads=2
+    )
     counts = model_flop_counts(model)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    config = TrainingConfig(backend="local", local_model=str(model), batch_size=BATCH_SIZE,
-                            n_epochs=args.epochs, learning_rate=LEARNING_RATE)
+    config = TrainingConfig(
+        backend="local",
+        local_model=str(model),
+        batch_size=BATCH_SIZE,
+        n_epochs=args.epochs,
+        learning_rate=LEARNING_RATE,
+    )
 
     load = os.getloadavg()[0]
     print(f"machine: {os.cpu_count()} CPUs, load average {load:.2f} at start (other work skews timings)")
-    print(f"model: hidden {args.hidden}, {args.layers} layers, "
-          f"{counts['matmul_params'] / 1e6:.2f}M matmul params; shard: {shape['examples']} chat examples, "
-          f"replies {shape['min_reply_words']}-{shape['max_reply_words']} words; batch {BATCH_SIZE} = "
-          f"micro {args.micro_batch} x {BATCH_SIZE // args.micro_batch}, {args.epochs} epoch(s)", flush=True)
+    print(
+        f"model: hidden {args.hidden}, {args.layers} layers, "
+        f"{counts['matmul_params'] / 1e6:.2f}M matmul params; shard: {shape['examples']} chat examples, "
+        f"replies {shape['min_reply_words']}-{shape['max_reply_words']} words; batch {BATCH_SIZE} = "
+        f"micro {args.micro_batch} x {BATCH_SIZE // args.micro_batch}, {args.epochs} epoch(s)",
+        flush=True,
+    )
     peak = matmul_peak_gflops()
     print(f"fp32 matmul peak (2048^3 torch.matmul loop): {peak:.1f} GFLOP/s", flush=True)
 
     out = work / "ours"
-    ours_run = run_child([sys.executable, "-m", "trait_lora.train", "--shard", str(shard), "--out", str(out),
-                          "--config-json", json.dumps(config.to_dict()), "--micro-batch",
-                          str(args.micro_batch), "--seed", str(args.seed)], env)
+    ours_run = run_child(
+        [
+            sys.executable,
+            "-m",
+            "trait_lora.train",
+            "--shard",
+            str(shard),
+            "--out",
+            str(out),
+            "--config-json",
+            json.dumps(config.to_dict()),
+            "--micro-batch",
+            str(args.micro_batch),
+            "--seed",
+            str(args.seed),
+        ],
+        env,
+    )
     if ours_run["rc"] != 0:
         print(f"our trainer failed (exit {ours_run['rc']}):\n{ours_run['stderr'][-3000:]}")
         return 1
     ours = json.loads((out / "metrics.json").read_text())
 
     naive_json = work / "naive.json"
-    naive_run = run_child([sys.executable, __file__, "--naive-worker", "--shard", str(shard), "--model",
-                           str(model), "--out-json", str(naive_json), "--epochs", str(args.epochs),
-                           "--micro-batch", str(args.micro_batch), "--seed", str(args.seed)], env)
+    naive_run = run_child(
+        [
+            sys.executable,
+            __file__,
+            "--naive-worker",
+            "--shard",
+            str(shard),
+            "--model",
+            str(model),
+            "--out-json",
+            str(naive_json),
+            "--epochs",
+            str(args.epochs),
+            "--micro-batch",
+            str(args.micro_batch),
+            "--seed",
+            str(args.seed),
+        ],
+        env,
+    )
     if naive_run["rc"] != 0:
         print(f"baseline failed (exit {naive_run['rc']}):\n{naive_run['stderr'][-3000:]}")
         return 1
@@ -281,19 +481,25 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
         ("ours (dynamic pad + length groups)", ours, ours_run),
         ("naive (pad to max, random)", naive, naive_run),
     ]
-    print(f"\n{'run':36} {'real tok':>9} {'pad tok':>9} {'wall s':>7} {'real tok/s':>10} {'GFLOP/s':>8} "
-          f"{'MFU':>6} {'peak RSS':>9}")
+    print(
+        f"\n{'run':36} {'real tok':>9} {'pad tok':>9} {'wall s':>7} {'real tok/s':>10} {'GFLOP/s':>8} "
+        f"{'MFU':>6} {'peak RSS':>9}"
+    )
     for name, metrics, run in rows:
         achieved = flops / metrics["wall_seconds"] / 1e9
-        print(f"{name:36} {metrics['real_tokens']:>9} {metrics['padded_tokens']:>9} "
-              f"{metrics['wall_seconds']:>7.1f} {metrics['tokens_per_second']:>10.0f} {achieved:>8.1f} "
-              f"{achieved / peak:>6.1%} {run['peak_rss_mb']:>7.0f}MB")
+        print(
+            f"{name:36} {metrics['real_tokens']:>9} {metrics['padded_tokens']:>9} "
+            f"{metrics['wall_seconds']:>7.1f} {metrics['tokens_per_second']:>10.0f} {achieved:>8.1f} "
+            f"{achieved / peak:>6.1%} {run['peak_rss_mb']:>7.0f}MB"
+        )
     ratio = ours["tokens_per_second"] / naive["tokens_per_second"]
     verdict = "PASS" if ratio >= RATIO_GOAL else "MISS"
     print(f"\nreal tokens/s ratio ours/naive: {ratio:.2f}x (goal >= {RATIO_GOAL}x): {verdict}")
-    print(f"useful FLOPs per epoch: {flops / args.epochs / 1e12:.3f} TFLOP "
-          f"(4 x {counts['matmul_params']} matmul params + 12 x {counts['layers']} layers x seq x "
-          f"{counts['hidden']} per real token)")
+    print(
+        f"useful FLOPs per epoch: {flops / args.epochs / 1e12:.3f} TFLOP "
+        f"(4 x {counts['matmul_params']} matmul params + 12 x {counts['layers']} layers x seq x "
+        f"{counts['hidden']} per real token)"
+    )
     if args.workdir is not None:
         print(f"inputs and outputs kept in {work}")
     return 0

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from trait_lora.core.errors import TraitLoraError
+from trait_lora.core.summary import text_table
 
 DEFAULT_SHARDS_DIR = "include/sample_shards"
 DEFAULT_OUTPUT_DIR = "outputs"
@@ -26,14 +27,6 @@ def default_shards_dir() -> str:
 
 def default_output_dir() -> str:
     return os.environ.get("TRAIT_LORA_OUTPUT_DIR") or DEFAULT_OUTPUT_DIR
-
-
-def table(rows: list[list[Any]], headers: list[str]) -> str:
-    cells = [headers, *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -64,7 +57,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if rows:
         headers = ["trait", "axis", "dir", "examples", "bytes", "sha256", "valid"]
         print(
-            table(
+            text_table(
                 [
                     [
                         r["trait"],
@@ -141,7 +134,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 0
     print(f"plan for {len(plans)} trait(s), backend {config.backend}, output {args.output_dir}")
     print(
-        table(
+        text_table(
             [[p.trait, p.action, p.job_key[:16], p.reason] for p in plans], ["trait", "action", "key", "why"]
         )
     )

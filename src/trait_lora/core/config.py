@@ -119,16 +119,17 @@ class TrainingConfig:
         return from_mapping({**self.to_dict(), **changes})
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(TrainingConfig)}
+CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(TrainingConfig)}
 
 
 def from_mapping(values: Mapping[str, Any] | None, *, source: str = "config") -> TrainingConfig:
     """Build a config from user input (CLI, DAG params, JSON); unknown or bad fields are named."""
     values = dict(values or {})
-    unknown = sorted(set(values) - set(_FIELDS))
+    unknown = sorted(set(values) - set(CONFIG_FIELDS))
     if unknown:
         raise ConfigError(
-            f"{source}: unknown training field(s) {', '.join(unknown)}; known: {', '.join(sorted(_FIELDS))}"
+            f"{source}: unknown training field(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(CONFIG_FIELDS))}"
         )
     if "target_modules" in values:
         modules = values["target_modules"]

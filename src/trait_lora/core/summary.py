@@ -83,6 +83,15 @@ def _price(row: dict[str, Any]) -> str:
     return "-"
 
 
+def text_table(rows: list[list[Any]], headers: list[str] | tuple[str, ...]) -> str:
+    """Left-aligned columns under a dashed rule: what a terminal user reads."""
+    cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def format_table(summary: dict[str, Any], width: int = 60) -> str:
     rows = []
     for r in summary["traits"]:
@@ -99,12 +108,9 @@ def format_table(summary: dict[str, Any], width: int = 60) -> str:
                 (r.get("detail") or "")[:width],
             ]
         )
-    cells = [list(COLUMNS), *rows]
-    widths = [max(len(str(row[i])) for row in cells) for i in range(len(COLUMNS))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
     counts = ", ".join(f"{n} {a}" for a, n in sorted(summary["counts"].items()))
-    return "\n".join([*lines, "", f"run {summary['run_id']} ({summary['backend']}): {counts or 'no traits'}"])
+    footer = f"run {summary['run_id']} ({summary['backend']}): {counts or 'no traits'}"
+    return "\n".join([text_table(rows, COLUMNS), "", footer])
 
 
 def plot_losses(curves: dict[str, list[tuple[int, float]]], path: Path) -> Path | None:

@@ -12,7 +12,14 @@ from typing import Any
 
 from airflow.sdk import Param
 
-from trait_lora.core.config import KNOWN_MODULES, LOCAL_MODEL, SCHEDULERS, TOGETHER_MODEL, TrainingConfig
+from trait_lora.core.config import (
+    CONFIG_FIELDS,
+    KNOWN_MODULES,
+    LOCAL_MODEL,
+    SCHEDULERS,
+    TOGETHER_MODEL,
+    TrainingConfig,
+)
 from trait_lora.core.shards import TRAIT_PATTERN, discover_shards
 
 SHARDS_ENV, OUTPUT_ENV = "TRAIT_LORA_SHARDS_DIR", "TRAIT_LORA_OUTPUT_DIR"
@@ -123,18 +130,7 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
 
 def config_values(params: dict[str, Any], backend: str) -> dict[str, Any]:
     """The training-config fields from a run's params (the model goes to the backend's field)."""
-    names = (
-        "lora_r",
-        "lora_alpha",
-        "lora_dropout",
-        "target_modules",
-        "n_epochs",
-        "batch_size",
-        "learning_rate",
-        "lr_scheduler_type",
-        "warmup_ratio",
-    )
-    values = {name: params[name] for name in names if name in params}
+    values = {name: value for name, value in params.items() if name in CONFIG_FIELDS}
     values["backend"] = backend
     if params.get("base_model"):
         values["together_model" if backend == "together" else "local_model"] = params["base_model"]
