@@ -39,6 +39,8 @@ def main() -> None:
         "TRAIT_LORA_POLL_SECONDS": "0.01",
         "TRAIT_LORA_STAGGER_SECONDS": "0",
         "TRAIT_LORA_RETRY_DELAY_SECONDS": "1",
+        # dag.test() runs one task at a time; the cap on jobs in flight is the live bench's to measure.
+        "TRAIT_LORA_MAX_JOBS_IN_FLIGHT": str(max(6, N)),
     }
     subprocess.run(
         [str(Path(sys.executable).with_name("airflow")), "db", "migrate"],

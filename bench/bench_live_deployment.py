@@ -129,6 +129,7 @@ def main() -> int:
             shards_dir=first_shards,
             output_dir=workdir / "outputs_default",
             poll_seconds=args.poll_seconds,
+            extra_env={"TRAIT_LORA_MAX_JOBS_IN_FLIGHT": str(pool)},  # the cap never binds here
         ) as dep:
             try:
                 for n in args.n:

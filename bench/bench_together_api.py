@@ -12,7 +12,11 @@ SDK client).
 Everything runs against the fake Together server (``tests/fake_together``) started in this process, on
 loopback, with the real ``together`` SDK. Prints figures and PASS/MISS; never fails on them.
 
-Usage: python bench/bench_together_api.py [--polls 10 50 200] [--cpu-polls 1000] [--no-cycle]
+Also: the time a duplicate upload takes to resolve to the file Together already holds. Together answers
+a known checksum with 409 and no retry hint, which the SDK retries like a 429 (~50 s over 8 retries);
+``TogetherHook.upload_file`` must resolve it at once (goal < 2 s), shown beside the SDK's own upload.
+
+Usage: python bench/bench_together_api.py [--polls 10 50 200] [--cpu-polls 1000] [--no-cycle] [--sdk-409]
 """
 
 from __future__ import annotations
@@ -105,6 +109,32 @@ def bench_trigger_cpu(polls: int) -> None:
     print(f"  wall, at a {POLL_INTERVAL * 1000:.1f} ms poll interval:                   {wall * scale:.3f} s")
 
 
+def bench_duplicate_upload(with_sdk: bool) -> None:
+    from tests.fake_together.server import FakeTogether
+    from trait_lora.provider.hooks.together import TogetherHook
+
+    shard = REPO / "include" / "sample_shards" / "joy_plus.jsonl"
+    with FakeTogether() as fake:
+        use_fake(fake)
+        hook = TogetherHook()
+        hook.upload_file(shard)
+        posts = fake.count("POST", r"^/v1/files$")
+        t0 = time.perf_counter()
+        hook.upload_file(shard)
+        ours = time.perf_counter() - t0
+        ours_posts = fake.count("POST", r"^/v1/files$") - posts
+        print("\nDuplicate upload (Together answers 409 with no retry hint), goal < 2 s:")
+        verdict = "PASS" if ours < 2.0 else "MISS"
+        print(f"  TogetherHook.upload_file: {ours:.2f} s, {ours_posts} POST /v1/files  {verdict}")
+        if with_sdk:
+            posts = fake.count("POST", r"^/v1/files$")
+            t0 = time.perf_counter()
+            hook.client.files.upload(file=shard, purpose="fine-tune", check=True)
+            sdk = time.perf_counter() - t0
+            sdk_posts = fake.count("POST", r"^/v1/files$") - posts
+            print(f"  SDK files.upload (8 retries): {sdk:.2f} s, {sdk_posts} POST /v1/files")
+
+
 def bench_cycle() -> None:
     import shutil
 
@@ -160,9 +190,11 @@ def main() -> None:
     parser.add_argument("--polls", type=int, nargs="+", default=[10, 50, 200])
     parser.add_argument("--cpu-polls", type=int, default=1000)
     parser.add_argument("--no-cycle", action="store_true", help="skip the whole-DAG cycle (needs a DB)")
+    parser.add_argument("--sdk-409", action="store_true", help="also time the SDK's own upload (~50 s)")
     args = parser.parse_args()
     bench_trigger_calls(args.polls)
     bench_trigger_cpu(args.cpu_polls)
+    bench_duplicate_upload(args.sdk_409)
     if not args.no_cycle:
         bench_cycle()
 

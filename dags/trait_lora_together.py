@@ -1,6 +1,6 @@
 """trait_lora_together: one LoRA adapter per trait shard on Together AI.
 
-discover -> per trait [upload -> launch (deferred until the job ends) -> wait -> download]
+discover -> per trait [upload -> launch -> wait (the sensor, deferred while the job trains) -> download]
          -> publish_mapping -> check.
 Wiring only: the logic lives in trait_lora.provider (operators, pipeline).
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from airflow.sdk import Asset, dag, task_group
 
 from trait_lora.provider import pipeline, tasks
-from trait_lora.provider.operators.together import (
+from trait_lora.provider.operators import (
     TogetherDownloadOperator,
     TogetherFineTuneSensor,
     TogetherLaunchOperator,
@@ -31,6 +31,7 @@ POOL = os.environ.get("TRAIT_LORA_TOGETHER_POOL", "together_api")
 POLL_SECONDS = float(os.environ.get("TRAIT_LORA_POLL_SECONDS", "30"))
 RETRY_DELAY_SECONDS = float(os.environ.get("TRAIT_LORA_RETRY_DELAY_SECONDS", "30"))
 STAGGER_SECONDS = float(os.environ.get("TRAIT_LORA_STAGGER_SECONDS", "2"))
+MAX_JOBS_IN_FLIGHT = int(os.environ.get("TRAIT_LORA_MAX_JOBS_IN_FLIGHT", "6"))
 SCHEDULE = schedule_from_env()  # TRAIT_LORA_SCHEDULE: cron, weekly by default; "none" = manual only
 
 
@@ -48,20 +49,19 @@ SCHEDULE = schedule_from_env()  # TRAIT_LORA_SCHEDULE: cron, weekly by default; 
 def trait_lora_together():
     @task_group(group_id="trait")
     def per_trait(trait_plan):
-        upload = TogetherUploadOperator(task_id="upload", trait_plan=trait_plan)
-        # One together_api slot (pool created with --include-deferred) per Together job in flight: launch
-        # takes it before the create and, deferred on the job (no worker slot), keeps it until the job
-        # ends. A slot shared by separate launch and wait tasks is free between the two and the scheduler
-        # hands it to the next launch (a live deployment ran 8 jobs on 6 slots), so the wait is not pooled.
+        upload = TogetherUploadOperator(task_id="upload", trait_plan=trait_plan, poll_interval=POLL_SECONDS)
+        # launch ends once the job exists. Jobs in flight are bounded by MAX_JOBS_IN_FLIGHT, counted in the
+        # ledger under its lock before each create (at the cap launch defers on a timer); the together_api
+        # pool only paces the submissions themselves.
         launch = TogetherLaunchOperator(
             task_id="launch",
             upload_result=upload.output,
             pool=POOL,
             stagger_seconds=STAGGER_SECONDS,
-            wait_for_completion=True,
-            poll_interval=POLL_SECONDS,
+            max_jobs_in_flight=MAX_JOBS_IN_FLIGHT,
+            cap_poll_interval=POLL_SECONDS,
         )
-        # The job has ended by now: wait records the outcome (price, Together's failure reason) at once.
+        # The sensor: deferred (no worker slot) while Together trains, Together's events in its log.
         wait = TogetherFineTuneSensor(task_id="wait", launch_result=launch.output, poll_interval=POLL_SECONDS)
         return TogetherDownloadOperator(task_id="download", wait_result=wait.output).output
 

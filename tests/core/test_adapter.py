@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
 import random
@@ -286,21 +287,74 @@ def test_links_and_devices_reject_the_archive(
     assert not (out / "lora_checkpoints" / TRAIT / "evil").exists()
 
 
-@pytest.mark.parametrize("name", ["adapter/training_args.bin", "adapter_model.bin", "deep/x/optimizer.pt"])
-def test_pickled_files_reject_the_archive(
-    tmp_path: Path, out: Path, good: dict[str, bytes], name: str
+@pytest.mark.parametrize("weights", ["adapter_model.bin", "adapter_model.pt"])
+def test_weights_that_are_only_pickles_reject_the_archive(
+    tmp_path: Path, out: Path, good: dict[str, bytes], weights: str
 ) -> None:
-    source = write_source(tmp_path, zstd_archive({**nested(good), name: b"\x80\x04pickle"}))
+    members = {f"adapter/{CONFIG}": good[CONFIG], f"adapter/{weights}": b"\x80\x04pickle"}
+    source = write_source(tmp_path, zstd_archive(members))
     err = assert_rejected(tmp_path, out, source, "pickled")
-    assert name in str(err)
+    assert f"adapter/{weights}" in str(err)
+
+
+def test_a_trainer_output_folder_installs_only_the_top_level_adapter(
+    tmp_path: Path, out: Path, good: dict[str, bytes]
+) -> None:
+    """What a real archive may hold beside the adapter: README, tokenizer, pickles, checkpoint folders."""
+    older = adapter_files(seed=1)
+    members = {
+        "README.md": b"# adapter",
+        "checkpoint-10/adapter_model.safetensors": older[WEIGHTS],
+        "checkpoint-10/adapter_config.json": older[CONFIG],
+        "checkpoint-10/optimizer.pt": b"\x80\x04pickle",
+        CONFIG: good[CONFIG],
+        WEIGHTS: good[WEIGHTS],
+        "training_args.bin": b"\x80\x04pickle",
+        "tokenizer.json": b"{}",
+        "adapter_model.bin": b"\x80\x04pickle",  # a pickled twin beside the safetensors: never written
+    }
+    source = write_source(tmp_path, zstd_archive(members))
+    path, _ = install_adapter(source, out, TRAIT, SPEC)
+    assert sorted(p.name for p in path.iterdir()) == [CONFIG, WEIGHTS]
+    assert (path / WEIGHTS).read_bytes() == good[WEIGHTS]
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and ".lock" not in p.name)
+    assert written == [f"lora_checkpoints/{TRAIT}/{CONFIG}", f"lora_checkpoints/{TRAIT}/{WEIGHTS}"]
+
+
+def test_the_shallowest_adapter_wins_wherever_it_comes_in_the_archive(
+    tmp_path: Path, out: Path, good: dict[str, bytes]
+) -> None:
+    older = adapter_files(seed=1)
+    members = {**nested(good, "run/"), **nested(older, "run/checkpoint-5/")}
+    path, _ = install_adapter(write_source(tmp_path, zstd_archive(members)), out, TRAIT, SPEC)
+    assert (path / WEIGHTS).read_bytes() == good[WEIGHTS]
+    members = {**nested(older, "run/checkpoint-5/"), **nested(good, "run/")}  # deeper one first
+    path, _ = install_adapter(write_source(tmp_path, zstd_archive(members), "b.tar.zst"), out, TRAIT, SPEC)
+    assert (path / WEIGHTS).read_bytes() == good[WEIGHTS]
+
+
+def test_two_equally_shallow_adapters_reject_the_archive(
+    tmp_path: Path, out: Path, good: dict[str, bytes]
+) -> None:
+    members = {**nested(good, "a/"), **nested(adapter_files(seed=1), "b/")}
+    assert_rejected(
+        tmp_path, out, write_source(tmp_path, zstd_archive(members)), "2 adapters at the same depth"
+    )
 
 
 def test_duplicate_adapter_file_rejects_the_archive(
     tmp_path: Path, out: Path, good: dict[str, bytes]
 ) -> None:
-    members = {**nested(good), f"other/{CONFIG}": good[CONFIG]}
-    source = write_source(tmp_path, zstd_archive(members))
-    assert_rejected(tmp_path, out, source, rf"'other/{CONFIG}' duplicates 'adapter/{CONFIG}'")
+    members = {**nested(good), f"adapter/{CONFIG}": good[CONFIG]}
+    entries = [(name, data) for name, data in members.items()] + [(f"adapter/{CONFIG}", good[CONFIG])]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    source = write_source(tmp_path, zstd_bytes(buf.getvalue()))
+    assert_rejected(tmp_path, out, source, rf"'adapter/{CONFIG}' duplicates 'adapter/{CONFIG}'")
 
 
 def test_archive_without_weights_is_rejected(tmp_path: Path, out: Path, good: dict[str, bytes]) -> None:

@@ -21,10 +21,11 @@ def test_together_dag_shape_schedule_and_form():
     traits = params.get_param("traits").schema
     assert traits["items"]["enum"][:2] == ["intellect_minus", "intellect_plus"]
     assert params["learning_rate"] == 2e-4 and params["lora_r"] == 4 and params["lora_alpha"] == 16
-    # The slot is held by launch from before the create until the job ends (it defers on the job).
-    assert dag.get_task("trait.launch").pool == "together_api"
-    assert dag.get_task("trait.launch").wait_for_completion is True
-    assert dag.get_task("trait.wait").pool != "together_api"
+    # launch paces submissions in the pool and bounds jobs in flight by its cap; wait is the sensor.
+    launch, wait = dag.get_task("trait.launch"), dag.get_task("trait.wait")
+    assert launch.pool == "together_api" and launch.max_jobs_in_flight == 6
+    assert wait.pool != "together_api" and wait.deferrable is True and wait.cancel_on_kill is True
+    assert "{{ task.launch_result.trait" in wait.map_index_template
 
 
 @pytest.mark.parametrize(

@@ -691,6 +691,17 @@ class LiveDeployment:
             )
             return list(cur.fetchall())
 
+    def deferred_labels(self, run_id: str) -> list[tuple[str, int, str | None]]:
+        """(task, map index, rendered label) of every deferred task instance of the run."""
+        assert self._db is not None
+        with self._db.cursor() as cur:
+            cur.execute(
+                "SELECT task_id, map_index, rendered_map_index FROM task_instance WHERE dag_id = %s "
+                "AND run_id = %s AND state = 'deferred'",
+                (DAG_ID, run_id),
+            )
+            return list(cur.fetchall())
+
     def mapped_traits(self, run_id: str) -> list[str] | None:
         """Map index -> trait of the run's mapped group: the order of ``discover``'s return value."""
         assert self._db is not None
@@ -715,8 +726,9 @@ WORKER_STATES = ("queued", "running")  # states that hold a LocalExecutor slot
 # A job this long in flight is "mid-training": its launch has long since deferred (create -> defer takes
 # a second or two; the margin is for a loaded machine).
 MID_TRAINING_AFTER = 8.0
-# The tasks that wait on Together: launch defers on its job until the job ends; wait reads the outcome.
-WAITING_TASKS = ("trait.launch", "trait.wait")
+# The tasks that wait on Together: upload defers while Together validates the file, launch defers while
+# the jobs in flight are at the cap, wait (the sensor) defers while the job trains.
+WAITING_TASKS = ("trait.upload", "trait.launch", "trait.wait")
 
 
 @dataclass

@@ -3,11 +3,11 @@ triggerer) runs ``trait_lora_together`` against the fake Together API in its own
 
 What only a live deployment can show (``dag.test()`` runs triggers inline, one at a time):
 
-* the per-trait waits reach ``deferred`` and hold no worker slot: more tasks are deferred at once than
-  the executor has slots (the launch task defers on its Together job until the job ends, so that its
-  pool slot spans the whole job);
-* the ``together_api`` pool (created with ``--include-deferred`` by ``scripts/airflow-init.sh``) bounds
-  the Together jobs in flight: the fake's exact peak of concurrent jobs never exceeds the pool size;
+* the per-trait ``wait`` sensors (not ``launch``, which ends once its job exists) reach ``deferred`` while
+  Together trains and hold no worker slot: more of them are deferred at once than the executor has
+  slots, each labelled with its trait (not its map index) while deferred;
+* the cap on jobs in flight (``TRAIT_LORA_MAX_JOBS_IN_FLIGHT``, counted in the ledger before each create)
+  holds: the fake's exact peak of concurrent jobs never exceeds it, though there are more traits;
 * a run triggered through the REST API finishes, writes ``hypernetwork_data.json`` and records an
   Asset event; the API serves the trigger form's params and refuses a bad conf with HTTP 400;
 * a forced retrain survives the triggerer being stopped (SIGTERM) and crashing (SIGKILL) mid-wait:
@@ -40,9 +40,10 @@ from tests.e2e.live import (
 
 pytestmark = pytest.mark.e2e
 
-N_TRAITS = 8  # more traits than worker slots and than pool slots
+N_TRAITS = 8  # more traits than worker slots and than the cap
 PARALLELISM = 4  # LocalExecutor worker slots
-POOL_SLOTS = 6  # together_api: > PARALLELISM (so deferral is visible), < N_TRAITS (so the pool binds)
+POOL_SLOTS = 6  # together_api: paces the launches (submissions) only
+CAP = 6  # jobs in flight: > PARALLELISM (so deferral is visible), < N_TRAITS (so the cap binds)
 JOB_SECONDS = 20.0  # every fake Together job takes this long
 POLL_SECONDS = 1.0
 RUN_TIMEOUT = 600.0
@@ -63,6 +64,7 @@ def live(tmp_path_factory, request):
         shards_dir=shards,
         output_dir=workdir / "outputs",
         poll_seconds=POLL_SECONDS,
+        extra_env={"TRAIT_LORA_MAX_JOBS_IN_FLIGHT": str(CAP)},
     )
     started = time.monotonic()
     try:
@@ -113,30 +115,43 @@ def test_api_serves_trait_options_and_refuses_bad_conf(live):
     assert runs["total_entries"] == 0, "a refused conf must not create a run"
 
 
-def test_run_defers_waits_and_pool_bounds_jobs_in_flight(live):
+def test_run_defers_waits_and_the_cap_bounds_jobs_in_flight(live):
     before = live.fake.state()
     response = live.trigger(conf_for(live), run_id="e2e_first")
     assert response.status_code == 200, response.text
     pool_seen: list[dict] = []
+    labels_seen: list[tuple[str, int, str | None]] = []
+    deferred_while_training: Counter[str] = Counter()
 
-    def check_pool(sample: Sample) -> None:
+    def check(sample: Sample) -> None:
         if len(pool_seen) < sample.t / 2:  # the API, every ~2 s
             pool_seen.append(live.pool())
+        labels_seen.extend(live.deferred_labels("e2e_first"))
+        if sample.mid_training_jobs:
+            for task, counts in sample.states.items():
+                deferred_while_training[task] = max(deferred_while_training[task], counts.get("deferred", 0))
 
-    watch = finish_and_report(live, "e2e_first", "first run", check_pool)
+    watch = finish_and_report(live, "e2e_first", "first run", check)
     assert watch.state == "success", watch.api
 
-    # Deferred tasks hold no worker slot: more of them at once than the executor has slots.
-    assert watch.max_deferred > PARALLELISM, f"peak deferred {watch.max_deferred} <= {PARALLELISM} slots"
-    deferred_tasks = {t for s in watch.samples for t, c in s.states.items() if c.get("deferred")}
-    assert deferred_tasks == {"trait.launch"}, deferred_tasks
-    # The pool bounds Together jobs in flight: the exact peak (from job intervals) and every poll.
+    # The sensor is what waits: more wait tasks deferred at once than the executor has slots...
+    peak_wait = max(s.states.get("trait.wait", {}).get("deferred", 0) for s in watch.samples)
+    assert peak_wait > PARALLELISM, f"peak deferred waits {peak_wait} <= {PARALLELISM} slots"
+    # ...while launch ends once its job exists: deferred, if ever, only at the cap (N - CAP traits).
+    peak_launch = max(s.states.get("trait.launch", {}).get("deferred", 0) for s in watch.samples)
+    assert peak_launch <= N_TRAITS - CAP, peak_launch
+    log(f"deferred while training (peak per task): {dict(deferred_while_training)}")
+    assert deferred_while_training["trait.wait"] >= deferred_while_training["trait.launch"]
+    # Deferred mapped tasks show their trait, not their index, while they wait.
+    traits = live.mapped_traits("e2e_first")
+    waits = {(i, label) for task, i, label in labels_seen if task == "trait.wait"}
+    assert waits and all(label == traits[i] for i, label in waits), sorted(waits)
+    # The cap bounds Together jobs in flight: the exact peak (from job intervals) and every poll.
     state = live.fake.state()
-    assert state["max_active"] <= POOL_SLOTS, state["max_active"]
-    assert watch.max_fake_active <= POOL_SLOTS
+    assert state["max_active"] <= CAP, state["max_active"]
+    assert watch.max_fake_active <= CAP
     assert state["max_active"] > PARALLELISM  # and it did run that many at once
     assert max(p["occupied_slots"] for p in pool_seen) <= POOL_SLOTS
-    assert any(p["deferred_slots"] > 0 for p in pool_seen), "the pool never counted a deferred task"
     assert state["creates"] - before["creates"] == N_TRAITS
     assert state["cancels"] == 0 and not state["bugs"]
 
@@ -162,7 +177,8 @@ def test_run_defers_waits_and_pool_bounds_jobs_in_flight(live):
     log(
         f"{len(mid)} samples with jobs mid-training (up to {max(s.mid_training_jobs for s in mid)} at once): "
         f"worker slots held by those traits max {held}; "
-        f"pool peak occupied {max(p['occupied_slots'] for p in pool_seen)}/{POOL_SLOTS}"
+        f"pool peak occupied {max(p['occupied_slots'] for p in pool_seen)}/{POOL_SLOTS}, "
+        f"peak jobs in flight {state['max_active']} (cap {CAP})"
     )
     assert held == 0, [describe(s) for s in mid if s.mid_training_slots]
 
@@ -203,7 +219,7 @@ def test_forced_rerun_survives_triggerer_stop_and_crash(live):
     assert per_trait == Counter({t: 1 for t in live.traits}), per_trait
     assert state["creates"] - before["creates"] == N_TRAITS
     assert state["cancels"] == 0, "a triggerer restart cancelled a Together job"
-    assert state["max_active"] <= POOL_SLOTS
+    assert state["max_active"] <= CAP
     assert not state["bugs"]
 
     mapping = json.loads((live.output_dir / "hypernetwork_data.json").read_text())

@@ -19,6 +19,16 @@ The server validates what the client sends (auth, multipart fields, JSON shapes,
 so that client bugs fail loudly, and its JSON is shaped to pass the SDK's models in strict validation
 (except ``status="user_error"``, which Together sends although the generated Literal omits it).
 
+Where the real service is inconvenient, this fake is too, by default (checked against the SDK source and
+Together's OpenAPI spec; see the notes): ``estimate-price`` omits ``estimation_available`` when a price
+is available; an uploaded file is validated asynchronously (``processing_status`` PENDING -> QUEUED ->
+RUNNING -> COMPLETED or INVALID_FORMAT over ``file_polls`` retrieves); a duplicate upload's 409 carries
+no retry hint (the SDK then backs off as for a 429); a job's own ``events`` list is empty (the events
+endpoint has them); error events use the hand-written SDK spelling (level ``Error``, type
+``JOB_ERROR``/``JOB_USER_ERROR``); job statuses nobody documented can be seeded; adapter archives carry a
+README, tokenizer files, a pickled ``training_args.bin`` and a ``checkpoint-N/`` folder beside the
+adapter; downloads are gzip-encoded when the client accepts gzip.
+
 Simplifications, all deliberate: tokens are estimated as ``ceil(bytes / 4)``; a job has at least
 ``min_total_steps`` steps so events and metrics have something to show; a job only advances when it is
 retrieved (``GET /v1/fine-tunes/{id}``), never with wall-clock time, so tests are deterministic.
@@ -30,6 +40,7 @@ import contextlib
 import copy
 import email
 import email.message
+import gzip
 import hashlib
 import hmac
 import io
@@ -59,6 +70,7 @@ TERMINAL_STATUSES = frozenset({"completed", "cancelled", "error", "user_error"})
 OUTCOME_STATUSES = ("error", "user_error", "cancelled", "completed")
 DOWNLOAD_KINDS = (
     "good",
+    "minimal",
     "truncated",
     "hostile-traversal",
     "hostile-symlink",
@@ -197,6 +209,33 @@ class _HostilePickle:
         return (exec, ("raise RuntimeError('hostile pickle from the fake Together server was unpickled')",))
 
 
+TRAINING_ARGS = {"learning_rate": 0.0002, "per_device_train_batch_size": 32, "num_train_epochs": 1}
+
+
+def _realistic_archive(prefix: str, r: int, alpha: int, modules: tuple[str, ...]) -> bytes:
+    """What a trainer's output folder holds beside the adapter: a README, tokenizer files, a pickled
+    ``training_args.bin`` (harmless here, but a pickle) and an intermediate ``checkpoint-N/`` folder with an
+    adapter of its own (different weights) and a pickled optimizer state."""
+    final = adapter_files(r=r, alpha=alpha, modules=modules, seed=0)
+    intermediate = adapter_files(r=r, alpha=alpha, modules=modules, seed=1)
+    tokenizer = json.dumps({"version": "1.0", "model": {"type": "BPE"}}).encode()
+    entries = [
+        _regular(prefix + "README.md", b"---\nlibrary_name: peft\n---\n# LoRA adapter\n"),
+        _regular(prefix + "checkpoint-2/adapter_config.json", intermediate["adapter_config.json"]),
+        _regular(
+            prefix + "checkpoint-2/adapter_model.safetensors", intermediate["adapter_model.safetensors"]
+        ),
+        _regular(prefix + "checkpoint-2/optimizer.pt", pickle.dumps({"state": {}}, protocol=2)),
+        _regular(prefix + "adapter_config.json", final["adapter_config.json"]),
+        _regular(prefix + "adapter_model.safetensors", final["adapter_model.safetensors"]),
+        _regular(prefix + "tokenizer.json", tokenizer),
+        _regular(prefix + "tokenizer_config.json", b'{"model_max_length": 131072}'),
+        _regular(prefix + "special_tokens_map.json", b'{"bos_token": "<|begin_of_text|>"}'),
+        _regular(prefix + "training_args.bin", pickle.dumps(TRAINING_ARGS, protocol=2)),
+    ]
+    return zstd_bytes(_tar(entries))
+
+
 @lru_cache(maxsize=32)
 def build_download(
     kind: str,
@@ -216,6 +255,8 @@ def build_download(
     Truncation is done by the server (it cuts the body short), not here.
     """
     if kind in ("good", "truncated"):
+        return _realistic_archive(prefix, r, alpha, modules)
+    if kind == "minimal":
         return adapter_archive(prefix=prefix, r=r, alpha=alpha, modules=modules)
     if kind == "wrong-rank":
         files = adapter_files(r=2 * r, alpha=alpha, modules=modules, config_r=r)
@@ -488,15 +529,24 @@ class FakeTogether:
         self.price_per_million_tokens: float = 0.48
         self.user_limit: float = 100.0
         self.retry_after_default: float = 0.01  # Retry-After on a 429 injected without an explicit value
-        # The SDK retries 409 like 429; a small Retry-After on the duplicate-upload 409 keeps those
-        # (real, wasted) retries fast in tests. None sends no header (the SDK then backs off ~0.5-2 s).
-        self.conflict_retry_after: float | None = 0.01
+        # The SDK retries 409 like 429. Together sends no retry hint with the duplicate-upload 409
+        # (None): the SDK then backs off ~0.5-8 s per retry. A client must not wait for that.
+        self.conflict_retry_after: float | None = None
+        # Retrieves of a file after preprocess until its validation ends (0: at once, inside preprocess).
+        self.file_polls: int = 2
+        # "negotiate": gzip when the client's Accept-Encoding allows it (as a CDN would); "gzip": always
+        # (a proxy that ignores Accept-Encoding); "identity": never.
+        self.download_encoding: str = "negotiate"
         self._lock = threading.RLock()
         self._runs: dict[str, _Run] = {}
         self._faults: list[_Fault] = []
         self._random: _RandomFaults | None = None
         self._drop_creates = 0
         self._outcomes: list[tuple[str, str, str]] = []
+        self._file_verdicts: list[tuple[str, str]] = []  # (file name contains, Together's error)
+        self.unvalidated_uses: list[tuple[str, str]] = []  # (path, file id) of estimates/creates too early
+        self.max_in_flight: int = 0  # the most jobs not yet ended at any create (poll-driven clock)
+        self.download_accept_encodings: list[str] = []  # Accept-Encoding of every adapter download
         self._downloads: list[tuple[str, str, str]] = []
         self._creates = 0
         self._uploads = 0
@@ -615,6 +665,12 @@ class FakeTogether:
         with self._lock:
             self._downloads.append((suffix_contains, kind, prefix))
 
+    def reject_file(self, name_contains: str, error: str) -> None:
+        """Together's own validation rejects files whose name contains this (INVALID_FORMAT, ``error`` in
+        the report), even when the content looks fine to a client-side check."""
+        with self._lock:
+            self._file_verdicts.append((name_contains, error))
+
     def advance(self, job_id: str, polls: int = 1) -> dict[str, Any]:
         """Move a job on as ``polls`` retrieves would, without a request (for jobs a test only lists)."""
         with self._lock:
@@ -650,8 +706,8 @@ class FakeTogether:
             "type": "Lora",
         }
         status = fields.pop("status", None)
-        if status is not None and status not in (*STAGES, "cancel_requested", *TERMINAL_STATUSES):
-            raise ValueError(f"unknown job status {status!r}")
+        if status is not None and (not isinstance(status, str) or not status):
+            raise ValueError(f"status must be a non-empty string, got {status!r}")
         request: dict[str, Any] = {
             "training_file": fields.pop("training_file", f"file-{uuid.uuid4()}"),
             "model": fields.pop("model", DEFAULT_MODEL),
@@ -673,6 +729,8 @@ class FakeTogether:
             elif status == "cancel_requested":
                 job["status"] = status
                 self._event(job, "cancel_requested", "Cancellation requested by the user")
+            elif status is not None:  # a status nobody documented: advances like any job on retrieve
+                job["status"] = status
             return str(job["id"])
 
     # ----------------------------------------------------------------------------------------------
@@ -806,7 +864,7 @@ class FakeTogether:
     # ----------------------------------------------------------------------------------------------
 
     def _file_view(self, record: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in record.items() if k not in ("checksum", "content")}
+        return {k: v for k, v in record.items() if k not in ("checksum", "content") and not k.startswith("_")}
 
     def _file(self, file_id: str) -> dict[str, Any]:
         record = self.files.get(file_id)
@@ -904,12 +962,36 @@ class FakeTogether:
         if record["content"] is None:
             raise _BadRequest(f"file {id} has no uploaded bytes yet")
         report = _validate_dataset(record["content"], record["FileType"], record["purpose"])
-        record["processing_status"] = "COMPLETED" if report["valid"] else "INVALID_FORMAT"
-        record["validation_report"] = {"file_id": id, **report}
+        for contains, error in self._file_verdicts:
+            if contains in record["filename"]:
+                report = _invalid(error)
+        record["_report"] = {"file_id": id, **report}
+        record["_polls"] = 0
+        record["processing_status"] = "PENDING"
+        record.pop("validation_report", None)
+        if self.file_polls <= 0:
+            self._settle_file(record)
         return _json_reply(200, self._file_view(record))
 
+    def _settle_file(self, record: dict[str, Any]) -> None:
+        report = record["_report"]
+        record["processing_status"] = "COMPLETED" if report["valid"] else "INVALID_FORMAT"
+        record["validation_report"] = report
+
+    def _advance_file(self, record: dict[str, Any]) -> None:
+        """One retrieve's worth of validation progress (like jobs, files only move when read)."""
+        if record.get("processing_status") not in ("PENDING", "QUEUED", "RUNNING") or "_report" not in record:
+            return
+        record["_polls"] += 1
+        if record["_polls"] >= self.file_polls:
+            self._settle_file(record)
+        else:
+            record["processing_status"] = "QUEUED" if record["_polls"] == 1 else "RUNNING"
+
     def _files_retrieve(self, req: _Request, id: str) -> _Reply:
-        return _json_reply(200, self._file_view(self._file(id)))
+        record = self._file(id)
+        self._advance_file(record)
+        return _json_reply(200, self._file_view(record))
 
     def _files_list(self, req: _Request) -> _Reply:
         return _json_reply(200, {"object": "list", "data": [self._file_view(f) for f in self.files.values()]})
@@ -956,6 +1038,8 @@ class FakeTogether:
             raise _BadRequest("n_epochs must be an integer >= 1")
         _check_training_type(body.get("training_type"), None)
         _check_training_method(body.get("training_method"))
+        if record["processing_status"] != "COMPLETED":
+            self.unvalidated_uses.append((req.path, training_file))
         if record["processing_status"] == "INVALID_FORMAT":
             return _json_reply(
                 200, {"estimation_available": False, "unavailable_reason": "train_file_invalid"}
@@ -967,8 +1051,7 @@ class FakeTogether:
         price = self._price_nanodollars(record, n_epochs) / NANODOLLARS_PER_DOLLAR
         return _json_reply(
             200,
-            {
-                "estimation_available": True,
+            {  # no "estimation_available": Together's spec has no such field in this answer
                 "allowed_to_proceed": price <= self.user_limit,
                 "estimated_total_price": price,
                 "user_limit": self.user_limit,
@@ -988,8 +1071,10 @@ class FakeTogether:
         return job
 
     def _view(self, job: dict[str, Any], *, full: bool) -> dict[str, Any]:
-        if full:
-            return copy.deepcopy({k: v for k, v in job.items() if k not in PRIVATE_JOB_KEYS})
+        if full:  # the job object's own events list is empty: GET .../events has them
+            view = copy.deepcopy({k: v for k, v in job.items() if k not in PRIVATE_JOB_KEYS})
+            view["events"] = []
+            return view
         return copy.deepcopy({k: v for k, v in job.items() if k in TRUNCATED_JOB_KEYS})
 
     def _jobs_create(self, req: _Request) -> _Reply:
@@ -997,6 +1082,8 @@ class FakeTogether:
         self._validate_create(body)
         job = self._new_job(body)
         self._creates += 1
+        in_flight = sum(1 for j in self.jobs.values() if j["status"] not in TERMINAL_STATUSES)
+        self.max_in_flight = max(self.max_in_flight, in_flight)
         if self._drop_creates > 0:
             self._drop_creates -= 1
             return _Reply(action="reset")
@@ -1072,6 +1159,7 @@ class FakeTogether:
         if record["purpose"] != "fine-tune":
             raise _BadRequest(f"{what} {file_id} has purpose {record['purpose']!r}, not 'fine-tune'")
         if record["processing_status"] != "COMPLETED":
+            self.unvalidated_uses.append(("/v1/fine-tunes", file_id))
             raise _BadRequest(f"{what} {file_id} is {record['processing_status']}, not a validated dataset")
 
     def _new_job(
@@ -1266,14 +1354,25 @@ class FakeTogether:
         if not modules or not set(modules) <= set(LLAMA_8B_SHAPES):
             modules = ("q_proj", "v_proj")  # "all-linear" and MLP modules: the builder knows attention only
         name = str(job["model_output_name"]).split("/")[-1]
+        headers = {
+            "Content-Type": ZSTD_CONTENT_TYPE,
+            "Content-Disposition": f'attachment; filename="{name}-adapter.tar.zst"',
+        }
+        self.download_accept_encodings.append(req.headers.get("Accept-Encoding") or "")
+        accepts = [
+            part.split(";")[0].strip().lower()
+            for part in (req.headers.get("Accept-Encoding") or "").split(",")
+        ]
+        encode = self.download_encoding == "gzip" or (
+            self.download_encoding == "negotiate" and "gzip" in accepts
+        )
+        if encode:
+            headers["Content-Encoding"] = "gzip"
         return _Reply(
             200,
-            headers={
-                "Content-Type": ZSTD_CONTENT_TYPE,
-                "Content-Disposition": f'attachment; filename="{name}-adapter.tar.zst"',
-            },
+            headers=headers,
             action="truncate" if kind == "truncated" else "send",
-            body_factory=lambda: build_download(kind, r, alpha, modules, prefix),
+            body_factory=lambda: _encoded(build_download(kind, r, alpha, modules, prefix), encode),
         )
 
     # ----------------------------------------------------------------------------------------------
@@ -1374,7 +1473,9 @@ class FakeTogether:
             self._event(job, "job_stopped", message, level=level or "warning", step=run.step or None)
         else:
             job["total_price"] = 0
-            self._event(job, "job_error", message, level="error", step=run.step or None)
+            # The SDK's hand-written enums spell these "Error" / "JOB_ERROR" / "JOB_USER_ERROR".
+            kind = "JOB_USER_ERROR" if status == "user_error" else "JOB_ERROR"
+            self._event(job, kind, message, level="Error", step=run.step or None)
         job["status"] = status
         job["updated_at"] = _now()
         job["queue_depth"] = 0
@@ -1384,6 +1485,10 @@ class FakeTogether:
 # --------------------------------------------------------------------------------------------------
 # Validation helpers
 # --------------------------------------------------------------------------------------------------
+
+
+def _encoded(body: bytes, gzip_it: bool) -> bytes:
+    return gzip.compress(body, compresslevel=1, mtime=0) if gzip_it else body
 
 
 def _seconds(value: float) -> str:

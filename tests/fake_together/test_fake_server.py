@@ -72,8 +72,31 @@ def dataset(path: Path, rows: int = 10) -> Path:
     return path
 
 
+REALISTIC_MEMBERS = (
+    "README.md",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "checkpoint-2/adapter_config.json",
+    "checkpoint-2/adapter_model.safetensors",
+    "checkpoint-2/optimizer.pt",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "training_args.bin",
+)
+
+
 def upload(c: together.Together, tmp_path: Path, name: str = "shard.jsonl") -> str:
-    return c.files.upload(dataset(tmp_path / name), purpose="fine-tune", check=True).id
+    """Upload, then poll until Together's asynchronous validation ends (as a real client must)."""
+    file_id = c.files.upload(dataset(tmp_path / name), purpose="fine-tune", check=True).id
+    return validated(c, file_id)
+
+
+def validated(c: together.Together, file_id: str) -> str:
+    for _ in range(10):
+        if c.files.retrieve(file_id).processing_status not in ("PENDING", "QUEUED", "RUNNING"):
+            return file_id
+    raise AssertionError(f"file {file_id} never left validation")
 
 
 def create(c: together.Together, file_id: str, suffix: str, **overrides: Any) -> str:
@@ -115,6 +138,12 @@ def test_upload_is_four_http_steps(fake_together: FakeTogether, tmp_path: Path) 
     c = client(fake_together)
     path = dataset(tmp_path / "shard.jsonl")
     uploaded = c.files.upload(path, purpose="fine-tune", check=True)
+    # Together validates asynchronously: PENDING after the upload, then QUEUED/RUNNING, then COMPLETED.
+    assert uploaded.processing_status == "PENDING"
+    assert [c.files.retrieve(uploaded.id).processing_status for _ in range(fake_together.file_polls)] == [
+        "QUEUED",
+        "COMPLETED",
+    ]
     fetched = c.files.retrieve(uploaded.id)
 
     fid = uploaded.id
@@ -122,7 +151,7 @@ def test_upload_is_four_http_steps(fake_together: FakeTogether, tmp_path: Path) 
         ("POST", "/v1/files"),
         ("PUT", f"/storage/uploads/{fid}"),
         ("POST", f"/v1/files/{fid}/preprocess"),
-        ("GET", f"/v1/files/{fid}"),
+        *[("GET", f"/v1/files/{fid}")] * 3,
     ]
     assert fake_together.uploads == 1
     record = fake_together.files[fid]
@@ -154,8 +183,12 @@ def test_files_list_and_invalid_dataset(fake_together: FakeTogether, tmp_path: P
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"neither": "format"}) + "\n")
     file_id = c.files.upload(bad, purpose="fine-tune", check=False).id
+    assert fake_together.files[file_id]["processing_status"] == "PENDING"  # validated asynchronously
+    validated(c, file_id)
 
     assert fake_together.files[file_id]["processing_status"] == "INVALID_FORMAT"
+    report = c.files.retrieve(file_id).validation_report
+    assert report is not None and report.valid is False and "no 'messages'" in str(report.error)
     assert [f.id for f in c.files.list().data] == [file_id]
     with pytest.raises(together.BadRequestError, match="not a validated dataset"):
         c.post("/v1/fine-tunes", body={**CREATE_KWARGS, "training_file": file_id}, cast_to=httpx.Response)
@@ -327,8 +360,10 @@ def test_outcome_shows_in_retrieve_and_events(
     assert c.fine_tuning.retrieve(good).status == "running"
     last = c.fine_tuning.list_events(bad).data[-1]
     assert last.message == "Training data failed validation: line 7"
-    assert last.type == ("job_stopped" if status == "cancelled" else "job_error")
-    assert last.level == ("warning" if status == "cancelled" else "error")
+    # Error events use the SDK's hand-written spelling (FinetuneEventType / FinetuneEventLevels).
+    kinds = {"cancelled": "job_stopped", "error": "JOB_ERROR", "user_error": "JOB_USER_ERROR"}
+    assert last.type == kinds[status]
+    assert last.level == ("warning" if status == "cancelled" else "Error")
     with pytest.raises(together.BadRequestError, match="only completed jobs"):
         c.fine_tuning.content(ft_id=bad, checkpoint="adapter")
 
@@ -352,6 +387,10 @@ def test_limits_and_estimate_shapes(fake_together: FakeTogether, tmp_path: Path)
     c = client(fake_together)
     small = upload(c, tmp_path, "small.jsonl")
     big = c.files.upload(dataset(tmp_path / "big.jsonl", rows=100), purpose="fine-tune").id
+    unvalidated = c.fine_tuning.with_raw_response.estimate_price(training_file=big, model=MODEL, n_epochs=1)
+    assert wire(unvalidated)["estimation_available"] is False  # the one case the field is sent
+    assert wire(unvalidated)["unavailable_reason"] == "train_file_not_validated"
+    validated(c, big)
 
     FinetuneModelLimits.model_validate(wire(c.fine_tuning.with_raw_response.model_limits(model_name=MODEL)))
 
@@ -359,7 +398,9 @@ def test_limits_and_estimate_shapes(fake_together: FakeTogether, tmp_path: Path)
         raw = c.fine_tuning.with_raw_response.estimate_price(
             training_file=file_id, model=MODEL, n_epochs=epochs
         )
-        estimate = AvailableEstimate.model_validate(wire(raw))
+        body = wire(raw)
+        assert "estimation_available" not in body  # Together's spec has no such field in this answer
+        estimate = AvailableEstimate.model_validate({**body, "estimation_available": True})
         assert estimate.allowed_to_proceed is True and estimate.user_limit == fake_together.user_limit
         assert estimate.estimated_total_price is not None
         return estimate.estimated_total_price
@@ -400,15 +441,21 @@ def test_streamed_download_is_the_adapter_archive(fake_together: FakeTogether, t
 
     with c.fine_tuning.with_streaming_response.content(ft_id=job_id, checkpoint="adapter") as response:
         assert response.headers["content-type"] == "application/zstd"
+        # The SDK advertises gzip, so the reply is gzip-encoded: Content-Length counts encoded bytes.
+        assert response.headers["content-encoding"] == "gzip"
         length = int(response.headers["content-length"])
         response.stream_to_file(target)
+        assert response.http_response.num_bytes_downloaded == length
 
     assert fake_together.calls[-1] == ("GET", "/v1/finetune/download")
     archive = target.read_bytes()
-    assert len(archive) == length
+    assert len(archive) != length  # decoded on the way: a naive length check would fail here
     members = tar_members(archive)
-    assert sorted(members) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(members) == [*REALISTIC_MEMBERS]
     assert all(m.isreg() for m in members.values())
+    assert tar_file(archive, "adapter_model.safetensors") != tar_file(
+        archive, "checkpoint-2/adapter_model.safetensors"
+    )
     assert json.loads(tar_file(archive, "adapter_config.json"))["r"] == 4
     header = safetensors_header(tar_file(archive, "adapter_model.safetensors"))
     shapes = {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
@@ -482,10 +529,7 @@ def test_download_prefix_places_members_in_a_directory(fake_together: FakeTogeth
     job_id = fake_together.add_job(suffix="tl-nested", status="completed")
     fake_together.set_download("nested", "good", prefix="checkpoint/final/")
     archive = client(fake_together).fine_tuning.content(ft_id=job_id, checkpoint="adapter").read()
-    assert sorted(tar_members(archive)) == [
-        "checkpoint/final/adapter_config.json",
-        "checkpoint/final/adapter_model.safetensors",
-    ]
+    assert sorted(tar_members(archive)) == [f"checkpoint/final/{name}" for name in REALISTIC_MEMBERS]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -587,9 +631,6 @@ async def test_async_client_retrieve_list_events_and_download(
         target = tmp_path / "adapter.tar.zst"
         async with c.fine_tuning.with_streaming_response.content(ft_id=job_id, checkpoint="adapter") as r:
             await r.stream_to_file(target)
-        assert sorted(tar_members(target.read_bytes())) == [
-            "adapter_config.json",
-            "adapter_model.safetensors",
-        ]
+        assert sorted(tar_members(target.read_bytes())) == [*REALISTIC_MEMBERS]
     finally:
         await c.close()

@@ -89,10 +89,12 @@ def test_random_api_failures_still_give_exactly_one_job_per_trait(airflow_db, to
     traits = ["joy_minus", "joy_plus", "wisdom_plus"]
     conf = conf_for(tmp_path, traits)
     fake.fail_randomly(0.3, seed=7)
+    fake.fail_next("POST", r"^/v1/fine-tunes$", 503)  # and the create itself, whatever the seed hits
     dr = run_dag(DAG_ID, conf)
     fake.fail_randomly(0)
     assert str(dr.state) == "success"
     injected = [e for e in fake.errors if e[3].startswith("injected fault")]
+    assert any(m == "GET" and "/v1/files/" in p for m, p, _, _ in injected)  # the file wait too
     assert len(injected) >= 10  # the faults really hit the run
     assert any(m == "POST" and p == "/v1/fine-tunes" for m, p, _, _ in injected)
     assert fake.creates == len(traits)

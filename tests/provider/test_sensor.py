@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trait_lora.core.ledger import Ledger
-from trait_lora.provider.operators.together import TogetherFineTuneSensor, TogetherJobFailed
+from trait_lora.provider.operators import TogetherFineTuneSensor, TogetherJobFailed
 
 KEY = "ab" * 32
 
@@ -48,3 +48,23 @@ def test_a_failed_job_fails_the_poke_with_togethers_message(together_conn, tmp_p
     with pytest.raises(TogetherJobFailed, match="user_error: Bad data at line 7"):
         sensor.poke({"run_id": "manual__test"})
     assert Ledger(tmp_path).job("joy_plus")["status"] == "user_error"
+
+
+def test_execute_complete_refuses_an_event_that_is_not_ours(tmp_path):
+    sensor = sensor_for("ft-1", str(tmp_path))
+    with pytest.raises(ValueError, match="malformed trigger event"):
+        sensor.execute_complete({"run_id": "manual__test"}, {"status": "completed"})
+    failures = (tmp_path / "runs").rglob("failures.json")
+    assert any("malformed trigger event" in p.read_text() for p in failures)
+
+
+def test_the_connection_form_is_defined_once():
+    from trait_lora.provider import get_provider_info
+    from trait_lora.provider.hooks.together import TogetherHook
+
+    (conn_type,) = get_provider_info()["connection-types"]
+    provider = conn_type["ui-field-behaviour"]
+    hook = TogetherHook.get_ui_field_behaviour()
+    assert provider["hidden-fields"] == hook["hidden_fields"]
+    assert provider["relabeling"] == hook["relabeling"]
+    assert provider["placeholders"] == hook["placeholders"]

@@ -48,6 +48,7 @@ async def test_serialize_round_trips_through_the_classpath():
         "deadline": 1_900_000_000.0,
         "max_transient_errors": 3,
         "last_status": "running",
+        "cancel_on_kill": True,
     }
 
 
@@ -74,7 +75,8 @@ async def test_run_yields_completed_for_a_job_that_finishes(together_conn):
     assert events[0]["status"] == "completed"
     assert events[0]["job_id"] == job_id
     assert events[0]["trait"] == "joy_plus"
-    assert "total_price" in events[0]
+    assert events[0]["outcome"] == "ended"
+    assert events[0]["total_price_usd"] == together_conn.jobs[job_id]["total_price"] / 1e9
     assert together_conn.jobs[job_id]["status"] == "completed"
 
 
@@ -102,7 +104,7 @@ async def test_transient_errors_beyond_the_bound_yield_poll_error_without_cancel
     job_id = fake_together.add_job(suffix="joy-plus-0123456789abcdef")
     fake_together.fail_next("GET", rf"/v1/fine-tunes/{job_id}$", 503, times=100)
     events = await collect(trigger_for(job_id, max_transient_errors=3))
-    assert [e["status"] for e in events] == ["poll_error"]
+    assert [e["outcome"] for e in events] == ["poll_error"]
     assert "not cancelled" in events[0]["message"]
     assert fake_together.count("GET", rf"/v1/fine-tunes/{job_id}$") == 4  # 1 + 3 tolerated
     assert fake_together.count("POST", r"/cancel$") == 0
@@ -112,7 +114,7 @@ async def test_a_past_deadline_yields_timeout_and_leaves_the_job_running(togethe
     together_conn.job_polls = 50
     job_id = together_conn.add_job(suffix="joy-plus-0123456789abcdef", status="running")
     events = await collect(trigger_for(job_id, deadline=time.time() - 1, last_status="running"))
-    assert [e["status"] for e in events] == ["timeout"]
+    assert [e["outcome"] for e in events] == ["timeout"]
     assert "NOT cancelled" in events[0]["message"]
     assert together_conn.count("POST", r"/cancel$") == 0
     assert together_conn.jobs[job_id]["status"] == "running"
@@ -149,3 +151,43 @@ async def test_on_kill_leaves_a_completed_job_alone(together_conn):
     await trigger_for(job_id).on_kill()
     assert together_conn.count("POST", r"/cancel$") == 0
     assert together_conn.jobs[job_id]["status"] == "completed"
+
+
+async def test_on_kill_leaves_the_job_alone_when_cancel_on_kill_is_off(together_conn):
+    together_conn.job_polls = 50
+    job_id = together_conn.add_job(suffix="joy-plus-0123456789abcdef", status="running")
+    await trigger_for(job_id, cancel_on_kill=False).on_kill()
+    assert together_conn.count("POST", r"/cancel$") == 0
+    assert together_conn.jobs[job_id]["status"] == "running"
+
+
+async def test_a_status_nobody_listed_is_polled_until_together_reports_an_end(together_conn, capfd):
+    together_conn.job_polls = 4
+    job_id = together_conn.add_job(suffix="joy-plus-0123456789abcdef", status="evaluating")
+    events = await collect(trigger_for(job_id, last_status="evaluating"))
+    assert [(e["outcome"], e["status"]) for e in events] == [("ended", "completed")]
+    assert together_conn.count("GET", rf"/v1/fine-tunes/{job_id}$") == 4
+
+
+async def test_cancel_requested_ends_the_wait_as_a_failure(together_conn):
+    together_conn.job_polls = 50
+    job_id = together_conn.add_job(suffix="joy-plus-0123456789abcdef", status="cancel_requested")
+    events = await collect(trigger_for(job_id))
+    assert [(e["outcome"], e["status"]) for e in events] in (
+        [("ended", "cancel_requested")],
+        [("ended", "cancelled")],
+    )
+
+
+@pytest.mark.parametrize(
+    ("level", "kind"), [("Error", "JOB_ERROR"), ("error", "job_error"), ("info", "JOB_USER_ERROR")]
+)
+async def test_error_events_are_read_whatever_their_case(level, kind):
+    from trait_lora.provider.hooks.together import first_error_message
+
+    events = [
+        {"level": "info", "type": "job_start", "message": "started"},
+        {"level": level, "type": kind, "message": "Bad data at line 7"},
+    ]
+    assert first_error_message(events) == "Bad data at line 7"
+    assert first_error_message([]) is None

@@ -7,8 +7,10 @@ finds its own reservation and does not count twice.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from trait_lora.core.atomic import atomic_write_json
 from trait_lora.core.errors import TraitLoraError
@@ -24,6 +26,62 @@ class BudgetError(TraitLoraError):
 def usd(amount: float) -> str:
     """Dollars readable at every scale: a $0.0033 job must not print as $0.00."""
     return f"${amount:.2f}" if abs(amount) >= 1 else f"${amount:.4f}"
+
+
+@dataclass(frozen=True)
+class CostDecision:
+    """What the gate makes of one estimate: the price, and whether the create may go ahead.
+
+    ``refusal`` is final (a retry would get the same answer); ``retry_reason`` is not (an estimate is
+    often unavailable only until Together has finished validating the file).
+    """
+
+    price: float | None
+    refusal: str | None = None
+    retry_reason: str | None = None
+
+    @property
+    def needs_reservation(self) -> bool:
+        return self.price is not None and self.refusal is None and self.retry_reason is None
+
+
+def estimated_price(estimate: Mapping[str, Any]) -> float | None:
+    """The USD estimate, or None. ``estimation_available`` may be absent (Together's OpenAPI spec has no
+    such field): absent means available, as the SDK reads it; only an explicit ``false`` means none."""
+    if estimate.get("estimation_available") is False:
+        return None
+    price = estimate.get("estimated_total_price")
+    if isinstance(price, int | float) and not isinstance(price, bool):
+        return float(price)
+    return None
+
+
+def decide_cost(
+    trait: str, estimate: Mapping[str, Any], *, job_budget: float | None, run_budget: float | None
+) -> CostDecision:
+    """The cost gate's verdict on Together's estimate, before any reservation or create."""
+    price = estimated_price(estimate)
+    if estimate.get("allowed_to_proceed") is False:
+        shown = usd(price) if price is not None else "an unknown amount"
+        return CostDecision(
+            price,
+            refusal=f"{trait}: Together says this account may not proceed (estimated {shown}, limit "
+            f"${estimate.get('user_limit')}); add credit, nothing was created",
+        )
+    if price is None and (job_budget is not None or run_budget is not None):
+        why = estimate.get("unavailable_reason") or "none given"
+        return CostDecision(
+            None,
+            retry_reason=f"{trait}: Together gave no price estimate ({why}) and a budget is set, so no "
+            "job was created; the task retries, or clear the budget",
+        )
+    if price is not None and job_budget is not None and price > job_budget:
+        return CostDecision(
+            price,
+            refusal=f"{trait}: Together estimates {usd(price)}, above the per-job budget {usd(job_budget)}; "
+            "no job was created. Raise max_job_price_usd or shrink the shard",
+        )
+    return CostDecision(price)
 
 
 @dataclass(frozen=True)

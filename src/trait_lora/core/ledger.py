@@ -34,6 +34,13 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _parse_utc(stamp: object) -> datetime:
+    try:
+        return datetime.strptime(str(stamp), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return datetime.fromtimestamp(0, UTC)  # unreadable: as old as can be
+
+
 @contextlib.contextmanager
 def exclusive_lock(lock_path: Path) -> Iterator[None]:
     """Serialise writers across processes (Airflow workers on one host or one shared volume)."""
@@ -134,6 +141,44 @@ class Ledger:
         result = self._update(self.jobs_path, "job ledger", trait, change)
         assert result is not None
         return result
+
+    def claim_job_slot(
+        self, trait: str, *, job_key: str, cap: int, stale_after_s: float = 1800.0
+    ) -> dict[str, Record]:
+        """Mark ``trait`` as ``creating`` if fewer than ``cap`` other traits have a job in flight.
+
+        Returns the other traits counted as in flight: empty when the slot was claimed. The count and the
+        claim happen under one lock, so concurrent launches can never together pass the cap. A
+        ``creating`` record with no job id older than ``stale_after_s`` is a create that never happened
+        (its worker died before the POST and nobody retried it) and holds no slot.
+        """
+        from trait_lora.core.job_status import CREATING, JobStatus
+
+        check_trait_name(trait)
+        if cap < 1:
+            raise LedgerError(f"the cap on jobs in flight must be >= 1, got {cap}")
+        now = datetime.now(UTC)
+        with exclusive_lock(self.lock_path):
+            data = read_json_object(self.jobs_path, what="job ledger")
+            holders: dict[str, Record] = {}
+            for other, record in data.items():
+                status = JobStatus.of(record.get("status"))
+                if other == trait or not status.in_flight:
+                    continue
+                if status.value == CREATING and not record.get("job_id"):
+                    age = (now - _parse_utc(record.get("updated_at"))).total_seconds()
+                    if age > stale_after_s:
+                        continue
+                holders[other] = record
+            if len(holders) >= cap:
+                return holders
+            base = dict(data.get(trait) or {})
+            if base.get("job_key") not in (None, job_key):
+                base = {}
+            base.update(job_key=job_key, status=CREATING, updated_at=utc_now())
+            data[trait] = base
+            atomic_write_json(self.jobs_path, data)
+            return {}
 
     def record_adapter(self, trait: str, **fields: Any) -> Record:
         """Record what produced the trait's installed adapter; call only after it verified."""

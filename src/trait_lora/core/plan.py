@@ -13,12 +13,12 @@ from typing import Any
 from trait_lora.core.adapter import AdapterSpec, verify_installed
 from trait_lora.core.config import TrainingConfig
 from trait_lora.core.errors import AdapterError
+from trait_lora.core.job_status import JobStatus
 from trait_lora.core.keys import job_key, job_suffix
 from trait_lora.core.ledger import Ledger
 from trait_lora.core.shards import Discovery, discover_shards
 from trait_lora.core.validation import validate_shard
 
-FAILED_JOB_STATUSES = frozenset({"error", "user_error", "cancelled"})
 ACTIONS = ("skip", "resume", "train", "invalid")
 
 
@@ -64,7 +64,7 @@ def decide(
         if why_train is None:
             return "skip", "unchanged shard and config; adapter present and verified", None
     job = ledger.job(trait) or {}
-    if job.get("job_key") == key and job.get("job_id") and job.get("status") not in FAILED_JOB_STATUSES:
+    if job.get("job_key") == key and job.get("job_id") and not JobStatus.of(job.get("status")).is_ending:
         return (
             "resume",
             f"job {job['job_id']} for this key is {job.get('status', 'submitted')}",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import trait_lora
+from trait_lora.provider.connection import provider_connection_type
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -23,30 +24,7 @@ def get_provider_info() -> dict[str, Any]:
         "description": "Train one LoRA adapter per trait shard on Together AI or local GPUs.",
         "versions": [trait_lora.__version__],
         "connection-types": [
-            {
-                "hook-class-name": "trait_lora.provider.hooks.together.TogetherHook",
-                "connection-type": "together",
-                "hook-name": "Together AI",
-                "conn-fields": {
-                    "max_retries": {
-                        "label": "SDK retries for idempotent calls",
-                        "schema": {"type": ["integer", "null"], "default": 8, "minimum": 0},
-                        "description": "Retries on 429/5xx/timeouts (never used for job creation).",
-                    },
-                    "timeout": {
-                        "label": "Request timeout (seconds)",
-                        "schema": {"type": ["number", "null"], "default": 60},
-                    },
-                },
-                "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port", "login", "extra"],
-                    "relabeling": {"host": "API base URL", "password": "API key"},
-                    "placeholders": {
-                        "host": "https://api.together.ai",
-                        "password": "Together API key (tgp_...)",
-                    },
-                },
-            }
+            provider_connection_type("trait_lora.provider.hooks.together.TogetherHook"),
         ],
         "extra-links": ["trait_lora.provider.links.TogetherJobLink"],
         "triggers": [

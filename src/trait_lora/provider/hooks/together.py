@@ -10,28 +10,32 @@ The SDK is imported lazily so that importing this module (e.g. from a DAG file) 
 
 from __future__ import annotations
 
-import os
 import random
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.bases.hook import BaseHook
+
+from trait_lora.core.job_status import JobStatus
+from trait_lora.provider.connection import (
+    CONN_TYPE,
+    DEFAULT_BASE_URL,
+    DEFAULT_CONN_ID,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    HOOK_NAME,
+    hook_field_behaviour,
+)
 
 if TYPE_CHECKING:
     from together import AsyncTogether, Together
 
-DEFAULT_BASE_URL = "https://api.together.ai"
-DEFAULT_MAX_RETRIES = 8
-DEFAULT_TIMEOUT = 60.0
-NANODOLLARS = 1e9  # ``total_price`` is an integer in nano-USD (the SDK's CLI divides by 1e9)
-TERMINAL_STATUSES = frozenset({"completed", "cancelled", "error", "user_error"})
-FAILED_STATUSES = frozenset({"cancelled", "error", "user_error"})
-ACTIVE_STATUSES = frozenset({"pending", "queued", "running", "compressing", "uploading", "cancel_requested"})
-
-T = TypeVar("T")
+# Event levels/types that carry Together's reason for a failed job. Compared in lower case: the SDK's
+# generated enums say ``error``/``job_error``, its hand-written ones ``Error``/``JOB_ERROR``.
+ERROR_LEVELS = frozenset({"error", "legacy_ierror"})
+ERROR_TYPES = frozenset({"job_error", "job_user_error", "job_failed", "job_stopped"})
 
 
 class TogetherConfigError(Exception):
@@ -106,9 +110,9 @@ class TogetherHook(BaseHook):
     """Sync and async Together clients built from an Airflow connection."""
 
     conn_name_attr = "together_conn_id"
-    default_conn_name = "together_default"
-    conn_type = "together"
-    hook_name = "Together AI"
+    default_conn_name = DEFAULT_CONN_ID
+    conn_type = CONN_TYPE
+    hook_name = HOOK_NAME
 
     def __init__(self, together_conn_id: str = default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -116,11 +120,7 @@ class TogetherHook(BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["schema", "port", "login", "extra"],
-            "relabeling": {"host": "API base URL", "password": "API key"},
-            "placeholders": {"host": DEFAULT_BASE_URL},
-        }
+        return hook_field_behaviour()
 
     # -- credentials --------------------------------------------------------------------------
     def _settings_from_connection(self, conn: Any) -> dict[str, Any]:
@@ -183,8 +183,22 @@ class TogetherHook(BaseHook):
         )
 
     @cached_property
-    def create_client(self) -> Together:
-        """Client for job creation: retries OFF, because a retried POST can start a second paid job."""
+    def upload_client(self) -> Together:
+        """The retrying client, except that a 409 (a duplicate upload) is never retried."""
+        from together import DefaultHttpxClient, Together
+
+        s = self.settings
+        return Together(
+            api_key=s["api_key"],
+            base_url=s["base_url"],
+            max_retries=s["max_retries"],
+            timeout=s["timeout"],
+            http_client=DefaultHttpxClient(event_hooks={"response": [_conflict_is_final]}),
+        )
+
+    @cached_property
+    def no_retry_client(self) -> Together:
+        """Client for job creation: SDK retries OFF, a retried POST can start a second paid job."""
         return self.client.with_options(max_retries=0)
 
     async def get_async_client(self) -> AsyncTogether:
@@ -209,16 +223,40 @@ class TogetherHook(BaseHook):
 
     # -- files --------------------------------------------------------------------------------
     def upload_file(self, path: Path) -> dict[str, Any]:
-        """Upload a validated shard (streamed); Together answers 409 for known bytes and we reuse them."""
-        result = self.client.files.upload(file=Path(path), purpose="fine-tune", check=True)
-        return job_to_dict(result)
+        """Upload a validated shard (streamed); bytes Together already holds resolve to that file at once.
+
+        Together answers a known checksum with 409 and no retry hint, which the SDK retries like a 429
+        (eight backoffs, ~50 s, for an answer that cannot change). The upload client marks a 409 as
+        not-to-retry (``x-should-retry: false``, which the SDK obeys) and keeps the SDK's retries for
+        everything else (429, 5xx, resets), so the 409 becomes the existing file id at once. A file
+        found that way that is still PENDING may never have been preprocessed (a worker died between
+        the PUT and the preprocess call): preprocessing is asked for again, which is harmless.
+        """
+        from together.lib.resources.files import FileAlreadyExistsError
+
+        try:
+            uploaded = self.upload_client.files.upload(
+                file=Path(path), purpose="fine-tune", check=True, raise_if_already_exists=True
+            )
+            return job_to_dict(uploaded)
+        except FileAlreadyExistsError as exc:
+            file_id = exc.file_id
+            self.log.info("Together already holds these bytes as %s; reusing it", file_id)
+        found = self.get_file(file_id)
+        if str(found.get("processing_status") or "").upper() == "PENDING":
+            from together.types import FileResponse
+
+            found = job_to_dict(self.client.post(f"/v1/files/{file_id}/preprocess", cast_to=FileResponse))
+        return found
 
     def get_file(self, file_id: str) -> dict[str, Any]:
+        """The file object; its ``processing_status`` says whether Together has validated it yet."""
         return job_to_dict(self.client.files.retrieve(file_id))
 
     # -- jobs ---------------------------------------------------------------------------------
-    def model_limits(self, model: str) -> Any:
-        return self.client.fine_tuning.model_limits(model_name=model)
+    def model_limits(self, model: str) -> dict[str, Any]:
+        """Together's per-model limits (batch size range, max rank, epochs, learning rate)."""
+        return job_to_dict(self.client.fine_tuning.model_limits(model_name=model))
 
     def estimate_price(self, *, training_file: str, params: dict[str, Any]) -> dict[str, Any]:
         """What Together would charge for ``create(**params)``; the cost gate reads it before any create."""
@@ -239,11 +277,16 @@ class TogetherHook(BaseHook):
         return job_to_dict(result)
 
     def create_job(
-        self, *, training_file: str, suffix: str, model_limits: Any, **params: Any
+        self, *, training_file: str, suffix: str, model_limits: dict[str, Any], **params: Any
     ) -> dict[str, Any]:
         """One POST, never retried by the SDK: the caller reconciles by listing after any failure."""
-        job = self.create_client.fine_tuning.create(
-            training_file=training_file, suffix=suffix, model_limits=model_limits, **params
+        from together.types import FinetuneModelLimits
+
+        job = self.no_retry_client.fine_tuning.create(
+            training_file=training_file,
+            suffix=suffix,
+            model_limits=FinetuneModelLimits.model_validate(model_limits),
+            **params,
         )
         return job_to_dict(job)
 
@@ -258,8 +301,41 @@ class TogetherHook(BaseHook):
     def get_job(self, job_id: str) -> dict[str, Any]:
         return job_to_dict(self.client.fine_tuning.retrieve(job_id))
 
-    def cancel_job(self, job_id: str) -> dict[str, Any]:
-        return job_to_dict(self.client.fine_tuning.cancel(job_id))
+    def find_existing_job(self, key_tag: str, known_ids: Sequence[str] = ()) -> dict[str, Any] | None:
+        """The job already paid for under this key, if any: the duplicate-job guard before every create.
+
+        ``known_ids`` (our ledger, Airflow's task state store) are read first, then Together's own list
+        by the key's tag in ``suffix``. A job is adopted unless it failed or is being cancelled; a
+        status nobody documented is adopted too (and said loudly): duplicating a job whose status we
+        cannot read would pay twice. A known id Together no longer has (404) is passed over.
+        """
+        from together import NotFoundError
+
+        for job_id in dict.fromkeys(i for i in known_ids if i):
+            try:
+                job = self.get_job(job_id)
+            except NotFoundError:
+                self.log.info("earlier job %s is gone from Together; not adopting it", job_id)
+                continue
+            if self._adoptable(job):
+                return job
+        for job in self.find_jobs(key_tag):
+            if self._adoptable(job):
+                return job
+        return None
+
+    def _adoptable(self, job: dict[str, Any]) -> bool:
+        status = JobStatus.of(job.get("status"))
+        if not status.is_known:
+            self.log.warning(
+                "job %s has status %r, which this version does not know; adopting and polling it "
+                "(never starting a duplicate) until Together reports an end",
+                job.get("id"),
+                status.value,
+            )
+        if not status.is_adoptable:
+            self.log.info("job %s is %s; not adopting it", job.get("id"), status)
+        return status.is_adoptable
 
     def list_events(self, job_id: str) -> list[dict[str, Any]]:
         return [job_to_dict(e) for e in self.client.fine_tuning.list_events(job_id).data]
@@ -281,15 +357,23 @@ class TogetherHook(BaseHook):
         return steps
 
     def download_adapter(self, job_id: str, dest: Path) -> tuple[int, int | None]:
-        """Stream the adapter archive to ``dest``; returns (bytes written, Content-Length).
+        """Stream the adapter archive to ``dest``; returns (bytes received on the wire, Content-Length).
 
-        Never buffered whole in memory; the caller checks the length and verifies the archive.
+        The SDK advertises gzip/zstd and httpx decodes transparently, so a compressed reply's
+        Content-Length counts encoded bytes, not what lands in ``dest``. We ask for identity and compare
+        the length with the bytes actually received (``num_bytes_downloaded``), which holds either way.
+        Never buffered whole in memory; the caller checks the lengths and verifies the archive.
         """
         fine_tuning = self.client.fine_tuning.with_streaming_response
-        with fine_tuning.content(ft_id=job_id, checkpoint="adapter") as response:
+        with fine_tuning.content(
+            ft_id=job_id, checkpoint="adapter", extra_headers={"Accept-Encoding": "identity"}
+        ) as response:
             length = response.headers.get("content-length")
-            response.stream_to_file(dest)
-        return Path(dest).stat().st_size, int(length) if length else None
+            with open(dest, "wb") as out:
+                for chunk in response.iter_bytes(1 << 20):
+                    out.write(chunk)
+            received = response.http_response.num_bytes_downloaded
+        return received, int(length) if length else None
 
     # -- async twins (the triggerer) ----------------------------------------------------------
     async def aget_job(self, client: AsyncTogether, job_id: str) -> dict[str, Any]:
@@ -301,35 +385,14 @@ class TogetherHook(BaseHook):
     async def acancel_job(self, client: AsyncTogether, job_id: str) -> dict[str, Any]:
         return job_to_dict(await client.fine_tuning.cancel(job_id))
 
-
-def with_backoff(
-    call: Callable[[], T],
-    *,
-    attempts: int,
-    retry_on: tuple[type[BaseException], ...],
-    sleep: Callable[[float], None] = time.sleep,
-    on_retry: Callable[[int, BaseException, float], None] | None = None,
-) -> T:
-    """Run ``call`` until it succeeds, sleeping Retry-After or jittered backoff between tries."""
-    for attempt in range(attempts):
-        try:
-            return call()
-        except retry_on as exc:
-            if attempt + 1 >= attempts:
-                raise
-            delay = backoff_delay(attempt, exc)
-            if on_retry:
-                on_retry(attempt + 1, exc, delay)
-            sleep(delay)
-    raise AssertionError("unreachable")
+    async def aget_file(self, client: AsyncTogether, file_id: str) -> dict[str, Any]:
+        return job_to_dict(await client.files.retrieve(file_id))
 
 
-def env_fallback_connection() -> dict[str, str] | None:
-    """For the CLI outside Airflow: TOGETHER_API_KEY / TOGETHER_BASE_URL as a connection URI's parts."""
-    key = os.environ.get("TOGETHER_API_KEY")
-    if not key:
-        return None
-    return {"conn_type": "together", "password": key, "host": os.environ.get("TOGETHER_BASE_URL", "")}
+def _conflict_is_final(response: Any) -> None:
+    """httpx response hook: the SDK obeys ``x-should-retry``; a 409 answer cannot change on retry."""
+    if response.status_code == 409:
+        response.headers["x-should-retry"] = "false"
 
 
 def first_error_message(events: Iterable[dict[str, Any]]) -> str | None:
@@ -339,10 +402,9 @@ def first_error_message(events: Iterable[dict[str, Any]]) -> str | None:
     """
     message = None
     for event in events:
-        if event.get("level") in ("error", "legacy_ierror") or event.get("type") in (
-            "job_error",
-            "job_failed",
-            "job_stopped",  # cancelled: Together says why in a stop event (level warning, not error)
-        ):
+        level = str(event.get("level") or "").lower()
+        kind = str(event.get("type") or "").lower()
+        # job_stopped: a cancelled job's reason is a stop event (level warning, not error)
+        if level in ERROR_LEVELS or kind in ERROR_TYPES:
             message = event.get("message") or message
     return message

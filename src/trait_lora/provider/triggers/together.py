@@ -1,29 +1,30 @@
-"""``TogetherFineTuneTrigger``: waits for a Together job in the triggerer, not in a worker slot.
+"""Triggers that wait on Together in the triggerer, not in a worker slot.
 
-Uses the async client only (the triggerer runs every trigger on one event loop), polls with a
-configurable interval, stops at an absolute deadline (``execution_timeout`` is not enforced while a
-task is deferred), tolerates a bounded number of transient API errors, and logs each new job event
-once. ``on_kill`` cancels the remote job when a user marks the task failed or clears it; a plain
-cancellation (triggerer restart, rebalancing) never does.
+``TogetherFineTuneTrigger`` waits for a job, ``TogetherFileTrigger`` for Together's (asynchronous)
+validation of an uploaded file. Both use the async client only (the triggerer runs every trigger on
+one event loop), poll at a configurable interval, stop at an absolute deadline (``execution_timeout``
+is not enforced while a task is deferred), tolerate a bounded number of transient API errors, and fire
+exactly one event (records in ``trait_lora.provider.records``). The job trigger logs each new Together
+event once; its ``on_kill`` cancels the remote job when a user marks the task failed or clears it (if
+``cancel_on_kill``), while a plain cancellation (triggerer restart, rebalancing) never does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from trait_lora.provider.hooks.together import (
-    FAILED_STATUSES,
-    TERMINAL_STATUSES,
-    TogetherHook,
-    first_error_message,
-)
+from trait_lora.core.job_status import JobStatus
+from trait_lora.provider.hooks.together import TogetherHook, first_error_message
+from trait_lora.provider.records import ENDED, POLL_ERROR, TIMEOUT, FileEvent, JobEvent, usd_from_nano
 
 CLASSPATH = "trait_lora.provider.triggers.together.TogetherFineTuneTrigger"
+FILE_CLASSPATH = "trait_lora.provider.triggers.together.TogetherFileTrigger"
+FILE_DONE = frozenset({"COMPLETED", "FAILED", "INVALID_FORMAT"})
 
 
 def event_key(event: dict[str, Any]) -> tuple[Any, ...]:
@@ -36,8 +37,68 @@ def describe_event(event: dict[str, Any]) -> str:
     return f"{event.get('type', 'event')}: {event.get('message', '')}{progress}"
 
 
-class TogetherFineTuneTrigger(BaseTrigger):
-    """Fires one event when the job is terminal, the deadline passes, or the API keeps failing."""
+class _PollingTrigger(BaseTrigger):
+    """Shared argument checks and the bounded-error polling loop."""
+
+    def __init__(
+        self,
+        *,
+        trait: str,
+        together_conn_id: str,
+        poll_interval: float,
+        deadline: float | None,
+        max_transient_errors: int,
+    ) -> None:
+        super().__init__()
+        # These cross a serialization boundary into another process: check them here, loudly.
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
+        if max_transient_errors < 0:
+            raise ValueError(f"max_transient_errors must be >= 0, got {max_transient_errors!r}")
+        self.trait = trait
+        self.together_conn_id = together_conn_id
+        self.poll_interval = float(poll_interval)
+        self.deadline = float(deadline) if deadline is not None else None
+        self.max_transient_errors = int(max_transient_errors)
+
+    def _common(self) -> dict[str, Any]:
+        return {
+            "trait": self.trait,
+            "together_conn_id": self.together_conn_id,
+            "poll_interval": self.poll_interval,
+            "deadline": self.deadline,
+            "max_transient_errors": self.max_transient_errors,
+        }
+
+    def _past_deadline(self) -> bool:
+        return self.deadline is not None and time.time() >= self.deadline
+
+    async def _poll(self, what: str, call: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any] | str:
+        """One poll that rides out transient errors; returns the object, or a poll_error message."""
+        errors = 0
+        while True:
+            try:
+                return await call()
+            except Exception as exc:  # transient: network, 429, 5xx after the SDK's own retries
+                errors += 1
+                self.log.warning(
+                    "%s: polling %s failed (%d/%d tolerated): %s",
+                    self.trait,
+                    what,
+                    errors,
+                    self.max_transient_errors,
+                    type(exc).__name__,
+                )
+                if errors > self.max_transient_errors:
+                    return f"polling {what} failed {errors} times in a row ({type(exc).__name__})"
+                if self._past_deadline():
+                    return f"polling {what} kept failing until the deadline ({type(exc).__name__})"
+                await asyncio.sleep(self.poll_interval)
+
+
+class TogetherFineTuneTrigger(_PollingTrigger):
+    """Fires one ``JobEvent`` when the job ends (or is being cancelled), the deadline passes, or the
+    API keeps failing."""
 
     def __init__(
         self,
@@ -49,113 +110,101 @@ class TogetherFineTuneTrigger(BaseTrigger):
         deadline: float | None = None,
         max_transient_errors: int = 10,
         last_status: str | None = None,
+        cancel_on_kill: bool = True,
     ) -> None:
-        super().__init__()
-        # These cross a serialization boundary into another process: check them here, loudly.
         if not job_id or not isinstance(job_id, str):
             raise ValueError(f"job_id must be a non-empty string, got {job_id!r}")
-        if poll_interval <= 0:
-            raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
-        if max_transient_errors < 0:
-            raise ValueError(f"max_transient_errors must be >= 0, got {max_transient_errors!r}")
+        super().__init__(
+            trait=trait,
+            together_conn_id=together_conn_id,
+            poll_interval=poll_interval,
+            deadline=deadline,
+            max_transient_errors=max_transient_errors,
+        )
         self.job_id = job_id
-        self.trait = trait
-        self.together_conn_id = together_conn_id
-        self.poll_interval = float(poll_interval)
-        self.deadline = float(deadline) if deadline is not None else None
-        self.max_transient_errors = int(max_transient_errors)
         self.last_status = last_status
+        self.cancel_on_kill = bool(cancel_on_kill)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             CLASSPATH,
             {
                 "job_id": self.job_id,
-                "trait": self.trait,
-                "together_conn_id": self.together_conn_id,
-                "poll_interval": self.poll_interval,
-                "deadline": self.deadline,
-                "max_transient_errors": self.max_transient_errors,
+                **self._common(),
                 "last_status": self.last_status,
+                "cancel_on_kill": self.cancel_on_kill,
             },
         )
 
-    def _event(
-        self, status: str, message: str, job: dict[str, Any] | None = None, reason: str | None = None
-    ) -> TriggerEvent:
-        job = job or {}
-        return TriggerEvent(
-            {
-                "status": status,
-                "job_id": self.job_id,
-                "trait": self.trait,
-                "message": message,
-                "reason": reason,  # Together's own words for a failed job, without our framing
-                "total_price": job.get("total_price"),
-            }
-        )
+    def _event(self, outcome: str, status: str, message: str, **extra: Any) -> TriggerEvent:
+        return TriggerEvent(JobEvent(outcome, self.job_id, self.trait, status, message, **extra).payload())
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = TogetherHook(together_conn_id=self.together_conn_id)
         client = await hook.get_async_client()
         seen: set[tuple[Any, ...]] = set()
-        errors = 0
-        status = self.last_status
+        warned: set[str] = set()
+        status = JobStatus.of(self.last_status)
         try:
             while True:
-                if self.deadline is not None and time.time() >= self.deadline:
+                if self._past_deadline():
                     yield self._event(
-                        "timeout",
-                        f"job {self.job_id} ({self.trait}) still {status or 'unknown'} at the deadline; "
-                        "it was NOT cancelled: raise wait_timeout or cancel it in Together's dashboard",
+                        TIMEOUT,
+                        status.value,
+                        f"job {self.job_id} ({self.trait}) still {status.value or 'unknown'} at the "
+                        "deadline; it was NOT cancelled: raise wait_timeout or cancel it in Together's "
+                        "dashboard",
                     )
                     return
-                try:
-                    job = await hook.aget_job(client, self.job_id)
-                except Exception as exc:  # transient: network, 429, 5xx after the SDK's own retries
-                    errors += 1
-                    self.log.warning(
-                        "%s: polling job %s failed (%d/%d tolerated): %s",
-                        self.trait,
-                        self.job_id,
-                        errors,
-                        self.max_transient_errors,
-                        type(exc).__name__,
-                    )
-                    if errors > self.max_transient_errors:
-                        yield self._event(
-                            "poll_error",
-                            f"polling job {self.job_id} failed {errors} times in a row "
-                            f"({type(exc).__name__}); the job was not cancelled",
-                        )
-                        return
-                    await asyncio.sleep(self.poll_interval)
-                    continue
-                errors = 0
-                new_status = str(job.get("status"))
-                events = job.get("events")
-                if events is None and new_status != status:
+                job = await self._poll(f"job {self.job_id}", lambda: hook.aget_job(client, self.job_id))
+                if isinstance(job, str):
+                    yield self._event(POLL_ERROR, status.value, f"{job}; the job was not cancelled")
+                    return
+                new = JobStatus.of(job.get("status"))
+                # Together's job object may carry no events or an empty list: that means "none
+                # shown here", not "none happened"; read the events endpoint on each status change.
+                events = job.get("events") or None
+                if events is None and new != status:
                     events = await self._events(hook, client)
-                for event in events or []:
-                    key = event_key(event)
-                    if key not in seen:
-                        seen.add(key)
-                        self.log.info("%s [%s] %s", self.trait, self.job_id, describe_event(event))
-                if new_status != status:
-                    self.log.info("%s: job %s is %s", self.trait, self.job_id, new_status)
-                    status = new_status
-                if status in TERMINAL_STATUSES:
-                    message, reason = f"job {self.job_id} {status}", None
-                    if status in FAILED_STATUSES:
-                        if events is None:
-                            events = await self._events(hook, client)
-                        reason = first_error_message(events or []) or job.get("message") or job.get("error")
-                        message = f"job {self.job_id} ended {status}: {reason or 'no message from Together'}"
-                    yield self._event(status, message, job, reason)
+                self._log_events(events or [], seen)
+                if new != status:
+                    if not new.is_known and new.value not in warned:
+                        warned.add(new.value)
+                        self.log.warning(
+                            "%s: job %s has status %r, unknown to this version; still polling it "
+                            "(it is not treated as finished or failed)",
+                            self.trait,
+                            self.job_id,
+                            new.value,
+                        )
+                    self.log.info("%s: job %s is %s", self.trait, self.job_id, new.value)
+                    status = new
+                if status.is_terminal or status.is_ending:
+                    yield await self._ended(hook, client, job, status, events)
                     return
                 await asyncio.sleep(self.poll_interval)
         finally:
             await client.close()
+
+    async def _ended(
+        self, hook: TogetherHook, client: Any, job: dict[str, Any], status: JobStatus, events: Any
+    ) -> TriggerEvent:
+        price = usd_from_nano(job.get("total_price"))
+        if not status.is_ending:
+            return self._event(ENDED, status.value, f"job {self.job_id} {status}", total_price_usd=price)
+        reason = first_error_message(events or [])
+        if reason is None:  # the inline list was empty or had no error yet: ask the events endpoint
+            reason = first_error_message(await self._events(hook, client))
+        reason = reason or job.get("message") or job.get("error")
+        message = f"job {self.job_id} ended {status}: {reason or 'no message from Together'}"
+        return self._event(ENDED, status.value, message, reason=reason, total_price_usd=price)
+
+    def _log_events(self, events: list[dict[str, Any]], seen: set[tuple[Any, ...]]) -> None:
+        for event in events:
+            key = event_key(event)
+            if key not in seen:
+                seen.add(key)
+                self.log.info("%s [%s] %s", self.trait, self.job_id, describe_event(event))
 
     async def _events(self, hook: TogetherHook, client: Any) -> list[dict[str, Any]]:
         try:
@@ -167,13 +216,80 @@ class TogetherFineTuneTrigger(BaseTrigger):
             return []
 
     async def on_kill(self) -> None:
-        """A user marked the task failed/success or cleared it: stop paying for the job."""
+        """A user marked the task failed/success or cleared it: stop paying for the job (if asked to)."""
+        if not self.cancel_on_kill:
+            self.log.info("%s: cancel_on_kill is off; job %s keeps running", self.trait, self.job_id)
+            return
         hook = TogetherHook(together_conn_id=self.together_conn_id)
         client = await hook.get_async_client()
         try:
             job = await hook.aget_job(client, self.job_id)
-            if job.get("status") not in TERMINAL_STATUSES:
+            status = JobStatus.of(job.get("status"))
+            if not status.is_terminal and not status.is_ending:
                 await hook.acancel_job(client, self.job_id)
                 self.log.warning("%s: cancelled Together job %s on user request", self.trait, self.job_id)
+        finally:
+            await client.close()
+
+
+class TogetherFileTrigger(_PollingTrigger):
+    """Fires one ``FileEvent`` when Together has validated (or rejected) an uploaded file."""
+
+    def __init__(
+        self,
+        *,
+        file_id: str,
+        trait: str,
+        together_conn_id: str = TogetherHook.default_conn_name,
+        poll_interval: float = 5.0,
+        deadline: float | None = None,
+        max_transient_errors: int = 10,
+    ) -> None:
+        if not file_id or not isinstance(file_id, str):
+            raise ValueError(f"file_id must be a non-empty string, got {file_id!r}")
+        super().__init__(
+            trait=trait,
+            together_conn_id=together_conn_id,
+            poll_interval=poll_interval,
+            deadline=deadline,
+            max_transient_errors=max_transient_errors,
+        )
+        self.file_id = file_id
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (FILE_CLASSPATH, {"file_id": self.file_id, **self._common()})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        hook = TogetherHook(together_conn_id=self.together_conn_id)
+        client = await hook.get_async_client()
+        status = ""
+        try:
+            while True:
+                if self._past_deadline():
+                    message = f"file {self.file_id} still {status or 'unknown'} at the deadline"
+                    yield TriggerEvent(
+                        FileEvent(TIMEOUT, self.file_id, self.trait, status, message).payload()
+                    )
+                    return
+                found = await self._poll(f"file {self.file_id}", lambda: hook.aget_file(client, self.file_id))
+                if isinstance(found, str):
+                    yield TriggerEvent(
+                        FileEvent(POLL_ERROR, self.file_id, self.trait, status, found).payload()
+                    )
+                    return
+                new = str(found.get("processing_status") or "").upper()
+                if new != status:
+                    self.log.info("%s: file %s is %s", self.trait, self.file_id, new or "(no status)")
+                    status = new
+                if status in FILE_DONE or not status:  # no status: a file that bypassed validation
+                    report = found.get("validation_report") or {}
+                    message = f"file {self.file_id} {status or 'has no processing status'}"
+                    yield TriggerEvent(
+                        FileEvent(
+                            ENDED, self.file_id, self.trait, status or "COMPLETED", message, report
+                        ).payload()
+                    )
+                    return
+                await asyncio.sleep(self.poll_interval)
         finally:
             await client.close()

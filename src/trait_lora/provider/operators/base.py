@@ -1,0 +1,105 @@
+"""What every per-trait Together step shares: the incoming record, the hook, the ledger, the config,
+failure records, and the trait as the mapped task's label from the moment it starts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from trait_lora.core import runs
+from trait_lora.core.ledger import Ledger
+from trait_lora.provider.hooks.together import TogetherHook, is_permanent
+from trait_lora.provider.records import TraitJob
+
+if TYPE_CHECKING:
+    from trait_lora.core.config import TrainingConfig
+
+T = TypeVar("T")
+
+
+class TogetherJobFailed(AirflowFailException):
+    """Together ended the job in error / user_error / cancelled: retrying the task cannot fix it."""
+
+
+def map_index_template(input_field: str) -> str:
+    """A label over the mapped, rendered input: Airflow 3.3 renders it before ``execute``, so a deferred
+    task shows its trait (not its index) for its whole wait. ``default`` keeps it from ever failing."""
+    return "{{ task." + input_field + ".trait | default('') }}"
+
+
+def guarded(context: Any, output_dir: str, trait: str, step: str, body: Callable[[], T]) -> T:
+    """Run one step; on failure record why (a failed task has no XCom for the fan-in) and re-raise.
+
+    ``TaskDeferred`` is a BaseException and passes through untouched.
+    """
+    try:
+        return body()
+    except AirflowSkipException:
+        raise
+    except Exception as exc:
+        runs.record_failure(output_dir, context["run_id"], trait, step, f"{step}: {exc}")
+        if is_permanent(exc):
+            raise AirflowFailException(f"{trait}: Together refused the request: {exc}") from exc
+        raise
+
+
+class TogetherStep(BaseOperator):
+    """One per-trait step. ``input_field`` names the template field holding the previous step's record.
+
+    ``output_dir`` and ``config`` default to the values ``discover`` put in every trait's record, so the
+    mapped group needs no extra wiring; pass them to override.
+    """
+
+    ui_color = "#e8f0ff"
+    input_field = ""
+
+    def __init__(
+        self,
+        *,
+        output_dir: str | None = None,
+        config: dict[str, Any] | None = None,
+        together_conn_id: str = TogetherHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("map_index_template", map_index_template(self.input_field))
+        super().__init__(**kwargs)
+        self.output_dir = output_dir
+        self.config = config
+        self.together_conn_id = together_conn_id
+
+    @property
+    def incoming(self) -> TraitJob:
+        return TraitJob.from_xcom(getattr(self, self.input_field))
+
+    @property
+    def out_dir(self) -> str:
+        return str(self.output_dir or self.incoming.output_dir)
+
+    @cached_property
+    def hook(self) -> TogetherHook:
+        return TogetherHook(together_conn_id=self.together_conn_id)
+
+    @property
+    def ledger(self) -> Ledger:
+        return Ledger(self.out_dir)
+
+    @property
+    def training_config(self) -> TrainingConfig:
+        from trait_lora.core.config import from_mapping
+
+        values = self.config or self.incoming.plan.get("config") or {}
+        return from_mapping({**values, "backend": "together"}, source="DAG params")
+
+    def guard(self, context: Any, body: Callable[[], T]) -> T:
+        return guarded(context, self.out_dir, self.incoming.trait, self.task_id, body)
+
+    def execute(self, context: Any) -> Any:
+        job = self.incoming
+        return self.guard(context, lambda: self.run_step(context, job))
+
+    def run_step(self, context: Any, job: TraitJob) -> Any:
+        raise NotImplementedError

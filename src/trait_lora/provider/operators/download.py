@@ -1,0 +1,102 @@
+"""Download step: stream the adapter to a temp file, check its length on the wire, verify it, install
+it atomically, then record it (the ledger is written only after the adapter verified)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from trait_lora.core import runs
+from trait_lora.provider.operators.base import TogetherStep
+from trait_lora.provider.records import TraitJob
+
+METRICS_DIR = "metrics"
+
+
+class TogetherDownloadOperator(TogetherStep):
+    """Returns the trait's final result for the fan-in (action, adapter path and sha256, price, loss)."""
+
+    template_fields: Sequence[str] = ("wait_result", "output_dir", "config")
+    input_field = "wait_result"
+
+    def __init__(self, *, wait_result: dict[str, Any] | Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.wait_result = wait_result
+
+    def run_step(self, context: Any, job: TraitJob) -> dict[str, Any]:
+        from trait_lora.core.adapter import AdapterSpec, install_adapter
+        from trait_lora.core.errors import AdapterError
+
+        trait, job_id = job.trait, str(job.job_id)
+        cfg = self.training_config
+        downloads = Path(self.out_dir) / ".downloads"
+        downloads.mkdir(parents=True, exist_ok=True)
+        part = downloads / f"{trait}-{job_id}.part"
+        try:
+            try:
+                received, expected = self.hook.download_adapter(job_id, part)
+            except httpx.HTTPError as exc:  # a body cut short surfaces as a raw httpx error when streamed
+                raise AirflowException(
+                    f"{trait}: adapter download of {job_id} broke off ({exc}); retrying"
+                ) from None
+            if expected is not None and received != expected:
+                raise AirflowException(
+                    f"{trait}: adapter download of {job_id} is truncated ({received} of {expected} bytes); "
+                    "retrying the download"
+                )
+            try:
+                path, info = install_adapter(part, Path(self.out_dir), trait, AdapterSpec.from_config(cfg))
+            except AdapterError as exc:
+                raise AirflowFailException(f"{trait}: adapter of job {job_id} rejected: {exc}") from None
+        finally:
+            part.unlink(missing_ok=True)
+        metrics = self._metrics(trait, job_id)
+        record = self.ledger.record_planned_adapter(
+            job.plan,
+            adapter_sha256=info.sha256,
+            job_id=job_id,
+            backend="together",
+            base_model=cfg.together_model,
+        )
+        self.ledger.update_job(trait, job_key=job.job_key, status="completed", downloaded=True)
+        runs.clear_failure(self.out_dir, context["run_id"], trait)
+        losses = [m.get("loss") for m in metrics if m.get("loss") is not None]
+        self.log.info("%s: installed adapter %s (sha256 %s)", trait, path, info.sha256[:12])
+        return {
+            "trait": trait,
+            "action": "resumed" if job.adopted else "trained",
+            "job_id": job_id,
+            "adapter_path": str(path),
+            "adapter_sha256": info.sha256,
+            "estimated_price": job.estimated_price,
+            "total_price": job.total_price,
+            "final_loss": losses[-1] if losses else None,
+            "trained_at": record["trained_at"],
+            "duration_s": _seconds_since(job.plan.get("planned_at")),
+        }
+
+    def _metrics(self, trait: str, job_id: str) -> list[dict[str, Any]]:
+        from trait_lora.core.atomic import atomic_write_json
+
+        try:
+            steps = self.hook.list_metrics(job_id)
+        except Exception as exc:  # metrics are for the summary; never fail an installed adapter on them
+            self.log.warning("%s: could not fetch metrics of %s: %s", trait, job_id, type(exc).__name__)
+            return []
+        atomic_write_json(
+            Path(self.out_dir) / METRICS_DIR / f"{trait}.json", {"job_id": job_id, "steps": steps}
+        )
+        return steps
+
+
+def _seconds_since(stamp: str | None) -> float | None:
+    """Wall time from the run's plan to the installed adapter (what a user waited for)."""
+    if not stamp:
+        return None
+    started = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return round((datetime.now(UTC) - started).total_seconds(), 1)

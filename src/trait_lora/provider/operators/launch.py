@@ -1,0 +1,240 @@
+"""Launch step: start the training job exactly once per job key, or adopt the one that exists; the task
+ends once the job exists (the wait step is the sensor that polls it).
+
+Before any create: adoption (``TogetherHook.find_existing_job``: our ledger, Airflow's task state store
+which survives retries unlike XCom, then Together's own list by the key's tag), the model's limits
+(a parameter out of range fails here, naming the range), the cost gate (``core.budget``), and a slot
+under the cap on jobs in flight (claimed in the ledger under its lock; at the cap the task defers on a
+timer, holding no worker slot, and tries again). The create itself is sent with SDK retries off; after
+any failure the list is read again before another create is ever sent.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from trait_lora.core.job_status import JobStatus
+from trait_lora.provider.hooks.together import backoff_delay, output_name
+from trait_lora.provider.links import JOB_URL_XCOM_KEY, TogetherJobLink, dashboard_url
+from trait_lora.provider.operators.base import TogetherStep
+from trait_lora.provider.records import TraitJob
+
+STATE_JOB_ID = "together_job_id"
+
+
+class TogetherLaunchOperator(TogetherStep):
+    """Returns the trait's record with ``job_id``, ``status``, ``adopted`` and ``estimated_price``."""
+
+    operator_extra_links = (TogetherJobLink(),)
+    template_fields: Sequence[str] = (
+        "upload_result",
+        "output_dir",
+        "config",
+        "max_job_price_usd",
+        "max_run_price_usd",
+    )
+    input_field = "upload_result"
+
+    def __init__(
+        self,
+        *,
+        upload_result: dict[str, Any] | Any,
+        max_job_price_usd: float | None = None,
+        max_run_price_usd: float | None = None,
+        max_jobs_in_flight: int = 6,
+        cap_poll_interval: float = 30.0,
+        stagger_seconds: float = 0.0,
+        create_attempts: int = 6,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if int(max_jobs_in_flight) < 1:
+            raise ValueError(f"max_jobs_in_flight must be >= 1, got {max_jobs_in_flight!r}")
+        self.upload_result = upload_result
+        self.max_job_price_usd = max_job_price_usd
+        self.max_run_price_usd = max_run_price_usd
+        self.max_jobs_in_flight = int(max_jobs_in_flight)
+        self.cap_poll_interval = cap_poll_interval
+        self.stagger_seconds = stagger_seconds
+        self.create_attempts = create_attempts
+
+    def retry_at_cap(self, context: Any, event: Any = None) -> Any:
+        """The timer set at the cap fired: start over (a job may have appeared meanwhile)."""
+        return self.execute(context)
+
+    def run_step(self, context: Any, job: TraitJob) -> dict[str, Any]:
+        from trait_lora.core.keys import job_tag
+
+        store = context.get("task_state_store")
+        record = self.ledger.job(job.trait) or {}
+        known = [record["job_id"]] if record.get("job_key") == job.job_key and record.get("job_id") else []
+        if store is not None and (stored := store.get(STATE_JOB_ID)):
+            known.append(str(stored))
+        found = self.hook.find_existing_job(job_tag(job.job_key), known)
+        estimate = None
+        adopted = found is not None
+        if found is None:
+            self._check_limits(job)
+            estimate = self._cost_gate(context, job)
+            self._claim_slot(job)
+            found = self._create(job, store)
+        job_id = str(found["id"])
+        if store is not None:
+            store.set(STATE_JOB_ID, job_id)
+        status = JobStatus.of(found.get("status") or "pending")
+        self.ledger.update_job(
+            job.trait,
+            job_key=job.job_key,
+            job_id=job_id,
+            status=status.value,
+            estimated_price=estimate,
+            output_name=output_name(found),
+        )
+        context["ti"].xcom_push(key=JOB_URL_XCOM_KEY, value=dashboard_url(job_id))
+        self.log.info("%s: %s job %s (%s)", job.trait, "adopted" if adopted else "created", job_id, status)
+        return job.but(
+            job_id=job_id, status=status.value, adopted=adopted, estimated_price=estimate
+        ).to_xcom()
+
+    def _check_limits(self, job: TraitJob) -> None:
+        from trait_lora.core.errors import ConfigError
+        from trait_lora.core.limits import require_within_limits
+
+        cfg = self.training_config
+        self._limits = self.hook.model_limits(cfg.together_model)
+        try:
+            require_within_limits(cfg, self._limits, trait=job.trait)
+        except ConfigError as exc:
+            raise AirflowFailException(str(exc)) from None
+
+    def _cost_gate(self, context: Any, job: TraitJob) -> float | None:
+        from trait_lora.core import budget
+
+        cfg = self.training_config
+        estimate = self.hook.estimate_price(
+            training_file=str(job.file_id), params=cfg.together_create_kwargs()
+        )
+        job_budget = _as_float(self.max_job_price_usd, job.plan.get("max_job_price_usd"))
+        run_budget = _as_float(self.max_run_price_usd, job.plan.get("max_run_price_usd"))
+        decision = budget.decide_cost(job.trait, estimate, job_budget=job_budget, run_budget=run_budget)
+        self.log.info(
+            "%s: Together estimates %s (allowed_to_proceed=%s)",
+            job.trait,
+            budget.usd(decision.price) if decision.price is not None else "no price",
+            estimate.get("allowed_to_proceed", "not stated"),
+        )
+        if decision.refusal:
+            raise AirflowFailException(decision.refusal)
+        if decision.retry_reason:
+            raise AirflowException(decision.retry_reason)
+        if decision.price is not None and (job_budget is not None or run_budget is not None):
+            try:
+                budget.reserve(
+                    self.out_dir,
+                    context["run_id"],
+                    job.trait,
+                    decision.price,
+                    job_budget=job_budget,
+                    run_budget=run_budget,
+                )
+            except budget.BudgetError as exc:
+                raise AirflowFailException(str(exc)) from None
+        return decision.price
+
+    def _claim_slot(self, job: TraitJob) -> None:
+        """Take a slot under ``max_jobs_in_flight`` or defer on a timer (no worker slot held) and retry.
+
+        At the cap, the counted jobs are first re-read from Together: a job that ended while nobody
+        recorded it (its wait was cleared, a worker died) must not hold a slot forever.
+        """
+        from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+
+        cap = self.max_jobs_in_flight
+        holders = self.ledger.claim_job_slot(job.trait, job_key=job.job_key, cap=cap)
+        if holders:
+            self._refresh(holders)
+            holders = self.ledger.claim_job_slot(job.trait, job_key=job.job_key, cap=cap)
+        if not holders:
+            return
+        self.log.info(
+            "%s: %d job(s) in flight (cap %d: %s); waiting %.0f s for a slot",
+            job.trait,
+            len(holders),
+            cap,
+            ", ".join(sorted(holders)),
+            self.cap_poll_interval,
+        )
+        self.defer(
+            trigger=TimeDeltaTrigger(timedelta(seconds=self.cap_poll_interval)), method_name="retry_at_cap"
+        )
+
+    def _refresh(self, holders: dict[str, dict[str, Any]]) -> None:
+        from together import NotFoundError
+
+        for trait, record in holders.items():
+            if not record.get("job_id"):
+                continue
+            try:
+                status = JobStatus.of(self.hook.get_job(record["job_id"]).get("status"))
+            except NotFoundError:
+                status = JobStatus.of("cancelled")
+            if status.is_terminal:
+                self.ledger.update_job(trait, job_key=record.get("job_key"), status=status.value)
+
+    def _create(self, job: TraitJob, store: Any) -> dict[str, Any]:
+        from together import APIConnectionError, APIStatusError
+
+        from trait_lora.core.keys import job_tag
+
+        cfg = self.training_config
+        if self.stagger_seconds:
+            time.sleep(random.uniform(0, self.stagger_seconds))
+        for attempt in range(self.create_attempts):
+            try:
+                created = self.hook.create_job(
+                    training_file=str(job.file_id),
+                    suffix=job.plan["suffix"],
+                    model_limits=self._limits,
+                    **cfg.together_create_kwargs(),
+                )
+            except ValueError as exc:  # the SDK's own parameter checks: a retry would repeat them
+                raise AirflowFailException(f"{job.trait}: the Together SDK refused the job: {exc}") from None
+            except (APIConnectionError, APIStatusError) as exc:
+                status_code = getattr(exc, "status_code", None)
+                if status_code is not None and status_code < 500 and status_code not in (408, 409, 429):
+                    raise AirflowFailException(
+                        f"{job.trait}: Together refused the job ({status_code}): {exc}"
+                    ) from None
+                self.log.warning(
+                    "%s: create attempt %d failed (%s); reconciling before any new create",
+                    job.trait,
+                    attempt + 1,
+                    type(exc).__name__,
+                )
+                # List with the retrying client; an unreachable API here fails the try, never re-posts.
+                found = self.hook.find_existing_job(job_tag(job.job_key))
+                if found is not None:
+                    self.log.info("%s: the job exists after all: %s", job.trait, found["id"])
+                    return found
+                if attempt + 1 >= self.create_attempts:
+                    raise
+                time.sleep(backoff_delay(attempt, exc, base=0.5))
+                continue
+            if store is not None:
+                store.set(STATE_JOB_ID, created["id"])
+            return created
+        raise AssertionError("unreachable")
+
+
+def _as_float(*values: Any) -> float | None:
+    """The first value that is set (operator argument, then the run's params)."""
+    for value in values:
+        if value not in (None, "", "None"):
+            return float(value)
+    return None
