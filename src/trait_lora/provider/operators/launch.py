@@ -184,8 +184,8 @@ class TogetherLaunchOperator(TogetherStep):
                 status = JobStatus.of(self.hook.get_job(record["job_id"]).get("status"))
             except NotFoundError:
                 status = JobStatus.of("cancelled")
-            if status.is_terminal:
-                self.ledger.update_job(trait, job_key=record.get("job_key"), status=status.value)
+            if status.is_terminal:  # no job_key: a changed key would start the record afresh
+                self.ledger.update_job(trait, status=status.value)
 
     def _create(self, job: TraitJob, store: Any) -> dict[str, Any]:
         from together import APIConnectionError, APIStatusError
