@@ -56,8 +56,9 @@ def trait_lora_kubernetes():
 
         return install(trait_plan, pod.output)
 
-    results = per_trait.expand(trait_plan=tasks.discover_task("local"))
-    tasks.publish_and_check(results, "local", HYPERNETWORK_DATA)
+    plans = tasks.discover_task("local")
+    results = per_trait.expand(trait_plan=plans)
+    tasks.publish_and_check(plans, results, "local", HYPERNETWORK_DATA)
 
 
 trait_lora_kubernetes()

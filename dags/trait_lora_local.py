@@ -41,8 +41,9 @@ def trait_lora_local():
     def train(trait_plan, run_id=None, **context):
         return pipeline.train_local(trait_plan, run_id, context)
 
-    results = train.expand(trait_plan=tasks.discover_task("local"))
-    tasks.publish_and_check(results, "local", HYPERNETWORK_DATA)
+    plans = tasks.discover_task("local")
+    results = train.expand(trait_plan=plans)
+    tasks.publish_and_check(plans, results, "local", HYPERNETWORK_DATA)
 
 
 trait_lora_local()

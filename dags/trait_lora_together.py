@@ -65,8 +65,9 @@ def trait_lora_together():
         wait = TogetherFineTuneSensor(task_id="wait", launch_result=launch.output, poll_interval=POLL_SECONDS)
         return TogetherDownloadOperator(task_id="download", wait_result=wait.output).output
 
-    results = per_trait.expand(trait_plan=tasks.discover_task("together"))
-    tasks.publish_and_check(results, "together", HYPERNETWORK_DATA)
+    plans = tasks.discover_task("together")
+    results = per_trait.expand(trait_plan=plans)
+    tasks.publish_and_check(plans, results, "together", HYPERNETWORK_DATA)
 
 
 trait_lora_together()

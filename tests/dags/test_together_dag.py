@@ -63,3 +63,26 @@ def test_trait_filter_and_dry_run(airflow_db, together_conn, tmp_path):
     assert list(json.loads((tmp_path / "out" / "hypernetwork_data.json").read_text())["traits"]) == [
         "joy_minus"
     ]
+
+
+def test_a_failed_discover_leaves_one_red_task_and_publish_skipped(airflow_db, together_conn, tmp_path):
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    conf = {"shards_dir": str(tmp_path / "no_such_dir"), "output_dir": str(tmp_path / "out")}
+    dr = run_dag("trait_lora_together", conf)
+    assert str(dr.state) == "failed"
+    states = task_states(dr)
+    assert states[("discover", -1)] == "failed"
+    assert states[("publish_mapping", -1)] == "skipped"  # with a reason, not three FileNotFoundErrors
+    assert states[("check", -1)] == "upstream_failed"  # so the run is failed, not green
+    assert [t for (t, _), s in states.items() if s == "failed"] == ["discover"]
+    with create_session() as session:
+        publish = (
+            session.query(TaskInstance)
+            .filter(TaskInstance.run_id == dr.run_id, TaskInstance.task_id == "publish_mapping")
+            .one()
+        )
+        assert publish.try_number == 1 and publish.max_tries == 0
+    assert together_conn.calls == []
+    assert not (tmp_path / "out" / "hypernetwork_data.json").exists()

@@ -80,8 +80,15 @@ def discover(params: dict[str, Any], run_id: str, backend: str) -> list[dict[str
 
 
 def load_plan(params: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """The plan ``discover`` wrote; none means discover failed, and there is nothing to publish."""
     output_dir = Path(params["output_dir"]).resolve()
-    data = json.loads((runs.run_dir(output_dir, run_id) / "plan.json").read_text())
+    path = runs.run_dir(output_dir, run_id) / "plan.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AirflowSkipException(
+            "discover did not plan this run (see its log); nothing to publish, the mapping is unchanged"
+        ) from None
     return {**data, "output_dir": str(output_dir)}
 
 

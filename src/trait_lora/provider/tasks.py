@@ -22,15 +22,22 @@ def discover_task(backend: str) -> Any:
     return discover()
 
 
-def publish_and_check(results: Any, backend: str, asset: Any) -> Any:
-    """``publish_mapping`` (runs even when traits failed, emits ``asset``) then the ``check`` leaf."""
+def publish_and_check(plans: Any, results: Any, backend: str, asset: Any) -> Any:
+    """``publish_mapping`` (runs even when traits failed, emits ``asset``) then the ``check`` leaf.
 
-    @task(task_id="publish_mapping", trigger_rule="all_done", outlets=[asset])
+    ``check`` also hangs off ``discover`` (``plans``): when discover fails, publish skips with a reason
+    and ``check`` becomes upstream_failed, so the run is failed with discover its only red task.
+    """
+
+    # No retries: both only read what earlier tasks wrote; a retry would fail the same way, three times.
+    @task(task_id="publish_mapping", trigger_rule="all_done", outlets=[asset], retries=0)
     def publish_mapping(results, params=None, run_id=None, outlet_events=None):
         return pipeline.publish(params, results, run_id, backend, outlet_events, asset)
 
-    @task(task_id="check")
+    @task(task_id="check", retries=0)
     def check(published):
         pipeline.check(published)
 
-    return check(publish_mapping(results))
+    checked = check(publish_mapping(results))
+    plans >> checked
+    return checked
