@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One-time (idempotent) initialisation of a trait-lora Airflow deployment, run before any component:
 #   1. migrate the metadata database (creates it on first run, upgrades it after an image upgrade);
-#   2. create or resize the together_api pool WITH --include-deferred, so a deferred wait keeps its
-#      slot while Together trains and the pool bounds the number of Together jobs in flight.
+#   2. create or resize the together_api pool WITH --include-deferred: it paces the launch tasks (the
+#      submissions). The number of Together jobs in flight is bounded by TRAIT_LORA_MAX_JOBS_IN_FLIGHT,
+#      counted in the ledger before each create, not by this pool.
 # Used by the airflow-init service of docker-compose.yaml and by the live end-to-end test (make e2e).
 #
 # Environment:
 #   TRAIT_LORA_TOGETHER_POOL        pool name (default together_api; the DAG reads the same variable)
-#   TRAIT_LORA_TOGETHER_POOL_SLOTS  pool size = max Together jobs in flight (default 4)
+#   TRAIT_LORA_TOGETHER_POOL_SLOTS  pool size = concurrent launch tasks (default 4)
 #   AIRFLOW_BIN                     the airflow command (default: airflow on PATH)
 set -euo pipefail
 
@@ -25,6 +26,6 @@ echo "airflow-init: migrating the metadata database"
 
 echo "airflow-init: pool $POOL = $SLOTS slot(s), deferred tasks included"
 "$AIRFLOW_BIN" pools set "$POOL" "$SLOTS" \
-    "Together AI fine-tuning jobs in flight (launch + deferred wait hold a slot)" --include-deferred
+    "Together AI job submissions (launch tasks; jobs in flight are capped separately)" --include-deferred
 
 echo "airflow-init: done"

@@ -687,3 +687,23 @@ def test_bad_trait_name_is_refused_before_any_path_is_built(tmp_path: Path, good
 def test_verify_adapter_dir_names_a_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(AdapterError, match="nowhere: no adapter directory"):
         verify_adapter_dir(tmp_path / "nowhere", SPEC)
+
+
+def test_a_checkpoint_never_replaces_a_top_level_adapter_without_safetensors(
+    tmp_path: Path, out: Path, good: dict[str, bytes]
+) -> None:
+    pickled_top = {
+        CONFIG: good[CONFIG],
+        "adapter_model.bin": b"\x80\x04pickle",
+        **nested(good, "checkpoint-10/"),
+    }
+    assert_rejected(tmp_path, out, write_source(tmp_path, zstd_archive(pickled_top)), "pickled")
+    config_only = {CONFIG: good[CONFIG], **nested(good, "checkpoint-10/")}
+    assert_rejected(
+        tmp_path, out, write_source(tmp_path, zstd_archive(config_only), "b.tar.zst"), f"holds no {WEIGHTS}"
+    )
+
+
+def test_folders_are_not_merged_by_their_names(tmp_path: Path, out: Path, good: dict[str, bytes]) -> None:
+    members = {f"x./{CONFIG}": good[CONFIG], f".x/{WEIGHTS}": good[WEIGHTS]}
+    assert_rejected(tmp_path, out, write_source(tmp_path, zstd_archive(members)), f"holds no {WEIGHTS}")

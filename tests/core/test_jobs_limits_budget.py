@@ -128,3 +128,15 @@ def test_concurrent_claims_never_pass_the_cap(tmp_path: Path):
     assert sum(granted) == 3
     creating = [t for t, r in Ledger(tmp_path).jobs().items() if r["status"] == "creating"]
     assert len(creating) == 3
+
+
+def test_a_refused_create_and_a_stale_refresh_free_or_keep_slots_correctly(tmp_path: Path):
+    ledger = Ledger(tmp_path)
+    ledger.update_job("joy_plus", job_key=KEY, status="not_created")  # Together refused the create
+    assert ledger.claim_job_slot("joy_minus", job_key=KEY, cap=1) == {}
+    ledger.update_job("joy_plus", job_key=KEY, job_id="ft-new", status="running")
+    # A refresh that read the trait's previous job must not mark the new one ended.
+    assert ledger.record_job_end("joy_plus", job_id="ft-old", status="completed") is False
+    assert ledger.job("joy_plus")["status"] == "running"
+    assert ledger.record_job_end("joy_plus", job_id="ft-new", status="completed") is True
+    assert ledger.job("joy_plus")["status"] == "completed"

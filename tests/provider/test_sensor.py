@@ -68,3 +68,22 @@ def test_the_connection_form_is_defined_once():
     assert provider["hidden-fields"] == hook["hidden_fields"]
     assert provider["relabeling"] == hook["relabeling"]
     assert provider["placeholders"] == hook["placeholders"]
+
+
+def test_an_event_for_another_job_or_an_unfinished_job_is_retried_not_handed_on(together_conn, tmp_path):
+    from airflow.sdk.exceptions import AirflowException
+
+    together_conn.job_polls = 50
+    job_id = together_conn.add_job(suffix="joy-plus-abababababababab", status="running")
+    sensor = sensor_for(job_id, str(tmp_path))
+    event = {
+        "outcome": "ended",
+        "job_id": "ft-other",
+        "trait": "joy_plus",
+        "status": "completed",
+        "message": "",
+    }
+    with pytest.raises(AirflowException, match="waits for"):
+        sensor.execute_complete({"run_id": "manual__test"}, event)
+    with pytest.raises(AirflowException, match="is running again"):
+        sensor.execute_complete({"run_id": "manual__test"}, {**event, "job_id": job_id})

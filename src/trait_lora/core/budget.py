@@ -40,10 +40,6 @@ class CostDecision:
     refusal: str | None = None
     retry_reason: str | None = None
 
-    @property
-    def needs_reservation(self) -> bool:
-        return self.price is not None and self.refusal is None and self.retry_reason is None
-
 
 def estimated_price(estimate: Mapping[str, Any]) -> float | None:
     """The USD estimate, or None. ``estimation_available`` may be absent (Together's OpenAPI spec has no
@@ -123,7 +119,7 @@ def reserve(
 
 
 def release(output_dir: str | Path, run_id: str, trait: str) -> None:
-    """Give a reservation back (the job was adopted, not created, so it costs this run nothing)."""
+    """Give a reservation back (e.g. an operator's own cleanup after a create it knows did not happen)."""
     path = run_dir(output_dir, run_id) / "budget.json"
     with exclusive_lock(Path(output_dir) / LOCK_FILE):
         reserved = read_json_object(path, what="budget reservations")

@@ -28,8 +28,10 @@ class KnownStatus(StrEnum):
 
 FAILED = frozenset({KnownStatus.CANCELLED, KnownStatus.ERROR, KnownStatus.USER_ERROR})
 TERMINAL = FAILED | {KnownStatus.COMPLETED}
-# Our own ledger-only status: the create is about to be sent (or was sent and its answer is not known).
+# Our own ledger-only statuses: the create is about to be sent (or was sent and its answer is not
+# known), and a create Together (or the SDK) definitely refused, which holds no slot.
 CREATING = "creating"
+NOT_CREATED = "not_created"
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class JobStatus:
 
     @property
     def is_known(self) -> bool:
-        return self.known is not None or self.value == CREATING
+        return self.known is not None or self.value in (CREATING, NOT_CREATED)
 
     @property
     def is_terminal(self) -> bool:
@@ -73,12 +75,12 @@ class JobStatus:
     def is_adoptable(self) -> bool:
         """A job for our key in this status is ours to poll (running, completed, or unknown: never
         duplicate a job whose status we cannot read)."""
-        return bool(self.value) and self.value != CREATING and not self.is_ending
+        return bool(self.value) and self.value not in (CREATING, NOT_CREATED) and not self.is_ending
 
     @property
     def in_flight(self) -> bool:
         """Counts against the cap on jobs in flight: anything Together may still be running or billing."""
-        return bool(self.value) and not self.is_terminal
+        return bool(self.value) and self.value != NOT_CREATED and not self.is_terminal
 
     def __str__(self) -> str:
         return self.value

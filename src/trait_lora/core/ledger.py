@@ -142,6 +142,21 @@ class Ledger:
         assert result is not None
         return result
 
+    def record_job_end(self, trait: str, *, job_id: str, status: str) -> bool:
+        """Record that ``job_id`` ended, only if it is still the trait's current job (a refresh read
+        earlier must never overwrite a newer job's record); returns whether it was recorded."""
+        recorded = False
+
+        def change(old: Record | None) -> Record | None:
+            nonlocal recorded
+            if old is None or old.get("job_id") != job_id:
+                return old
+            recorded = True
+            return {**old, "status": status, "updated_at": utc_now()}
+
+        self._update(self.jobs_path, "job ledger", trait, change)
+        return recorded
+
     def claim_job_slot(
         self, trait: str, *, job_key: str, cap: int, stale_after_s: float = 1800.0
     ) -> dict[str, Record]:

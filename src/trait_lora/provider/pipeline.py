@@ -73,9 +73,18 @@ def discover(params: dict[str, Any], run_id: str, backend: str) -> list[dict[str
         },
     )
     counts = {a: sum(p["action"] == a for p in all_plans) for a in ("train", "resume", "skip", "invalid")}
-    print(f"plan for run {run_id} ({backend}{', dry run' if dry_run else ''}): {counts}")
-    for p in all_plans:
-        print(f"  {p['trait']:<24} {p['action']:<8} {p['reason']}")
+    index = {p["trait"]: i for i, p in enumerate(to_run)}
+    lines = [
+        f"  [{index.get(p['trait'], '-')}] {p['trait']:<24} {p['action']:<8} {p['reason']}" for p in all_plans
+    ]
+    log.info(
+        "plan for run %s (%s%s): %s\n  [map index] trait action reason\n%s",
+        run_id,
+        backend,
+        ", dry run" if dry_run else "",
+        counts,
+        "\n".join(lines),
+    )
     return to_run
 
 

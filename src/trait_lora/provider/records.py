@@ -124,7 +124,8 @@ def _from_payload(cls: Any, payload: Any, outcomes: tuple[str, ...]) -> Any:
         for f in dataclasses.fields(cls)
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
-    missing = [n for n in required if payload.get(n) in (None, "") and n != "message"]
+    # ``status`` may be empty: a wait that timed out before its first successful poll saw none.
+    missing = [n for n in required if payload.get(n) in (None, "") and n not in ("message", "status")]
     if missing or payload.get("outcome") not in outcomes:
         raise ValueError(
             f"{cls.__name__}: malformed trigger event (missing {missing or 'nothing'}, outcome "

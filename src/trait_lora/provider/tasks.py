@@ -15,7 +15,7 @@ from trait_lora.provider import pipeline
 def discover_task(backend: str) -> Any:
     """Validate and plan the selected traits; returns what the per-trait tasks map over."""
 
-    @task(task_id="discover")
+    @task(task_id="discover", show_return_value_in_logs=False)  # the plan is logged readably instead
     def discover(params=None, run_id=None):
         return pipeline.discover(params, run_id, backend)
 
@@ -30,7 +30,13 @@ def publish_and_check(plans: Any, results: Any, backend: str, asset: Any) -> Any
     """
 
     # No retries: both only read what earlier tasks wrote; a retry would fail the same way, three times.
-    @task(task_id="publish_mapping", trigger_rule="all_done", outlets=[asset], retries=0)
+    @task(
+        task_id="publish_mapping",
+        trigger_rule="all_done",
+        outlets=[asset],
+        retries=0,
+        show_return_value_in_logs=False,
+    )
     def publish_mapping(results, params=None, run_id=None, outlet_events=None):
         return pipeline.publish(params, results, run_id, backend, outlet_events, asset)
 

@@ -22,10 +22,12 @@ from trait_lora.core.adapter.spec import (
     _ZSTD_FEED,
     _ZSTD_MAGIC,
     ADAPTER_FILES,
+    CONFIG_FILE,
     CORRUPT,
     DEFAULT_MAX_BYTES,
     MAX_MEMBERS,
     PICKLE_SUFFIXES,
+    WEIGHTS_FILE,
 )
 from trait_lora.core.errors import AdapterError
 
@@ -109,7 +111,7 @@ def _choose_members(archive: Path, max_bytes: int) -> dict[str, str]:
         if member.size > max_bytes:
             raise _reject(archive, member, f"declares {member.size} bytes, over the {max_bytes}-byte cap")
         path = PurePosixPath(member.name)
-        folder = str(path.parent).strip("/.")
+        folder = _folder(member.name)
         if path.name in ADAPTER_FILES:
             files = by_dir.setdefault(folder, {})
             if path.name in files:
@@ -119,29 +121,39 @@ def _choose_members(archive: Path, max_bytes: int) -> dict[str, str]:
             files[path.name] = member.name
         elif path.name.startswith("adapter_model") and path.name.lower().endswith(PICKLE_SUFFIXES):
             pickled.append(member.name)
-    complete = sorted(
-        (folder for folder, files in by_dir.items() if len(files) == len(ADAPTER_FILES)),
-        key=lambda folder: (len(PurePosixPath(folder).parts), folder),
+    # The adapter is anchored on the shallowest adapter_config.json: a checkpoint folder deeper down
+    # is never installed in its place, even when the top level lacks safetensors weights.
+    configs = sorted(
+        (folder for folder, files in by_dir.items() if CONFIG_FILE in files),
+        key=lambda folder: (_depth(folder), folder),
     )
-    if complete:
-        depth = len(PurePosixPath(complete[0]).parts)
-        tied = [folder for folder in complete if len(PurePosixPath(folder).parts) == depth]
+    if configs:
+        tied = [folder for folder in configs if _depth(folder) == _depth(configs[0])]
         if len(tied) > 1:
             raise AdapterError(
                 f"{archive} holds {len(tied)} adapters at the same depth ({', '.join(map(repr, tied))}); "
                 "which one is the trained adapter is unclear: re-download it with checkpoint='adapter'"
             )
-        return by_dir[complete[0]]
-    if pickled:
+        top = configs[0]
+        if WEIGHTS_FILE in by_dir[top]:
+            return by_dir[top]
+        beside = [name for name in pickled if _folder(name) == top]
+        if beside:
+            raise AdapterError(
+                f"{archive}: member {beside[0]!r} is pickled (may run code when loaded) and the archive "
+                "has no adapter_model.safetensors beside it; only safetensors weights are accepted: "
+                "retrain or re-download the adapter as safetensors"
+            )
+    listed = ", ".join(repr(n) for n in seen[:10]) or "nothing"
+    if configs:
+        where = repr(configs[0] + "/") if configs[0] else "the archive root"
         raise AdapterError(
-            f"{archive}: member {pickled[0]!r} is pickled (may run code when loaded) and the archive has "
-            "no adapter_model.safetensors beside it; only safetensors weights are accepted: retrain or "
-            "re-download the adapter as safetensors"
+            f"{archive} holds no {WEIGHTS_FILE} beside its top-level {CONFIG_FILE} (in {where}; "
+            f"members: {listed}); it is not a complete PEFT adapter: re-download it with checkpoint='adapter'"
         )
     found = {name for files in by_dir.values() for name in files}
-    missing = [name for name in ADAPTER_FILES if name not in found]
-    listed = ", ".join(repr(n) for n in seen[:10]) or "nothing"
-    what = " or ".join(missing) if missing else "both adapter files in one folder"
+    missing = [name for name in ADAPTER_FILES if name not in found] or [CONFIG_FILE]
+    what = " or ".join(missing)
     raise AdapterError(
         f"{archive} holds no {what} (members: {listed}); "
         "it is not a PEFT adapter archive: re-download it with checkpoint='adapter'"
@@ -154,9 +166,9 @@ def _write_members(
     """Pass two: write exactly the chosen members, under names built here."""
     wanted = {member_name: base for base, member_name in chosen.items()}
     for tar, member in _members(archive, max_bytes):
-        base = wanted.pop(member.name, None)
-        if base is None or not member.isfile():
+        if not member.isfile() or member.name not in wanted:
             continue
+        base = wanted.pop(member.name)
         source = tar.extractfile(member)
         if source is None:  # pragma: no cover - isfile() members always have data
             raise _reject(archive, member, "has no data")
@@ -290,5 +302,9 @@ def write_new(target: Path, source: IO[bytes], written: list[Path], what: str) -
         os.fsync(out.fileno())
 
 
-# --------------------------------------------------------------------------------------------------
-# Install
+def _folder(name: str) -> str:
+    return "/".join(part for part in PurePosixPath(name).parent.parts if part not in ("", "."))
+
+
+def _depth(folder: str) -> int:
+    return len([part for part in folder.split("/") if part])

@@ -88,14 +88,10 @@ class TogetherLaunchOperator(TogetherStep):
         if store is not None:
             store.set(STATE_JOB_ID, job_id)
         status = JobStatus.of(found.get("status") or "pending")
-        self.ledger.update_job(
-            job.trait,
-            job_key=job.job_key,
-            job_id=job_id,
-            status=status.value,
-            estimated_price=estimate,
-            output_name=output_name(found),
-        )
+        recorded: dict[str, Any] = {"output_name": output_name(found)}
+        if not adopted:  # an adopted job keeps the estimate recorded when it was created
+            recorded["estimated_price"] = estimate
+        self.ledger.update_job(job.trait, job_key=job.job_key, job_id=job_id, status=status.value, **recorded)
         context["ti"].xcom_push(key=JOB_URL_XCOM_KEY, value=dashboard_url(job_id))
         self.log.info("%s: %s job %s (%s)", job.trait, "adopted" if adopted else "created", job_id, status)
         return job.but(
@@ -174,6 +170,12 @@ class TogetherLaunchOperator(TogetherStep):
             trigger=TimeDeltaTrigger(timedelta(seconds=self.cap_poll_interval)), method_name="retry_at_cap"
         )
 
+    def _release_slot(self, job: TraitJob) -> None:
+        """A definite refusal: nothing was created, so the claimed slot is given back at once."""
+        from trait_lora.core.job_status import NOT_CREATED
+
+        self.ledger.update_job(job.trait, job_key=job.job_key, status=NOT_CREATED)
+
     def _refresh(self, holders: dict[str, dict[str, Any]]) -> None:
         from together import NotFoundError
 
@@ -184,8 +186,8 @@ class TogetherLaunchOperator(TogetherStep):
                 status = JobStatus.of(self.hook.get_job(record["job_id"]).get("status"))
             except NotFoundError:
                 status = JobStatus.of("cancelled")
-            if status.is_terminal:  # no job_key: a changed key would start the record afresh
-                self.ledger.update_job(trait, status=status.value)
+            if status.is_terminal:
+                self.ledger.record_job_end(trait, job_id=record["job_id"], status=status.value)
 
     def _create(self, job: TraitJob, store: Any) -> dict[str, Any]:
         from together import APIConnectionError, APIStatusError
@@ -204,10 +206,12 @@ class TogetherLaunchOperator(TogetherStep):
                     **cfg.together_create_kwargs(),
                 )
             except ValueError as exc:  # the SDK's own parameter checks: a retry would repeat them
+                self._release_slot(job)
                 raise AirflowFailException(f"{job.trait}: the Together SDK refused the job: {exc}") from None
             except (APIConnectionError, APIStatusError) as exc:
                 status_code = getattr(exc, "status_code", None)
                 if status_code is not None and status_code < 500 and status_code not in (408, 409, 429):
+                    self._release_slot(job)
                     raise AirflowFailException(
                         f"{job.trait}: Together refused the job ({status_code}): {exc}"
                     ) from None

@@ -90,7 +90,9 @@ class TogetherUploadOperator(TogetherStep):
         """COMPLETED: hand on. Rejected: fail with Together's report. Otherwise defer until it ends."""
         from trait_lora.provider.triggers.together import TogetherFileTrigger
 
-        status = str(found.get("processing_status") or FILE_OK).upper()
+        if not found.get("processing_status"):  # not in this answer: ask for the file itself
+            found = self.hook.get_file(str(job.file_id))
+        status = str(found.get("processing_status") or FILE_OK).upper()  # none: a file not validated
         if status == FILE_OK:
             return job.to_xcom()
         if status in FILE_REJECTED:

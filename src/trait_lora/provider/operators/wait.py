@@ -82,6 +82,13 @@ class TogetherFineTuneSensor(BaseSensorOperator):
             return self._guard(context, lambda: super(TogetherFineTuneSensor, self).execute(context))
         current = self._guard(context, lambda: self.hook.get_job(str(job.job_id)))
         status = JobStatus.of(current.get("status"))
+        if not status.is_known:
+            self.log.warning(
+                "%s: job %s has status %r, unknown to this version; waiting for it like a running job",
+                job.trait,
+                job.job_id,
+                status.value,
+            )
         if status.is_terminal or status.is_ending:
             return self._guard(context, lambda: self._finish(current))
         from trait_lora.provider.triggers.together import TogetherFineTuneTrigger
@@ -116,10 +123,23 @@ class TogetherFineTuneSensor(BaseSensorOperator):
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         def complete() -> dict[str, Any]:
             done = JobEvent.from_payload(event)
+            job = self.incoming
+            if done.job_id != job.job_id:
+                raise AirflowException(
+                    f"{job.trait}: the trigger reported job {done.job_id}, but this task waits for "
+                    f"{job.job_id}; retrying the wait"
+                )
             if done.outcome != ENDED:  # retried: the retry polls the same job again
                 raise AirflowException(f"{done.trait}: {done.message}")
             # Re-read: the return value is the job as Together has it now, not the event's snapshot.
-            return self._finish(self.hook.get_job(done.job_id), done.reason)
+            current = self.hook.get_job(done.job_id)
+            status = JobStatus.of(current.get("status"))
+            if not (status.is_terminal or status.is_ending):  # never hand an unfinished job on
+                raise AirflowException(
+                    f"{job.trait}: job {done.job_id} is {status} again after the trigger saw it end; "
+                    "retrying the wait"
+                )
+            return self._finish(current, done.reason)
 
         return self._guard(context, complete)
 
