@@ -1,8 +1,20 @@
-"""trait_lora_together: one LoRA adapter per trait shard on Together AI.
+"""# trait_lora_together: one LoRA adapter per trait on Together AI
 
-discover -> per trait [upload -> launch -> wait (the sensor, deferred while the job trains) -> download]
-         -> publish_mapping -> check.
-Wiring only: the logic lives in trait_lora.provider (operators, pipeline).
+Trigger it with the traits to train (empty = every shard), or let the weekly schedule retrain what
+changed. Per trait: `upload` (the shard is validated here first, then by Together) -> `launch` (the
+job is created once per shard + settings, or an existing one adopted; never paid twice) -> `wait`
+(deferred while Together trains, with Together's events in its log and a link to the job) ->
+`download` (verified before it replaces the previous adapter). At most `TRAIT_LORA_MAX_JOBS_IN_FLIGHT`
+jobs run at once; the *Budget* fields refuse launches Together estimates above them.
+
+**Outputs** (under the run's *Output directory*): `lora_checkpoints/<trait>/` (the verified adapter),
+`hypernetwork_data.json` (trait -> adapter mapping, published as an Asset), `runs/<run>/summary.txt`
+and `loss_curves.png` (this run), `metrics/<trait>.json`, and the ledgers `lora_job_ids.json` /
+`file_hashes.json` that make unchanged traits skip and running jobs resume.
+
+**Reading a run**: each mapped task is labelled with its trait. A red `check` means some traits failed
+(the others are still published); `publish_mapping`'s log has the summary table with each failure's
+reason.
 """
 
 from __future__ import annotations
@@ -44,6 +56,7 @@ SCHEDULE = schedule_from_env()  # TRAIT_LORA_SCHEDULE: cron, weekly by default; 
     params=build_params(PROJECT_DIR, "together"),
     default_args={"retries": 2, "retry_delay": timedelta(seconds=RETRY_DELAY_SECONDS)},
     tags=["trait-lora", "together"],
+    description="One LoRA adapter per trait shard on Together AI; publishes the trait -> adapter mapping",
     doc_md=__doc__,
 )
 def trait_lora_together():

@@ -52,63 +52,161 @@ def available_traits(shards_dir: Path) -> list[str]:
         return []
 
 
+SELECTION, PATHS, TRAINING, BUDGET = "Selection", "Paths", "Training", "Budget"
+
+
 def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
+    """The form: every field titled, its range and default in its help (Airflow shows range errors
+    only in a banner at the top), grouped in sections; only ``traits`` may be left empty (= all)."""
     shards_dir, output_dir = default_dirs(project_dir)
     traits = available_traits(shards_dir)
-    defaults = TrainingConfig()
+    d = TrainingConfig()
     item: dict[str, Any] = {"type": "string", "pattern": TRAIT_PATTERN}
     if traits:
         item["enum"] = traits
+    model = TOGETHER_MODEL if backend == "together" else LOCAL_MODEL
+    model_help = (
+        "Together model name to fine-tune (as listed by Together's fine-tuning models)"
+        if backend == "together"
+        else "Hugging Face model id or a local model directory (never downloaded at run time)"
+    )
     params: dict[str, Param] = {
         "traits": Param(
-            [],
-            type="array",
+            None,
+            type=["null", "array"],
             items=item,
             uniqueItems=True,
             examples=traits,
             title="Traits",
-            description="Traits to train; empty = every shard found in shards_dir.",
+            description="Traits to train, by shard name (e.g. wisdom_plus). Default: empty, which trains "
+            "every shard found in the shards directory.",
+            section=SELECTION,
         ),
         "force_retrain": Param(
-            False, type="boolean", title="Force retrain", description="Retrain even unchanged shards."
+            False,
+            type="boolean",
+            title="Force retrain",
+            description="Retrain even traits whose shard and settings are unchanged (pays for new jobs). "
+            "Default: off.",
+            section=SELECTION,
         ),
         "dry_run": Param(
-            False, type="boolean", title="Dry run", description="Plan only: no upload, no job, no training."
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Plan only: validate and show what would run; no upload, job or training. "
+            "Default: off.",
+            section=SELECTION,
         ),
-        "shards_dir": Param(str(shards_dir), type="string", minLength=1, title="Shards directory"),
-        "output_dir": Param(str(output_dir), type="string", minLength=1, title="Output directory"),
+        "shards_dir": Param(
+            str(shards_dir),
+            type="string",
+            minLength=1,
+            title="Shards directory",
+            description=f"Folder of <trait>.jsonl shards. Default: {shards_dir}.",
+            section=PATHS,
+        ),
+        "output_dir": Param(
+            str(output_dir),
+            type="string",
+            minLength=1,
+            title="Output directory",
+            description="Where adapters, ledgers, metrics, run summaries and hypernetwork_data.json are "
+            f"written. Default: {output_dir}.",
+            section=PATHS,
+        ),
         "base_model": Param(
-            TOGETHER_MODEL if backend == "together" else LOCAL_MODEL,
+            model,
             type="string",
             minLength=1,
             title="Base model",
-            description="Together model name, or a local model id / path for the local backend.",
+            description=f"{model_help}. Default: {model}.",
+            section=TRAINING,
         ),
-        "lora_r": Param(defaults.lora_r, type="integer", minimum=1, maximum=1024, title="LoRA rank"),
-        "lora_alpha": Param(defaults.lora_alpha, type="integer", minimum=1, maximum=4096, title="LoRA alpha"),
+        "lora_r": Param(
+            d.lora_r,
+            type="integer",
+            minimum=1,
+            maximum=1024,
+            title="LoRA rank (r)",
+            description=f"Integer 1-1024 (Together caps it per model). Default: {d.lora_r}.",
+            section=TRAINING,
+        ),
+        "lora_alpha": Param(
+            d.lora_alpha,
+            type="integer",
+            minimum=1,
+            maximum=4096,
+            title="LoRA alpha",
+            description=f"Integer 1-4096; the adapter's scale is alpha / r. Default: {d.lora_alpha}.",
+            section=TRAINING,
+        ),
         "lora_dropout": Param(
-            defaults.lora_dropout, type="number", minimum=0, exclusiveMaximum=1, title="LoRA dropout"
+            d.lora_dropout,
+            type="number",
+            minimum=0,
+            exclusiveMaximum=1,
+            title="LoRA dropout",
+            description=f"Number in [0, 1). Default: {d.lora_dropout}.",
+            section=TRAINING,
         ),
         "target_modules": Param(
-            list(defaults.target_modules),
+            list(d.target_modules),
             type="array",
             items={"type": "string", "enum": list(KNOWN_MODULES)},
             minItems=1,
             uniqueItems=True,
             examples=list(KNOWN_MODULES),
             title="Target modules",
+            description=f"Attention/MLP projections that get adapters, at least one. Default: "
+            f"{', '.join(d.target_modules)}.",
+            section=TRAINING,
         ),
-        "n_epochs": Param(defaults.n_epochs, type="integer", minimum=1, maximum=100, title="Epochs"),
-        "batch_size": Param(defaults.batch_size, type="integer", minimum=1, maximum=4096, title="Batch size"),
+        "n_epochs": Param(
+            d.n_epochs,
+            type="integer",
+            minimum=1,
+            maximum=100,
+            title="Epochs",
+            description=f"Integer 1-100 (Together allows up to 20 for most models). Default: {d.n_epochs}.",
+            section=TRAINING,
+        ),
+        "batch_size": Param(
+            d.batch_size,
+            type="integer",
+            minimum=1,
+            maximum=4096,
+            title="Batch size",
+            description="Examples per optimizer step, integer 1-4096 (Together's range per model is "
+            f"checked before any job is created, typically 8-128). Default: {d.batch_size}.",
+            section=TRAINING,
+        ),
         "learning_rate": Param(
-            defaults.learning_rate,
+            d.learning_rate,
             type="number",
             exclusiveMinimum=0,
             exclusiveMaximum=1,
             title="Learning rate",
+            description=f"Number in (0, 1). Default: {d.learning_rate:g}.",
+            section=TRAINING,
         ),
-        "lr_scheduler_type": Param(defaults.lr_scheduler_type, type="string", enum=list(SCHEDULERS)),
-        "warmup_ratio": Param(defaults.warmup_ratio, type="number", minimum=0, exclusiveMaximum=1),
+        "lr_scheduler_type": Param(
+            d.lr_scheduler_type,
+            type="string",
+            enum=list(SCHEDULERS),
+            title="Learning-rate schedule",
+            description=f"One of {', '.join(SCHEDULERS)}. Default: {d.lr_scheduler_type}.",
+            section=TRAINING,
+        ),
+        "warmup_ratio": Param(
+            d.warmup_ratio,
+            type="number",
+            minimum=0,
+            exclusiveMaximum=1,
+            title="Warmup ratio",
+            description=f"Share of steps spent warming up, number in [0, 1). Default: {d.warmup_ratio}.",
+            section=TRAINING,
+        ),
     }
     if backend == "together":
         params["max_job_price_usd"] = Param(
@@ -116,14 +214,18 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
             type=["null", "number"],
             minimum=0,
             title="Per-job budget (USD)",
-            description="Refuse to launch a job Together estimates above this. Empty = no limit.",
+            description="Refuse to launch a job Together estimates above this, number >= 0. "
+            "Default: empty, no limit.",
+            section=BUDGET,
         )
         params["max_run_price_usd"] = Param(
             None,
             type=["null", "number"],
             minimum=0,
             title="Per-run budget (USD)",
-            description="Refuse launches once this run's estimated total would pass this. Empty = no limit.",
+            description="Refuse launches once this run's estimated total would pass this, number >= 0. "
+            "Default: empty, no limit.",
+            section=BUDGET,
         )
     return params
 
