@@ -6,7 +6,8 @@ deferrable KubernetesPodOperator on the GPU node pool, writing to the shared vol
 DAG never imports Kubernetes.
 
 **Outputs** (under the run's *Output directory*): `lora_checkpoints/<trait>/` (the verified adapter),
-`hypernetwork_data.json` (trait -> adapter mapping, published as an Asset), `runs/<run>/summary.txt`
+`hypernetwork_data.json` (trait -> adapter mapping; an event on the Asset alias
+`trait_lora_hypernetwork_data` names that file whenever its content changed), `runs/<run>/summary.txt`
 and `loss_curves.png` (this run), `metrics/<trait>.json`, and the ledgers `lora_job_ids.json` /
 `file_hashes.json` that make unchanged traits skip and running jobs resume.
 
@@ -21,16 +22,12 @@ import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import Asset, dag, task, task_group
+from airflow.sdk import dag, task, task_group
 
 from trait_lora.provider import kubernetes, pipeline, tasks
-from trait_lora.provider.params import build_params, default_dirs, schedule_from_env
+from trait_lora.provider.params import build_params, schedule_from_env
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-OUTPUT_DIR = default_dirs(PROJECT_DIR)[1]
-HYPERNETWORK_DATA = Asset(
-    name=pipeline.HYPERNETWORK_ASSET_NAME, uri=f"file://{OUTPUT_DIR}/hypernetwork_data.json"
-)
 POOL = os.environ.get("TRAIT_LORA_GPU_POOL", "default_pool")
 
 
@@ -70,7 +67,7 @@ def trait_lora_kubernetes():
 
     plans = tasks.discover_task("local")
     results = per_trait.expand(trait_plan=plans)
-    tasks.publish_and_check(plans, results, "local", HYPERNETWORK_DATA)
+    tasks.publish_and_check(plans, results, "local")
 
 
 trait_lora_kubernetes()

@@ -5,7 +5,8 @@ Trigger it with the traits to train (empty = every shard). Per trait, `train` ru
 The embedded default of `make demo` and `trait-lora train --backend local`.
 
 **Outputs** (under the run's *Output directory*): `lora_checkpoints/<trait>/` (the verified adapter),
-`hypernetwork_data.json` (trait -> adapter mapping, published as an Asset), `runs/<run>/summary.txt`
+`hypernetwork_data.json` (trait -> adapter mapping; an event on the Asset alias
+`trait_lora_hypernetwork_data` names that file whenever its content changed), `runs/<run>/summary.txt`
 and `loss_curves.png` (this run), `metrics/<trait>.json`, and the ledgers `lora_job_ids.json` /
 `file_hashes.json` that make unchanged traits skip and running jobs resume.
 
@@ -20,16 +21,12 @@ import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import Asset, dag, task
+from airflow.sdk import dag, task
 
 from trait_lora.provider import pipeline, tasks
-from trait_lora.provider.params import build_params, default_dirs, schedule_from_env
+from trait_lora.provider.params import build_params, schedule_from_env
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-OUTPUT_DIR = default_dirs(PROJECT_DIR)[1]
-HYPERNETWORK_DATA = Asset(
-    name=pipeline.HYPERNETWORK_ASSET_NAME, uri=f"file://{OUTPUT_DIR}/hypernetwork_data.json"
-)
 # Training saturates the machine: traits train one at a time unless told otherwise.
 CONCURRENCY = int(os.environ.get("TRAIT_LORA_LOCAL_CONCURRENCY", "1"))
 RETRY_DELAY_SECONDS = float(os.environ.get("TRAIT_LORA_RETRY_DELAY_SECONDS", "30"))
@@ -54,7 +51,7 @@ def trait_lora_local():
 
     plans = tasks.discover_task("local")
     results = train.expand(trait_plan=plans)
-    tasks.publish_and_check(plans, results, "local", HYPERNETWORK_DATA)
+    tasks.publish_and_check(plans, results, "local")
 
 
 trait_lora_local()

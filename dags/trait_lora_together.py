@@ -8,7 +8,8 @@ job is created once per shard + settings, or an existing one adopted; never paid
 jobs run at once; the *Budget* fields refuse launches Together estimates above them.
 
 **Outputs** (under the run's *Output directory*): `lora_checkpoints/<trait>/` (the verified adapter),
-`hypernetwork_data.json` (trait -> adapter mapping, published as an Asset), `runs/<run>/summary.txt`
+`hypernetwork_data.json` (trait -> adapter mapping; an event on the Asset alias
+`trait_lora_hypernetwork_data` names that file whenever its content changed), `runs/<run>/summary.txt`
 and `loss_curves.png` (this run), `metrics/<trait>.json`, and the ledgers `lora_job_ids.json` /
 `file_hashes.json` that make unchanged traits skip and running jobs resume.
 
@@ -23,22 +24,18 @@ import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import Asset, dag, task_group
+from airflow.sdk import dag, task_group
 
-from trait_lora.provider import pipeline, tasks
+from trait_lora.provider import tasks
 from trait_lora.provider.operators import (
     TogetherDownloadOperator,
     TogetherFineTuneSensor,
     TogetherLaunchOperator,
     TogetherUploadOperator,
 )
-from trait_lora.provider.params import build_params, default_dirs, schedule_from_env
+from trait_lora.provider.params import build_params, schedule_from_env
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-OUTPUT_DIR = default_dirs(PROJECT_DIR)[1]
-HYPERNETWORK_DATA = Asset(
-    name=pipeline.HYPERNETWORK_ASSET_NAME, uri=f"file://{OUTPUT_DIR}/hypernetwork_data.json"
-)
 POOL = os.environ.get("TRAIT_LORA_TOGETHER_POOL", "together_api")
 POLL_SECONDS = float(os.environ.get("TRAIT_LORA_POLL_SECONDS", "30"))
 RETRY_DELAY_SECONDS = float(os.environ.get("TRAIT_LORA_RETRY_DELAY_SECONDS", "30"))
@@ -80,7 +77,7 @@ def trait_lora_together():
 
     plans = tasks.discover_task("together")
     results = per_trait.expand(trait_plan=plans)
-    tasks.publish_and_check(plans, results, "together", HYPERNETWORK_DATA)
+    tasks.publish_and_check(plans, results, "together")
 
 
 trait_lora_together()

@@ -86,3 +86,43 @@ def test_a_failed_discover_leaves_one_red_task_and_publish_skipped(airflow_db, t
         assert publish.try_number == 1 and publish.max_tries == 0
     assert together_conn.calls == []
     assert not (tmp_path / "out" / "hypernetwork_data.json").exists()
+
+
+def asset_events(run_id: str) -> list[tuple[str, dict]]:
+    """(asset URI, extra) of every Asset event the run emitted."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = (
+            session.query(AssetModel.uri, AssetEvent.extra)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .filter(AssetEvent.source_run_id == run_id)
+            .all()
+        )
+        return [(uri, dict(extra or {})) for uri, extra in rows]
+
+
+def test_the_asset_event_means_changed_and_names_the_file_the_run_wrote(
+    airflow_db, together_conn, tmp_path
+):
+    shards = str(copy_shards(tmp_path / "shards", ["joy_plus"]))
+    conf = {"shards_dir": shards, "output_dir": str(tmp_path / "out")}
+    first = run_dag("trait_lora_together", conf)
+    mapping_file = (tmp_path / "out" / "hypernetwork_data.json").resolve()
+    ((uri, extra),) = asset_events(first.run_id)
+    assert uri == mapping_file.as_uri()
+    assert extra["counts"] == {"trained": 1} and extra["total_price_usd"] > 0
+    published = json.loads(mapping_file.read_text())
+    from trait_lora.core.mapping import mapping_sha256
+
+    assert extra["mapping_sha256"] == mapping_sha256(published)
+
+    rerun = run_dag("trait_lora_together", conf)  # nothing changed: every trait skipped
+    assert str(rerun.state) == "success"
+    assert asset_events(rerun.run_id) == []
+
+    other = {"shards_dir": shards, "output_dir": str(tmp_path / "elsewhere")}
+    moved = run_dag("trait_lora_together", other)
+    ((uri, _),) = asset_events(moved.run_id)
+    assert uri == (tmp_path / "elsewhere" / "hypernetwork_data.json").resolve().as_uri()

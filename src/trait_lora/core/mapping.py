@@ -7,6 +7,7 @@ adapter published when a later run fails for it, and keeps traits a filtered run
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 from functools import cache
@@ -89,6 +90,26 @@ def build_mapping(
     }
     validate_mapping(data)
     return data
+
+
+# What does not make the mapping "changed" for a consumer: when and by which run it was written, and
+# this run's failures (a failed trait keeps its previous adapter, so the data did not change).
+VOLATILE_FIELDS = ("generated_at", "run_id", "failed")
+
+
+def mapping_sha256(data: dict[str, Any]) -> str:
+    """A digest of the mapping's content (adapters, settings), stable across runs that change nothing."""
+    content = {k: v for k, v in data.items() if k not in VOLATILE_FIELDS}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def published_sha256(output_dir: str | Path) -> str | None:
+    """The content digest of the mapping on disk now, or None when there is none (or it is unreadable)."""
+    try:
+        data = json.loads((Path(output_dir) / MAPPING_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return mapping_sha256(data) if isinstance(data, dict) else None
 
 
 def write_mapping(

@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 # Planning and summary code (validation, adapter checks, matplotlib) is imported inside the tasks:
 # DAG files import this module and must stay cheap to parse.
 
-HYPERNETWORK_ASSET_NAME = "trait_lora_hypernetwork_data"
+# Consumers schedule on this alias: each event names the mapping file the run actually wrote (an Asset
+# whose URI is that file), so a run with another output_dir announces its own file.
+HYPERNETWORK_ALIAS = "trait_lora_hypernetwork_data"
 
 
 def discover(params: dict[str, Any], run_id: str, backend: str) -> list[dict[str, Any]]:
@@ -173,10 +175,11 @@ def publish(
     run_id: str,
     backend: str,
     outlet_events: Any = None,
-    asset: Any = None,
+    alias: Any = None,
 ) -> dict[str, Any]:
-    """Write the mapping (even when some traits failed), the run summary, and the Asset's metadata."""
-    from trait_lora.core.mapping import write_mapping
+    """Write the mapping (even when some traits failed) and the run summary; announce the mapping as an
+    Asset event only when its content changed (an all-skipped run emits none)."""
+    from trait_lora.core.mapping import mapping_sha256, published_sha256, write_mapping
     from trait_lora.core.summary import build_summary, format_table, write_summary
 
     discovered = load_plan(params, run_id)
@@ -199,7 +202,10 @@ def publish(
     config = from_mapping(plans[0]["config"]) if plans else None
     if config is None:
         raise AirflowSkipException("no traits selected: nothing to publish")
+    before = published_sha256(output_dir)
     mapping_path, mapping = write_mapping(output_dir, config, failed=summary["failed"], run_id=run_id)
+    digest = mapping_sha256(mapping)
+    changed = digest != before
     log.info(
         "mapping: %s (%d trait(s), %d failed)", mapping_path, len(mapping["traits"]), len(mapping["failed"])
     )
@@ -211,10 +217,23 @@ def publish(
         "skipped": sorted(r["trait"] for r in summary["traits"] if r["action"] == "skipped"),
         "failed": sorted(summary["failed"]),
         "num_traits": len(mapping["traits"]),
+        "mapping_sha256": digest,
+        "counts": summary["counts"],
+        "total_price_usd": round(sum(float(r.get("total_price") or 0) for r in summary["traits"]), 6),
     }
-    if outlet_events is not None and asset is not None:
-        outlet_events[asset].extra = extra
-    return {**extra, "summary": paths, "counts": summary["counts"], "failed_reasons": summary["failed"]}
+    if changed and outlet_events is not None and alias is not None:
+        from airflow.sdk import Asset
+
+        outlet_events[alias].add(Asset(uri=mapping_path.resolve().as_uri()), extra=extra)
+        log.info("mapping changed (sha256 %s): Asset event for %s", digest[:12], mapping_path)
+    else:
+        log.info("mapping unchanged (sha256 %s): no Asset event", digest[:12])
+    return {
+        **extra,
+        "changed": changed,
+        "summary": paths,
+        "failed_reasons": summary["failed"],
+    }
 
 
 def check(published: dict[str, Any] | None) -> None:

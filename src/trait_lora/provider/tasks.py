@@ -22,23 +22,28 @@ def discover_task(backend: str) -> Any:
     return discover()
 
 
-def publish_and_check(plans: Any, results: Any, backend: str, asset: Any) -> Any:
-    """``publish_mapping`` (runs even when traits failed, emits ``asset``) then the ``check`` leaf.
+def publish_and_check(plans: Any, results: Any, backend: str) -> Any:
+    """``publish_mapping`` (runs even when traits failed; an event on the ``trait_lora_hypernetwork_data``
+    alias when the mapping changed) then the ``check`` leaf.
 
     ``check`` also hangs off ``discover`` (``plans``): when discover fails, publish skips with a reason
     and ``check`` becomes upstream_failed, so the run is failed with discover its only red task.
     """
 
+    from airflow.sdk import AssetAlias
+
+    alias = AssetAlias(pipeline.HYPERNETWORK_ALIAS)
+
     # No retries: both only read what earlier tasks wrote; a retry would fail the same way, three times.
     @task(
         task_id="publish_mapping",
         trigger_rule="all_done",
-        outlets=[asset],
+        outlets=[alias],
         retries=0,
         show_return_value_in_logs=False,
     )
     def publish_mapping(results, params=None, run_id=None, outlet_events=None):
-        return pipeline.publish(params, results, run_id, backend, outlet_events, asset)
+        return pipeline.publish(params, results, run_id, backend, outlet_events, alias)
 
     @task(task_id="check", retries=0)
     def check(published):
