@@ -4,16 +4,6 @@ Trigger it with the traits to train (empty = every shard). Per trait: `pod_spec`
 deferrable KubernetesPodOperator on the GPU node pool, writing to the shared volume) -> `install`
 (verified before it replaces the previous adapter). The pod is built in the worker, so parsing this
 DAG never imports Kubernetes.
-
-**Outputs** (under the run's *Output directory*): `lora_checkpoints/<trait>/` (the verified adapter),
-`hypernetwork_data.json` (trait -> adapter mapping; an event on the Asset alias
-`trait_lora_hypernetwork_data` names that file whenever its content changed), `runs/<run>/summary.txt`
-and `loss_curves.png` (this run), `metrics/<trait>.json`, and the ledgers `lora_job_ids.json` /
-`file_hashes.json` that make unchanged traits skip and running jobs resume.
-
-**Reading a run**: each mapped task is labelled with its trait. A red `check` means some traits failed
-(the others are still published); `publish_mapping`'s log has the summary table with each failure's
-reason.
 """
 
 from __future__ import annotations
@@ -41,7 +31,7 @@ POOL = os.environ.get("TRAIT_LORA_GPU_POOL", "default_pool")
     default_args={"retries": 1, "retry_delay": timedelta(minutes=2)},
     tags=["trait-lora", "kubernetes", "gpu"],
     description="Train one LoRA adapter per trait shard in a GPU pod per trait (KubernetesPodOperator)",
-    doc_md=__doc__,
+    doc_md=__doc__ + tasks.RUN_DOC,
 )
 def trait_lora_kubernetes():
     @task_group(group_id="trait")

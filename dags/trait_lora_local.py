@@ -3,16 +3,6 @@
 Trigger it with the traits to train (empty = every shard). Per trait, `train` runs the trainer
 (transformers + peft) in a subprocess, then verifies and installs the adapter; unchanged traits skip.
 The embedded default of `make demo` and `trait-lora train --backend local`.
-
-**Outputs** (under the run's *Output directory*): `lora_checkpoints/<trait>/` (the verified adapter),
-`hypernetwork_data.json` (trait -> adapter mapping; an event on the Asset alias
-`trait_lora_hypernetwork_data` names that file whenever its content changed), `runs/<run>/summary.txt`
-and `loss_curves.png` (this run), `metrics/<trait>.json`, and the ledgers `lora_job_ids.json` /
-`file_hashes.json` that make unchanged traits skip and running jobs resume.
-
-**Reading a run**: each mapped task is labelled with its trait. A red `check` means some traits failed
-(the others are still published); `publish_mapping`'s log has the summary table with each failure's
-reason.
 """
 
 from __future__ import annotations
@@ -42,7 +32,7 @@ RETRY_DELAY_SECONDS = float(os.environ.get("TRAIT_LORA_RETRY_DELAY_SECONDS", "30
     default_args={"retries": 1, "retry_delay": timedelta(seconds=RETRY_DELAY_SECONDS)},
     tags=["trait-lora", "local"],
     description="Train one LoRA adapter per trait shard on this machine (transformers + peft)",
-    doc_md=__doc__,
+    doc_md=__doc__ + tasks.RUN_DOC,
 )
 def trait_lora_local():
     @task(map_index_template="{{ trait_label | default('') }}", max_active_tis_per_dagrun=CONCURRENCY)

@@ -6,16 +6,6 @@ job is created once per shard + settings, or an existing one adopted; never paid
 (deferred while Together trains, with Together's events in its log and a link to the job) ->
 `download` (verified before it replaces the previous adapter). At most `TRAIT_LORA_MAX_JOBS_IN_FLIGHT`
 jobs run at once; the *Budget* fields refuse launches Together estimates above them.
-
-**Outputs** (under the run's *Output directory*): `lora_checkpoints/<trait>/` (the verified adapter),
-`hypernetwork_data.json` (trait -> adapter mapping; an event on the Asset alias
-`trait_lora_hypernetwork_data` names that file whenever its content changed), `runs/<run>/summary.txt`
-and `loss_curves.png` (this run), `metrics/<trait>.json`, and the ledgers `lora_job_ids.json` /
-`file_hashes.json` that make unchanged traits skip and running jobs resume.
-
-**Reading a run**: each mapped task is labelled with its trait. A red `check` means some traits failed
-(the others are still published); `publish_mapping`'s log has the summary table with each failure's
-reason.
 """
 
 from __future__ import annotations
@@ -54,7 +44,7 @@ SCHEDULE = schedule_from_env()  # TRAIT_LORA_SCHEDULE: cron, weekly by default; 
     default_args={"retries": 2, "retry_delay": timedelta(seconds=RETRY_DELAY_SECONDS)},
     tags=["trait-lora", "together"],
     description="One LoRA adapter per trait shard on Together AI; publishes the trait -> adapter mapping",
-    doc_md=__doc__,
+    doc_md=__doc__ + tasks.RUN_DOC,
 )
 def trait_lora_together():
     @task_group(group_id="trait")

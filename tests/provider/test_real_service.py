@@ -220,3 +220,28 @@ def test_jobs_in_flight_never_exceed_the_cap(airflow_db, together_conn, tmp_path
     assert fake.creates == len(traits)
     assert fake.max_in_flight == 2
     assert sorted(mapping(conf)["traits"]) == traits
+
+
+def test_the_label_renders_from_the_mapped_input_before_execute():
+    """Airflow 3.3 renders map_index_template before execute: it must need nothing execute sets."""
+    import jinja2
+
+    from tests.support.airflow import get_dag
+
+    dag = get_dag(DAG_ID)
+    inputs = {
+        "upload": "trait_plan",
+        "launch": "upload_result",
+        "wait": "launch_result",
+        "download": "wait_result",
+    }
+    for step, field in inputs.items():
+        task = dag.get_task(f"trait.{step}")
+
+        class Rendered:  # the task as the runner holds it after rendering its template fields
+            pass
+
+        rendered = Rendered()
+        setattr(rendered, field, {"trait": "joy_plus", "job_key": "k"})
+        label = jinja2.Environment().from_string(task.map_index_template).render(task=rendered)
+        assert label == "joy_plus", (step, task.map_index_template)

@@ -8,14 +8,13 @@ hyperparameters are exactly what the config hash claims.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from trait_lora.core.errors import ConfigError
+from trait_lora.core.keys import sha256_json
 
 TOGETHER_MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference"
 LOCAL_MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct"
@@ -80,8 +79,7 @@ class TrainingConfig:
         return out
 
     def config_hash(self) -> str:
-        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()
+        return sha256_json(self.canonical())
 
     def lora_settings(self) -> dict[str, Any]:
         """What the mapping publishes for stage 3."""

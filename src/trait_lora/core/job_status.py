@@ -72,6 +72,11 @@ class JobStatus:
         return self.is_failed or self.known is KnownStatus.CANCEL_REQUESTED
 
     @property
+    def ends_wait(self) -> bool:
+        """Nothing left to wait for: the job ended, or is being cancelled (which only ends in failure)."""
+        return self.is_terminal or self.is_ending
+
+    @property
     def is_adoptable(self) -> bool:
         """A job for our key in this status is ours to poll (running, completed, or unknown: never
         duplicate a job whose status we cannot read)."""

@@ -34,11 +34,12 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _parse_utc(stamp: object) -> datetime:
+def parse_utc(stamp: object) -> datetime:
+    """The inverse of ``utc_now``; an unreadable stamp reads as the epoch (as old as can be)."""
     try:
         return datetime.strptime(str(stamp), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     except ValueError:
-        return datetime.fromtimestamp(0, UTC)  # unreadable: as old as can be
+        return datetime.fromtimestamp(0, UTC)
 
 
 @contextlib.contextmanager
@@ -181,7 +182,7 @@ class Ledger:
                 if other == trait or not status.in_flight:
                     continue
                 if status.value == CREATING and not record.get("job_id"):
-                    age = (now - _parse_utc(record.get("updated_at"))).total_seconds()
+                    age = (now - parse_utc(record.get("updated_at"))).total_seconds()
                     if age > stale_after_s:
                         continue
                 holders[other] = record

@@ -7,7 +7,6 @@ adapter published when a later run fails for it, and keeps traits a filtered run
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import UTC, datetime
 from functools import cache
@@ -18,6 +17,7 @@ from typing import Any
 from trait_lora.core.atomic import atomic_write_json
 from trait_lora.core.config import TrainingConfig
 from trait_lora.core.errors import MappingError
+from trait_lora.core.keys import sha256_json
 from trait_lora.core.ledger import Ledger
 from trait_lora.core.shards import TRAIT_RE, parse_trait
 
@@ -99,8 +99,7 @@ VOLATILE_FIELDS = ("generated_at", "run_id", "failed")
 
 def mapping_sha256(data: dict[str, Any]) -> str:
     """A digest of the mapping's content (adapters, settings), stable across runs that change nothing."""
-    content = {k: v for k, v in data.items() if k not in VOLATILE_FIELDS}
-    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return sha256_json({k: v for k, v in data.items() if k not in VOLATILE_FIELDS})
 
 
 def published_sha256(output_dir: str | Path) -> str | None:

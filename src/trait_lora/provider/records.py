@@ -70,6 +70,11 @@ class TraitJob:
         return JobStatus.of(self.status)
 
 
+# Together's ``processing_status`` of an uploaded file once its (asynchronous) validation has ended.
+FILE_OK = "COMPLETED"
+FILE_REJECTED = frozenset({"FAILED", "INVALID_FORMAT"})
+FILE_DONE = FILE_REJECTED | {FILE_OK}
+
 # What a trigger's wait ended with (besides the job's own terminal status).
 TIMEOUT = "timeout"
 POLL_ERROR = "poll_error"

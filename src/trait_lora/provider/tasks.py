@@ -11,6 +11,19 @@ from airflow.sdk import task
 
 from trait_lora.provider import pipeline
 
+# The part of every training DAG's doc_md that is the same for all three: what a run leaves behind.
+RUN_DOC = """
+**Outputs** (under the run's *Output directory*): `lora_checkpoints/<trait>/` (the verified adapter),
+`hypernetwork_data.json` (trait -> adapter mapping; an event on the Asset alias
+`trait_lora_hypernetwork_data` names that file whenever its content changed), `runs/<run>/summary.txt`
+and `loss_curves.png` (this run), `metrics/<trait>.json`, and the ledgers `lora_job_ids.json` /
+`file_hashes.json` that make unchanged traits skip and running jobs resume.
+
+**Reading a run**: each mapped task is labelled with its trait. A red `check` means some traits failed
+(the others are still published); `publish_mapping`'s log has the summary table with each failure's
+reason.
+"""
+
 
 def discover_task(backend: str) -> Any:
     """Validate and plan the selected traits; returns what the per-trait tasks map over."""

@@ -12,6 +12,7 @@ import httpx
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from trait_lora.core import runs
+from trait_lora.core.ledger import parse_utc
 from trait_lora.provider.operators.base import TogetherStep
 from trait_lora.provider.records import TraitJob
 
@@ -98,5 +99,4 @@ def _seconds_since(stamp: str | None) -> float | None:
     """Wall time from the run's plan to the installed adapter (what a user waited for)."""
     if not stamp:
         return None
-    started = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    return round((datetime.now(UTC) - started).total_seconds(), 1)
+    return round((datetime.now(UTC) - parse_utc(stamp)).total_seconds(), 1)

@@ -20,7 +20,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from trait_lora.core.job_status import JobStatus
-from trait_lora.provider.hooks.together import backoff_delay, output_name
+from trait_lora.provider.hooks.together import backoff_delay, is_permanent, output_name
 from trait_lora.provider.links import JOB_URL_XCOM_KEY, TogetherJobLink, dashboard_url
 from trait_lora.provider.operators.base import TogetherStep
 from trait_lora.provider.records import TraitJob
@@ -209,11 +209,10 @@ class TogetherLaunchOperator(TogetherStep):
                 self._release_slot(job)
                 raise AirflowFailException(f"{job.trait}: the Together SDK refused the job: {exc}") from None
             except (APIConnectionError, APIStatusError) as exc:
-                status_code = getattr(exc, "status_code", None)
-                if status_code is not None and status_code < 500 and status_code not in (408, 409, 429):
+                if is_permanent(exc):
                     self._release_slot(job)
                     raise AirflowFailException(
-                        f"{job.trait}: Together refused the job ({status_code}): {exc}"
+                        f"{job.trait}: Together refused the job ({getattr(exc, 'status_code', '?')}): {exc}"
                     ) from None
                 self.log.warning(
                     "%s: create attempt %d failed (%s); reconciling before any new create",

@@ -13,10 +13,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from trait_lora.provider.operators.base import TogetherStep
-from trait_lora.provider.records import ENDED, FileEvent, TraitJob
-
-FILE_OK = "COMPLETED"
-FILE_REJECTED = frozenset({"FAILED", "INVALID_FORMAT"})
+from trait_lora.provider.records import ENDED, FILE_OK, FILE_REJECTED, FileEvent, TraitJob
 
 
 class TogetherUploadOperator(TogetherStep):

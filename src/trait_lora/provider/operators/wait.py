@@ -89,7 +89,7 @@ class TogetherFineTuneSensor(BaseSensorOperator):
                 job.job_id,
                 status.value,
             )
-        if status.is_terminal or status.is_ending:
+        if status.ends_wait:
             return self._guard(context, lambda: self._finish(current))
         from trait_lora.provider.triggers.together import TogetherFineTuneTrigger
 
@@ -116,7 +116,7 @@ class TogetherFineTuneSensor(BaseSensorOperator):
         current = self.hook.get_job(str(job.job_id))
         status = JobStatus.of(current.get("status"))
         self.log.info("%s: job %s is %s", job.trait, job.job_id, status)
-        if not (status.is_terminal or status.is_ending):
+        if not status.ends_wait:
             return False
         return PokeReturnValue(is_done=True, xcom_value=self._finish(current))
 
@@ -134,7 +134,7 @@ class TogetherFineTuneSensor(BaseSensorOperator):
             # Re-read: the return value is the job as Together has it now, not the event's snapshot.
             current = self.hook.get_job(done.job_id)
             status = JobStatus.of(current.get("status"))
-            if not (status.is_terminal or status.is_ending):  # never hand an unfinished job on
+            if not status.ends_wait:  # never hand an unfinished job on
                 raise AirflowException(
                     f"{job.trait}: job {done.job_id} is {status} again after the trigger saw it end; "
                     "retrying the wait"

@@ -20,11 +20,19 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from trait_lora.core.job_status import JobStatus
 from trait_lora.provider.hooks.together import TogetherHook, first_error_message
-from trait_lora.provider.records import ENDED, POLL_ERROR, TIMEOUT, FileEvent, JobEvent, usd_from_nano
+from trait_lora.provider.records import (
+    ENDED,
+    FILE_DONE,
+    FILE_OK,
+    POLL_ERROR,
+    TIMEOUT,
+    FileEvent,
+    JobEvent,
+    usd_from_nano,
+)
 
 CLASSPATH = "trait_lora.provider.triggers.together.TogetherFineTuneTrigger"
 FILE_CLASSPATH = "trait_lora.provider.triggers.together.TogetherFileTrigger"
-FILE_DONE = frozenset({"COMPLETED", "FAILED", "INVALID_FORMAT"})
 
 
 def event_key(event: dict[str, Any]) -> tuple[Any, ...]:
@@ -179,7 +187,7 @@ class TogetherFineTuneTrigger(_PollingTrigger):
                         )
                     self.log.info("%s: job %s is %s", self.trait, self.job_id, new.value)
                     status = new
-                if status.is_terminal or status.is_ending:
+                if status.ends_wait:
                     yield await self._ended(hook, client, job, status, events)
                     return
                 await asyncio.sleep(self.poll_interval)
@@ -225,7 +233,7 @@ class TogetherFineTuneTrigger(_PollingTrigger):
         try:
             job = await hook.aget_job(client, self.job_id)
             status = JobStatus.of(job.get("status"))
-            if not status.is_terminal and not status.is_ending:
+            if not status.ends_wait:
                 await hook.acancel_job(client, self.job_id)
                 self.log.warning("%s: cancelled Together job %s on user request", self.trait, self.job_id)
         finally:
@@ -286,7 +294,7 @@ class TogetherFileTrigger(_PollingTrigger):
                     message = f"file {self.file_id} {status or 'has no processing status'}"
                     yield TriggerEvent(
                         FileEvent(
-                            ENDED, self.file_id, self.trait, status or "COMPLETED", message, report
+                            ENDED, self.file_id, self.trait, status or FILE_OK, message, report
                         ).payload()
                     )
                     return
