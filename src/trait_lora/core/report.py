@@ -1,0 +1,188 @@
+"""What the dashboard shows, read from the files the pipeline already writes; nothing else is consulted.
+
+The ledgers say what is installed and what is in flight, ``metrics/<trait>.json`` holds loss curves,
+``run_summary.json`` / ``runs/<run>/summary.json`` say what the last (or a given) run did and why a trait
+failed, and ``hypernetwork_data.json`` is what stage 3 sees. Keeping the dashboard a reader of these
+(never a second record) means it can never disagree with the pipeline. Every reader tolerates a file
+that is missing or damaged: a dashboard that 500s on one bad file hides the other traits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trait_lora.core.job_status import JobStatus
+from trait_lora.core.ledger import HASHES_FILE, JOBS_FILE
+from trait_lora.core.mapping import MAPPING_FILE
+from trait_lora.core.runs import run_dir
+from trait_lora.core.shards import TRAIT_RE
+from trait_lora.core.summary import LATEST_SUMMARY, SUMMARY_FILE
+
+METRICS_DIR = "metrics"
+MAX_CURVE_POINTS = 2000  # a curve is drawn, not analysed: a huge metrics file must not stall a page
+
+
+@dataclass(frozen=True)
+class TraitRow:
+    """One trait as a person reads it: its state and the figures that explain it."""
+
+    trait: str
+    state: str  # trained | skipped | failed | in flight | not trained
+    adapter_sha256: str | None = None
+    trained_at: str | None = None
+    backend: str | None = None
+    job_id: str | None = None
+    job_status: str | None = None
+    price_usd: float | None = None
+    final_loss: float | None = None
+    eval: dict[str, Any] | None = None
+    reason: str | None = None
+    curve: tuple[tuple[int, float], ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["curve"] = [list(point) for point in self.curve]
+        return data
+
+
+def _read_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _records(path: Path) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in _read_object(path).items() if isinstance(v, dict) and TRAIT_RE.fullmatch(k)}
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def read_metrics(output_dir: str | Path, trait: str) -> dict[str, Any]:
+    """``metrics/<trait>.json``: the loss curve (finite points only) and eval figures where recorded."""
+    data = _read_object(Path(output_dir) / METRICS_DIR / f"{trait}.json")
+    curve = []
+    for step in data.get("steps") or []:
+        if not isinstance(step, dict):
+            continue
+        x, y = _number(step.get("step")), _number(step.get("loss"))
+        if x is not None and y is not None:
+            curve.append((int(x), y))
+    evaluation = data.get("eval")
+    return {
+        "curve": tuple(curve[-MAX_CURVE_POINTS:]),
+        "eval": evaluation if isinstance(evaluation, dict) else None,
+    }
+
+
+def _state(job: dict[str, Any], installed: bool, last: dict[str, Any]) -> str:
+    if JobStatus.of(job.get("status")).in_flight:
+        return "in flight"
+    action = last.get("action")
+    if action == "failed":
+        return "failed"
+    if installed:
+        return "skipped" if action == "skipped" else "trained"
+    return "not trained"
+
+
+def trait_rows(output_dir: str | Path) -> list[TraitRow]:
+    """Every trait the output dir knows of (installed, in a job, in the last run, or failed), by name."""
+    out = Path(output_dir)
+    hashes = _records(out / HASHES_FILE)
+    jobs = _records(out / JOBS_FILE)
+    latest = _read_object(out / LATEST_SUMMARY)
+    last_rows = {
+        r["trait"]: r
+        for r in latest.get("traits") or []
+        if isinstance(r, dict) and isinstance(r.get("trait"), str) and TRAIT_RE.fullmatch(r["trait"])
+    }
+    rows = []
+    for trait in sorted(set(hashes) | set(jobs) | set(last_rows)):
+        installed = hashes.get(trait, {})
+        job = jobs.get(trait, {})
+        last = last_rows.get(trait, {})
+        metrics = read_metrics(out, trait)
+        curve = metrics["curve"]
+        state = _state(job, bool(installed), last)
+        rows.append(
+            TraitRow(
+                trait=trait,
+                state=state,
+                adapter_sha256=installed.get("adapter_sha256"),
+                trained_at=installed.get("trained_at"),
+                backend=installed.get("backend") or latest.get("backend"),
+                job_id=job.get("job_id") or installed.get("job_id"),
+                job_status=job.get("status"),
+                price_usd=_number(job.get("total_price_usd")),
+                final_loss=curve[-1][1] if curve else _number(last.get("final_loss")),
+                eval=metrics["eval"],
+                reason=str(last.get("detail") or "") if state == "failed" else None,
+                curve=curve,
+            )
+        )
+    return rows
+
+
+def totals(rows: list[TraitRow]) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.state] = counts.get(row.state, 0) + 1
+    return {
+        "traits": len(rows),
+        "counts": counts,
+        "in_flight": counts.get("in flight", 0),
+        "spend_usd": round(sum(r.price_usd or 0.0 for r in rows), 6),
+    }
+
+
+def traits_view(output_dir: str | Path) -> dict[str, Any]:
+    """The Traits tab: one row per trait and the totals, as JSON."""
+    rows = trait_rows(output_dir)
+    return {
+        "output_dir": str(output_dir),
+        "totals": totals(rows),
+        "traits": [r.to_json() for r in rows],
+        "mapping": _read_object(Path(output_dir) / MAPPING_FILE) or None,
+    }
+
+
+def run_view(output_dir: str | Path, run_id: str) -> dict[str, Any]:
+    """The Training summary tab of one run: its summary, plan, curves of what it trained, the mapping.
+
+    The mapping on disk is shown only when this run wrote it (a later run may have replaced it).
+    """
+    directory = run_dir(output_dir, run_id)
+    summary = _read_object(directory / SUMMARY_FILE)
+    plan = _read_object(directory / "plan.json")
+    mapping = _read_object(Path(output_dir) / MAPPING_FILE)
+    rows = [r for r in summary.get("traits") or [] if isinstance(r, dict) and isinstance(r.get("trait"), str)]
+    curves = {}
+    for row in rows:
+        if row.get("action") in ("trained", "resumed") and TRAIT_RE.fullmatch(row["trait"]):
+            curve = read_metrics(output_dir, row["trait"])["curve"]
+            if curve:
+                curves[row["trait"]] = [list(p) for p in curve]
+    state = "finished" if summary else ("planned" if plan else "unknown")
+    return {
+        "run_id": run_id,
+        "output_dir": str(output_dir),
+        "state": state,
+        "summary": summary or None,
+        "planned": [
+            {k: p.get(k) for k in ("trait", "action", "reason")}
+            for p in plan.get("plans") or []
+            if isinstance(p, dict)
+        ],
+        "curves": curves,
+        "mapping": mapping if mapping.get("run_id") == run_id else None,
+    }
