@@ -10,6 +10,9 @@ What only a live deployment can show (``dag.test()`` runs triggers inline, one a
   holds: the fake's exact peak of concurrent jobs never exceeds it, though there are more traits;
 * a run triggered through the REST API finishes, writes ``hypernetwork_data.json`` and records an
   Asset event; the API serves the trigger form's params and refuses a bad conf with HTTP 400;
+* the dashboard in a real browser: headless Chromium logs in to the UI, opens the Traits tab and the
+  run's Training summary tab, sees every trait with its state and figures and a loaded loss chart, and
+  leaves screenshots in ``e2e-artefacts/``; ``airflow plugins`` lists the plugin;
 * a forced retrain survives the triggerer being stopped (SIGTERM) and crashing (SIGKILL) mid-wait:
   the run completes with exactly one new Together job per trait and no job cancelled.
 
@@ -19,15 +22,20 @@ Skipped by ``make test`` (marker ``e2e``); run with ``make e2e``. Prints its tim
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.browser import chromium_session, open_plugin_tab, screenshot
 from tests.e2e.live import (
     DAG_ID,
+    REPO,
+    VENV_BIN,
     LiveDeployment,
     RunWatch,
     Sample,
@@ -49,6 +57,8 @@ POLL_SECONDS = 1.0
 RUN_TIMEOUT = 600.0
 
 TIMINGS: dict[str, float] = {}
+# Screenshots of the dashboard (kept after the run, for a person to look at).
+ARTEFACTS = Path(os.environ.get("TRAIT_LORA_E2E_ARTEFACTS") or REPO / "e2e-artefacts")
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +191,46 @@ def test_run_defers_waits_and_the_cap_bounds_jobs_in_flight(live):
         f"peak jobs in flight {state['max_active']} (cap {CAP})"
     )
     assert held == 0, [describe(s) for s in mid if s.mid_training_slots]
+
+
+def test_the_dashboard_in_a_real_browser(live):
+    """Headless Chromium logs in to the live UI, opens the Traits tab and the first run's Training
+    summary tab, and sees every trait, its state and figures, and a loaded loss chart."""
+    plugins = live.api("GET", "/api/v2/plugins").json()["plugins"]
+    ours = [p for p in plugins if p["name"] == "trait_lora"]
+    assert len(ours) == 1, [p["name"] for p in plugins]
+    assert {v["name"] for v in ours[0]["external_views"]} == {"Traits", "Training summary"}
+    listed = subprocess.run(
+        [str(VENV_BIN / "airflow"), "plugins", "-o", "json"], env=live.env, capture_output=True, text=True
+    )
+    assert listed.returncode == 0 and '"trait_lora"' in listed.stdout, listed.stderr[-2000:]
+
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    with chromium_session() as driver:
+        traits = open_plugin_tab(
+            driver, f"{live.api_url}/dags/{DAG_ID}/plugin/trait-lora-traits", ready_text="Traits of"
+        )
+        shot_traits = screenshot(driver, ARTEFACTS / "traits_tab.png")
+        summary = open_plugin_tab(
+            driver,
+            f"{live.api_url}/dags/{DAG_ID}/runs/e2e_first/plugin/trait-lora-summary",
+            ready_text="Training summary of",
+        )
+        shot_summary = screenshot(driver, ARTEFACTS / "training_summary_tab.png")
+    log(f"screenshots: {shot_traits} (Traits tab), {shot_summary} (Training summary of e2e_first)")
+
+    mapping = json.loads((live.output_dir / "hypernetwork_data.json").read_text())
+    for trait in live.traits:
+        assert trait in traits["text"] and trait in summary["text"]
+        assert mapping["traits"][trait]["adapter_sha256"][:12] in traits["text"]
+    assert traits["text"].count("trained") >= len(live.traits)
+    assert f"{len(live.traits)} trait(s): {len(live.traits)} trained" in traits["text"]
+    assert "in flight: 0" in traits["text"] and "spend: $" in traits["text"]
+    assert f"{len(live.traits)} trained" in summary["text"]
+    for view in (traits, summary):
+        assert view["images"], "no loss chart on the page"
+        assert all(i["complete"] and i["naturalWidth"] > 0 for i in view["images"]), view["images"]
+    assert shot_traits.stat().st_size > 10_000 and shot_summary.stat().st_size > 10_000
 
 
 def test_forced_rerun_survives_triggerer_stop_and_crash(live):

@@ -159,14 +159,21 @@ class Ledger:
         return recorded
 
     def claim_job_slot(
-        self, trait: str, *, job_key: str, cap: int, stale_after_s: float = 1800.0
+        self,
+        trait: str,
+        *,
+        job_key: str,
+        cap: int,
+        stale_after_s: float = 1800.0,
+        run_id: str | None = None,
     ) -> dict[str, Record]:
         """Mark ``trait`` as ``creating`` if fewer than ``cap`` other traits have a job in flight.
 
         Returns the other traits counted as in flight: empty when the slot was claimed. The count and the
         claim happen under one lock, so concurrent launches can never together pass the cap. A
         ``creating`` record with no job id older than ``stale_after_s`` is a create that never happened
-        (its worker died before the POST and nobody retried it) and holds no slot.
+        (its worker died before the POST and nobody retried it) and holds no slot. ``run_id`` is kept
+        as ``created_in_run``: a job found later by that same run is its own, not adopted.
         """
         from trait_lora.core.job_status import CREATING, JobStatus
 
@@ -192,6 +199,8 @@ class Ledger:
             if base.get("job_key") not in (None, job_key):
                 base = {}
             base.update(job_key=job_key, status=CREATING, updated_at=utc_now())
+            if run_id is not None:
+                base["created_in_run"] = run_id
             data[trait] = base
             atomic_write_json(self.jobs_path, data)
             return {}

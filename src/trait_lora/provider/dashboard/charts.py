@@ -4,6 +4,7 @@ an SVG in a ``data:`` URI needs no second (authenticated) request from inside th
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Mapping, Sequence
 from html import escape
 
@@ -19,10 +20,18 @@ def _ticks(low: float, high: float) -> list[float]:
     return [low + (high - low) * i / 4 for i in range(5)]
 
 
+def _step_ticks(low: float, high: float) -> list[int]:
+    """Whole steps only, each labelled once (1, 2, 2, 3 is what rounding five even ticks gives)."""
+    first, last = math.ceil(low), math.floor(high)
+    stride = max(1, math.ceil((last - first) / 5))
+    return list(range(first, last + 1, stride))
+
+
 def loss_svg(curves: Mapping[str, Curve], *, width: int = 640, height: int = 300, legend: bool = True) -> str:
     """Every curve on shared axes: step on x, training loss on y. Names are escaped (they are untrusted)."""
     curves = {name: pts for name, pts in curves.items() if pts}
-    left, right, top, bottom = 56, 12, 12, 34
+    compact = height < 100  # a sparkline in a table row: the line alone, no axes to read
+    left, right, top, bottom = (2, 2, 2, 2) if compact else (56, 12, 12, 34)
     plot_w, plot_h = width - left - right, height - top - bottom
     xs = [p[0] for pts in curves.values() for p in pts] or [0.0, 1.0]
     ys = [p[1] for pts in curves.values() for p in pts] or [0.0, 1.0]
@@ -44,18 +53,19 @@ def loss_svg(curves: Mapping[str, Curve], *, width: int = 640, height: int = 300
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
         f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fff" stroke="#999"/>',
     ]
-    for y in _ticks(y0, y1):
+    for y in [] if compact else _ticks(y0, y1):
         parts.append(
             f'<line x1="{left}" x2="{left + plot_w}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#eee"/>'
             f'<text x="{left - 4}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:.3g}</text>'
         )
-    for x in _ticks(x0, x1):
-        parts.append(f'<text x="{sx(x):.1f}" y="{top + plot_h + 14}" text-anchor="middle">{x:.0f}</text>')
-    parts.append(f'<text x="{left + plot_w / 2:.0f}" y="{height - 4}" text-anchor="middle">step</text>')
-    parts.append(
-        f'<text x="12" y="{top + plot_h / 2:.0f}" text-anchor="middle" '
-        f'transform="rotate(-90 12 {top + plot_h / 2:.0f})">loss</text>'
-    )
+    for x in [] if compact else _step_ticks(x0, x1):
+        parts.append(f'<text x="{sx(x):.1f}" y="{top + plot_h + 14}" text-anchor="middle">{x}</text>')
+    if not compact:
+        parts.append(f'<text x="{left + plot_w / 2:.0f}" y="{height - 4}" text-anchor="middle">step</text>')
+        parts.append(
+            f'<text x="12" y="{top + plot_h / 2:.0f}" text-anchor="middle" '
+            f'transform="rotate(-90 12 {top + plot_h / 2:.0f})">loss</text>'
+        )
     for i, (name, pts) in enumerate(sorted(curves.items())):
         colour = COLOURS[i % len(COLOURS)]
         path = " ".join(f"{sx(p[0]):.1f},{sy(p[1]):.1f}" for p in pts)
@@ -72,7 +82,7 @@ def loss_svg(curves: Mapping[str, Curve], *, width: int = 640, height: int = 300
                 f'stroke="{colour}" stroke-width="2"/><text x="{left + plot_w - 128}" y="{ly}">'
                 f"{escape(name[:22])}</text>"
             )
-    if not curves:
+    if not curves and not compact:
         parts.append(
             f'<text x="{left + plot_w / 2:.0f}" y="{top + plot_h / 2:.0f}" text-anchor="middle" '
             'fill="#777">no loss recorded</text>'

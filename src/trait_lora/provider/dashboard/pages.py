@@ -18,7 +18,7 @@ from trait_lora.provider.dashboard.charts import data_uri, loss_svg
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:16px;color:#1a1a1a;font-size:14px}
 h1{font-size:18px;margin:0 0 4px}h2{font-size:15px;margin:20px 0 6px}
-.muted{color:#666}.totals span{margin-right:18px}
+.muted{color:#666}.totals span{margin-right:6px}
 table{border-collapse:collapse;width:100%}th,td{border-bottom:1px solid #ddd;padding:4px 6px;
 text-align:left;vertical-align:top}th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .state{border-radius:8px;padding:1px 7px;font-size:12px;white-space:nowrap}
@@ -27,6 +27,7 @@ text-align:left;vertical-align:top}th{background:#f4f4f4}td.num{text-align:right
 code{font-size:12px}.reason{color:#a40000;max-width:420px;overflow-wrap:anywhere}
 """
 
+SEP = '<span class="muted"> | </span>'
 STATE_CLASS = {"in flight": "in-flight", "not trained": "not-trained"}
 
 
@@ -141,8 +142,8 @@ def traits_page(dag_id: str, view: Mapping[str, Any], job_url: Any) -> str:
         f"<h1>Traits of {_e(dag_id)}</h1>"
         f'<p class="muted">from <code>{_e(view["output_dir"])}</code></p>'
         f'<p class="totals"><span>{totals["traits"]} trait(s): {counts}</span>'
-        f"<span>in flight: {totals['in_flight']}</span>"
-        f"<span>spend: {_price(totals['spend_usd'])}</span></p>"
+        f"{SEP}<span>in flight: {totals['in_flight']}</span>"
+        f"{SEP}<span>spend: {_price(totals['spend_usd'])}</span></p>"
         + (_chart(curves, "training loss per trait") if curves else "")
         + _table(
             [
@@ -197,8 +198,8 @@ def run_page(dag_id: str, view: Mapping[str, Any], job_url: Any) -> str:
     curves = view.get("curves") or {}
     backend = _e(summary.get("backend")) + (" (dry run)" if summary.get("dry_run") else "")
     body = (
-        head + f'<p class="totals"><span>{backend}</span><span>{counts or "no traits"}</span>'
-        f"<span>finished {_e(summary.get('finished_at'))}</span></p>"
+        head + f'<p class="totals"><span>{backend}</span>{SEP}<span>{counts or "no traits"}</span>'
+        f"{SEP}<span>finished {_e(summary.get('finished_at'))}</span></p>"
         + (
             _chart(curves, "training loss of the traits this run trained")
             if curves

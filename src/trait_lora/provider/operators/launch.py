@@ -74,15 +74,23 @@ class TogetherLaunchOperator(TogetherStep):
         store = context.get("task_state_store")
         record = self.ledger.job(job.trait) or {}
         known = [record["job_id"]] if record.get("job_key") == job.job_key and record.get("job_id") else []
+        # Jobs this very run created (an earlier try of this task, or before a worker died): finding one
+        # again is not adopting someone else's job, and the run reports the trait trained, not resumed.
+        # (the slot claim before each create records the run, so a lost create answer counts too).
+        ours_by_run = (
+            record.get("job_key") == job.job_key and record.get("created_in_run") == context["run_id"]
+        )
+        ours: set[str] = set()
         if store is not None and (stored := store.get(STATE_JOB_ID)):
             known.append(str(stored))
+            ours.add(str(stored))
         found = self.hook.find_existing_job(job_tag(job.job_key), known)
         estimate = None
         adopted = found is not None
         if found is None:
             self._check_limits(job)
             estimate = self._cost_gate(context, job)
-            self._claim_slot(job)
+            self._claim_slot(job, context["run_id"])
             found = self._create(job, store)
         job_id = str(found["id"])
         if store is not None:
@@ -92,8 +100,10 @@ class TogetherLaunchOperator(TogetherStep):
         if not adopted:  # an adopted job keeps the estimate recorded when it was created
             recorded["estimated_price"] = estimate
         self.ledger.update_job(job.trait, job_key=job.job_key, job_id=job_id, status=status.value, **recorded)
+        how = "created" if not adopted else ("found its own" if ours_by_run or job_id in ours else "adopted")
+        adopted = how == "adopted"
         context["ti"].xcom_push(key=JOB_URL_XCOM_KEY, value=dashboard_url(job_id))
-        self.log.info("%s: %s job %s (%s)", job.trait, "adopted" if adopted else "created", job_id, status)
+        self.log.info("%s: %s job %s (%s)", job.trait, how, job_id, status)
         return job.but(
             job_id=job_id, status=status.value, adopted=adopted, estimated_price=estimate
         ).to_xcom()
@@ -143,7 +153,7 @@ class TogetherLaunchOperator(TogetherStep):
                 raise AirflowFailException(str(exc)) from None
         return decision.price
 
-    def _claim_slot(self, job: TraitJob) -> None:
+    def _claim_slot(self, job: TraitJob, run_id: str) -> None:
         """Take a slot under ``max_jobs_in_flight`` or defer on a timer (no worker slot held) and retry.
 
         At the cap, the counted jobs are first re-read from Together: a job that ended while nobody
@@ -152,10 +162,10 @@ class TogetherLaunchOperator(TogetherStep):
         from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 
         cap = self.max_jobs_in_flight
-        holders = self.ledger.claim_job_slot(job.trait, job_key=job.job_key, cap=cap)
+        holders = self.ledger.claim_job_slot(job.trait, job_key=job.job_key, cap=cap, run_id=run_id)
         if holders:
             self._refresh(holders)
-            holders = self.ledger.claim_job_slot(job.trait, job_key=job.job_key, cap=cap)
+            holders = self.ledger.claim_job_slot(job.trait, job_key=job.job_key, cap=cap, run_id=run_id)
         if not holders:
             return
         self.log.info(
