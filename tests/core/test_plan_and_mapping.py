@@ -104,7 +104,7 @@ def test_mapping_keeps_the_last_good_adapter_of_a_failed_trait_and_validates(tmp
         "lora_checkpoints/joy_plus",
     )
     assert data["failed"] == {"joy_plus": "launch: budget exceeded"}
-    assert data["version"] == 1 and data["lora"]["target_modules"] == ["q_proj", "v_proj"]
+    assert data["version"] == 2 and data["lora"]["target_modules"] == ["q_proj", "v_proj"]
     assert json.loads(path.read_text()) == data
     # A recorded adapter whose files were removed by hand is never published.
     (tmp_path / "out" / "lora_checkpoints" / "joy_plus" / "adapter_model.safetensors").unlink()

@@ -21,7 +21,7 @@ LOCAL_MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 BACKENDS = ("together", "local")
 KNOWN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SCHEDULERS = ("linear", "cosine")
-FLOAT_FIELDS = ("lora_dropout", "learning_rate", "warmup_ratio")
+FLOAT_FIELDS = ("lora_dropout", "learning_rate", "warmup_ratio", "eval_fraction")
 
 # Hashed fields: changing any of these changes the adapter, so it changes the job key.
 HASHED_FIELDS = (
@@ -38,7 +38,11 @@ HASHED_FIELDS = (
     "warmup_ratio",
     "packing",
     "train_on_inputs",
+    "eval_fraction",
 )
+# Hashed only when set: a config without a held-out split keeps the hash (and the adapters) it had
+# before the field existed.
+HASHED_WHEN_SET = ("eval_fraction",)
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,8 @@ class TrainingConfig:
     warmup_ratio: float = 0.0
     packing: bool = False
     train_on_inputs: bool = False
+    # Share of each shard held out to evaluate the adapter (trait_lora.core.split); 0 = train on all.
+    eval_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self)
@@ -71,6 +77,8 @@ class TrainingConfig:
         out: dict[str, Any] = {}
         for name in HASHED_FIELDS:
             value = getattr(self, name)
+            if name in HASHED_WHEN_SET and not value:
+                continue
             if name == "target_modules":
                 value = sorted(value)
             elif name in FLOAT_FIELDS:
@@ -183,6 +191,8 @@ def _check(cfg: TrainingConfig) -> None:
         raise bad("lr_scheduler_type", f"one of {', '.join(SCHEDULERS)}")
     if not _is_number(cfg.warmup_ratio) or not 0.0 <= cfg.warmup_ratio < 1.0:
         raise bad("warmup_ratio", "a number in [0, 1)")
+    if not _is_number(cfg.eval_fraction) or not 0.0 <= cfg.eval_fraction <= 0.5:
+        raise bad("eval_fraction", "a number in [0, 0.5] (0 = no held-out split)")
     for name in ("packing", "train_on_inputs"):
         if not isinstance(getattr(cfg, name), bool):
             raise bad(name, "true or false")

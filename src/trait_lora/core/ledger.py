@@ -223,8 +223,12 @@ class Ledger:
         job_id: str | None,
         backend: str,
         base_model: str,
+        evaluation: Mapping[str, Any] | None = None,
     ) -> Record:
-        """``record_adapter`` for the trait a run planned: the keys come from the plan, never recomputed."""
+        """``record_adapter`` for the trait a run planned: the keys come from the plan, never recomputed.
+
+        ``evaluation`` (held-out figures) travels with the adapter into the mapping."""
+        extra = {"eval": dict(evaluation)} if evaluation else {}
         return self.record_adapter(
             plan["trait"],
             shard_sha256=plan["shard_sha256"],
@@ -235,4 +239,5 @@ class Ledger:
             backend=backend,
             base_model=base_model,
             num_examples=plan.get("num_examples"),
+            **extra,
         )

@@ -22,7 +22,7 @@ from trait_lora.core.ledger import Ledger
 from trait_lora.core.shards import TRAIT_RE, parse_trait
 
 MAPPING_FILE = "hypernetwork_data.json"
-MAPPING_VERSION = 1
+MAPPING_VERSION = 2  # 2: per-trait held-out eval figures ("eval", null without a split)
 CHECKPOINTS_DIR = "lora_checkpoints"
 
 
@@ -58,6 +58,7 @@ def mapping_entry(trait: str, record: dict[str, Any]) -> dict[str, Any]:
         "config_hash": record["config_hash"],
         "trained_at": record["trained_at"],
         "num_examples": int(record.get("num_examples") or 1),
+        "eval": record.get("eval") if isinstance(record.get("eval"), dict) else None,
     }
 
 

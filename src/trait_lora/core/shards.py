@@ -35,6 +35,12 @@ def parse_trait(name: str) -> tuple[str, int]:
     return axis, DIRECTIONS[direction]
 
 
+def opposite_trait(name: str) -> str:
+    """The other pole of a trait's axis: ``wisdom_plus`` <-> ``wisdom_minus``."""
+    axis, direction = parse_trait(name)
+    return f"{axis}_{'minus' if direction > 0 else 'plus'}"
+
+
 @dataclass(frozen=True)
 class Shard:
     trait: str

@@ -18,7 +18,7 @@ from trait_lora.core.runs import run_dir
 SUMMARY_FILE = "summary.json"
 LATEST_SUMMARY = "run_summary.json"
 PLOT_FILE = "loss_curves.png"
-COLUMNS = ("trait", "action", "job_id", "price", "duration_s", "final_loss", "detail")
+COLUMNS = ("trait", "action", "job_id", "price", "duration_s", "final_loss", "eval base->adapter", "detail")
 
 
 def build_summary(
@@ -50,6 +50,7 @@ def build_summary(
                 duration_s=res.get("duration_s"),
                 final_loss=res.get("final_loss"),
                 adapter_sha256=res.get("adapter_sha256"),
+                eval=res.get("eval"),
                 detail=res.get("detail", ""),
             )
         else:
@@ -92,6 +93,16 @@ def text_table(rows: list[list[Any]], headers: list[str] | tuple[str, ...]) -> s
     return "\n".join(lines)
 
 
+def eval_cell(figures: Any) -> str:
+    """``7.85->7.11 (own pole +0.54)``: held-out loss of the base model, then of the adapter."""
+    if not isinstance(figures, dict) or None in (figures.get("base_loss"), figures.get("adapter_loss")):
+        return "-"
+    cell = f"{figures['base_loss']:.3f}->{figures['adapter_loss']:.3f}"
+    if isinstance(figures.get("own_pole_margin"), int | float):
+        cell += f" (own pole {figures['own_pole_margin']:+.3f})"
+    return cell
+
+
 def format_table(summary: dict[str, Any], width: int = 60) -> str:
     rows = []
     for r in summary["traits"]:
@@ -105,6 +116,7 @@ def format_table(summary: dict[str, Any], width: int = 60) -> str:
                 _price(r),
                 f"{duration:.0f}" if isinstance(duration, int | float) else "-",
                 f"{loss:.4f}" if isinstance(loss, int | float) else "-",
+                eval_cell(r.get("eval")),
                 (r.get("detail") or "")[:width],
             ]
         )

@@ -124,6 +124,8 @@ def install_trained(plan: dict[str, Any], adapter_src: str | Path, output_dir: s
             f"{metrics['shard_sha256'][:12]}); trigger a new run",
             2,
         )
+    evaluation = metrics.get("eval") if isinstance(metrics.get("eval"), dict) else None
+    check_quality_gate(trait, evaluation, plan.get("min_eval_improvement"))
     path, info = install_adapter(src, Path(output_dir), trait, AdapterSpec.from_config(config))
     steps = [{"step": s["step"], "loss": s["loss"]} for s in metrics.get("steps", []) if "loss" in s]
     atomic_write_json(
@@ -131,6 +133,7 @@ def install_trained(plan: dict[str, Any], adapter_src: str | Path, output_dir: s
         {
             "job_id": None,
             "steps": steps,
+            "eval": evaluation,
             **{
                 k: metrics[k]
                 for k in ("tokens_per_second", "wall_seconds", "real_tokens", "device")
@@ -139,7 +142,12 @@ def install_trained(plan: dict[str, Any], adapter_src: str | Path, output_dir: s
         },
     )
     record = Ledger(output_dir).record_planned_adapter(
-        plan, adapter_sha256=info.sha256, job_id=None, backend="local", base_model=config.local_model
+        plan,
+        adapter_sha256=info.sha256,
+        job_id=None,
+        backend="local",
+        base_model=config.local_model,
+        evaluation=evaluation,
     )
     return {
         "trait": trait,
@@ -150,8 +158,33 @@ def install_trained(plan: dict[str, Any], adapter_src: str | Path, output_dir: s
         "final_loss": metrics.get("final_loss"),
         "duration_s": metrics.get("wall_seconds"),
         "tokens_per_second": metrics.get("tokens_per_second"),
+        "eval": evaluation,
         "trained_at": record["trained_at"],
     }
+
+
+def check_quality_gate(trait: str, evaluation: dict[str, Any] | None, threshold: Any) -> None:
+    """Refuse to install an adapter that does not beat the base model's held-out loss by ``threshold``.
+
+    Raised before anything is installed, so the previous adapter stays published; exit code 2 means
+    "do not retry": the same data and settings would train the same adapter.
+    """
+    if threshold is None:
+        return
+    if not evaluation or evaluation.get("improvement") is None:
+        raise LocalTrainingError(
+            f"{trait}: min_eval_improvement is {threshold} but there are no held-out figures (eval_fraction "
+            "is 0 or the shard has fewer than 10 examples); set eval_fraction or clear the gate",
+            2,
+        )
+    gain = float(evaluation["improvement"])
+    if gain < float(threshold):
+        raise LocalTrainingError(
+            f"{trait}: adapter not installed: held-out loss {evaluation['adapter_loss']:.4f} vs base "
+            f"{evaluation['base_loss']:.4f} (improvement {gain:.4f} < min_eval_improvement {threshold}); "
+            "the previous adapter stays published. Train longer, raise the learning rate or check the shard",
+            2,
+        )
 
 
 def train_trait(

@@ -21,6 +21,7 @@ from trait_lora.core.config import (
     TrainingConfig,
 )
 from trait_lora.core.shards import TRAIT_PATTERN, discover_shards
+from trait_lora.core.split import DEFAULT_EVAL_FRACTION, MAX_EVAL_FRACTION
 
 SHARDS_ENV, OUTPUT_ENV = "TRAIT_LORA_SHARDS_DIR", "TRAIT_LORA_OUTPUT_DIR"
 SCHEDULE_ENV, DEFAULT_SCHEDULE = "TRAIT_LORA_SCHEDULE", "0 3 * * 1"
@@ -53,6 +54,7 @@ def available_traits(shards_dir: Path) -> list[str]:
 
 
 SELECTION, PATHS, TRAINING, BUDGET = "Selection", "Paths", "Training", "Budget"
+EVALUATION = "Evaluation"
 
 
 def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
@@ -208,6 +210,27 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
             section=TRAINING,
         ),
     }
+    if backend == "local":  # Together: held-out evaluation through validation_file is not wired yet
+        params["eval_fraction"] = Param(
+            DEFAULT_EVAL_FRACTION,
+            type="number",
+            minimum=0,
+            maximum=MAX_EVAL_FRACTION,
+            title="Held-out fraction",
+            description="Share of each shard held out (chosen by content, the same every run) to measure "
+            "the adapter against the base model, number in [0, 0.5]; 0 trains on everything. Shards under "
+            f"10 examples train on everything. Default: {DEFAULT_EVAL_FRACTION}.",
+            section=EVALUATION,
+        )
+        params["min_eval_improvement"] = Param(
+            None,
+            type=["null", "number"],
+            title="Quality gate: minimum held-out improvement",
+            description="Refuse to install an adapter whose held-out loss is not at least this much below "
+            "the base model's (the trait fails with the figures; its previous adapter stays published), "
+            "number (e.g. 0.01). Default: empty, no gate.",
+            section=EVALUATION,
+        )
     if backend == "together":
         params["max_job_price_usd"] = Param(
             None,

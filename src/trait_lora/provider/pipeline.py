@@ -60,6 +60,7 @@ def discover(params: dict[str, Any], run_id: str, backend: str) -> list[dict[str
         "planned_at": planned_at,
         "max_job_price_usd": params.get("max_job_price_usd"),
         "max_run_price_usd": params.get("max_run_price_usd"),
+        "min_eval_improvement": params.get("min_eval_improvement"),
     }
     all_plans = [{**p.to_dict(), **extra} for p in plans]
     dry_run = bool(params.get("dry_run"))

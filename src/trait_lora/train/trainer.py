@@ -26,6 +26,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -43,9 +44,11 @@ from transformers import (
 
 from trait_lora.core.atomic import fsync_dir
 from trait_lora.core.config import TrainingConfig
+from trait_lora.core.split import split_examples
 from trait_lora.core.validation import ShardReport, iter_examples, require_valid
 from trait_lora.train import ModelLoadError, TrainInputError
 from trait_lora.train.data import DynamicPaddingCollator, LengthGroupedOrder, encode_records
+from trait_lora.train.evaluate import eval_figures, opposite_held_out
 
 DEFAULT_MICRO_BATCH_CPU = 8
 DEFAULT_MICRO_BATCH_GPU = 4  # 128k-vocab logits dominate GPU memory; accumulate up to the batch
@@ -74,6 +77,7 @@ class TrainResult:
             "steps": len(self.metrics["steps"]),
             "tokens_per_second": self.metrics["tokens_per_second"],
             "device": self.metrics["device"],
+            "eval": self.metrics.get("eval"),
         }
 
 
@@ -267,13 +271,23 @@ def train_adapter(
             f"{config.local_model!r} has no chat template, so {fmt} examples cannot be rendered; use an "
             "instruct model's tokenizer (or a text-format shard)"
         )
+    records = list(iter_examples(shard_path))
+    split = split_examples(records, config.eval_fraction)  # the same held-out set Together would get
+    encode = partial(encode_records, tokenizer, fmt=fmt, train_on_inputs=config.train_on_inputs)
     try:
-        examples, dropped = encode_records(
-            tokenizer,
-            iter_examples(shard_path),
-            fmt,
-            train_on_inputs=config.train_on_inputs,
-            max_length=max_length,
+        examples, dropped = encode([records[i] for i in split.train], max_length=max_length)
+        held_out, _ = encode([records[i] for i in split.held_out], max_length=max_length)
+        opposite = (
+            opposite_held_out(
+                shard_path,
+                tokenizer,
+                fmt,
+                config.eval_fraction,
+                train_on_inputs=config.train_on_inputs,
+                max_length=max_length,
+            )
+            if held_out
+            else (None, [])
         )
     except ValueError as exc:  # a template that cannot locate assistant turns
         raise ModelLoadError(f"{config.local_model!r}: {exc}") from None
@@ -343,7 +357,8 @@ def train_adapter(
         trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
         trainer.add_callback(_ProgressLog(collator, stream))
         print(
-            f"training {len(examples)} {fmt} examples from {shard_path.name}: micro-batch {micro} x "
+            f"training {len(examples)} {fmt} examples from {shard_path.name} ({len(held_out)} held out): "
+            f"micro-batch {micro} x "
             f"accumulation {accum} = batch {config.batch_size}, {config.n_epochs} epoch(s)"
             + (f", max {max_steps} steps" if max_steps else ""),
             file=stream,
@@ -354,6 +369,10 @@ def train_adapter(
         with contextlib.redirect_stdout(stream):
             output = trainer.train()
         wall = time.perf_counter() - started
+        pad_id = _pad_token_id(tokenizer)
+        evaluation = eval_figures(model, held_out, pad_token_id=pad_id, micro=micro, opposite=opposite)
+        if evaluation:
+            print(f"held-out eval: {json.dumps(evaluation, sort_keys=True)}", file=stream, flush=True)
 
         model.save_pretrained(staging, safe_serialization=True)
         shutil.rmtree(staging / ".trainer", ignore_errors=True)
@@ -382,6 +401,8 @@ def train_adapter(
             "wall_seconds": wall,
             "num_examples": len(examples),
             "dropped_examples": dropped,
+            "eval": evaluation,
+            "eval_fraction": config.eval_fraction,
             "format": fmt,
             "micro_batch": micro,
             "grad_accum": accum,
