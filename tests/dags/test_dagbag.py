@@ -8,7 +8,7 @@ def test_dagbag_has_no_import_errors_and_the_expected_dags():
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert bag.import_errors == {}
-    assert {"trait_lora_together", "trait_lora_local"} <= set(bag.dag_ids)
+    assert {"trait_lora_together", "trait_lora_local", "hypernetwork_intake"} <= set(bag.dag_ids)
 
 
 def test_together_dag_shape_schedule_and_form():

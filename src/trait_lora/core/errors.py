@@ -33,3 +33,11 @@ class AdapterError(TraitLoraError):
 
 class MappingError(TraitLoraError):
     """A hypernetwork mapping that would not satisfy its schema."""
+
+
+class IntakeError(TraitLoraError):
+    """A mapping whose adapters cannot become a stage-3 dataset; ``traits`` names the bad ones."""
+
+    def __init__(self, message: str, traits: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.traits = list(traits or [])

@@ -1,0 +1,123 @@
+"""The ``hypernetwork_intake`` task: find the mapping a run is about, stack its adapters, fail by name.
+
+A run starts from an Asset event (a training DAG's ``publish_mapping`` names the file it wrote, in the
+event's extra and as the Asset's ``file://`` URI) or by hand with the ``mapping_path`` param. The rules
+live in ``trait_lora.core.intake``; this module only turns Airflow's context into a path and a core
+error into a failed task whose message names the bad adapter.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from airflow.sdk.exceptions import AirflowFailException
+
+log = logging.getLogger(__name__)
+
+NO_MAPPING = (
+    "no mapping to read: this run has no Asset event naming a hypernetwork_data.json and no mapping_path "
+    "param; trigger it with mapping_path, or let a training DAG's publish_mapping trigger it"
+)
+
+
+def event_mapping_path(event: Any) -> Path | None:
+    """The mapping an event names: its extra's ``mapping_path``, else its Asset's ``file://`` URI."""
+    extra = getattr(event, "extra", None) or {}
+    if isinstance(extra, Mapping) and isinstance(extra.get("mapping_path"), str) and extra["mapping_path"]:
+        return Path(extra["mapping_path"])
+    uri = getattr(getattr(event, "asset", None), "uri", "") or ""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file" and parsed.path:
+        return Path(unquote(parsed.path))
+    return None
+
+
+def _events(triggering: Mapping[Any, Iterable[Any]] | None) -> list[Any]:
+    """Every event once: Airflow lists an event under its Asset and again under each alias it came by."""
+    seen: dict[tuple[Any, ...], Any] = {}
+    for events in (triggering or {}).values():
+        for event in events:
+            asset = getattr(event, "asset", None)
+            key = (
+                getattr(asset, "uri", None),
+                getattr(event, "timestamp", None),
+                getattr(event, "source_dag_id", None),
+                getattr(event, "source_run_id", None),
+                getattr(event, "source_map_index", None),
+            )
+            seen.setdefault(key, event)
+    return list(seen.values())
+
+
+def pick_mapping(
+    params: Mapping[str, Any] | None, triggering: Mapping[Any, Iterable[Any]] | None
+) -> tuple[Path, Any | None]:
+    """The mapping to read, and the event that named it (None for a manual ``mapping_path``).
+
+    An explicit param wins; otherwise the newest event that names a file. Events batched since the
+    last run that name other files are logged, not silently dropped: their intake is a manual run.
+    """
+    manual = (params or {}).get("mapping_path")
+    if manual:
+        return Path(manual), None
+    named = [(e, p) for e in _events(triggering) if (p := event_mapping_path(e)) is not None]
+    if not named:
+        raise AirflowFailException(NO_MAPPING)
+
+    def when(item: tuple[Any, Path]) -> float:
+        stamp = getattr(item[0], "timestamp", None)
+        return stamp.timestamp() if isinstance(stamp, datetime) else float("-inf")
+
+    event, path = max(named, key=when)
+    others = sorted({str(p) for _, p in named} - {str(path)})
+    if others:
+        log.warning(
+            "this run was triggered for %d other mapping file(s) too; only the newest (%s) is read. "
+            "Trigger with mapping_path for: %s",
+            len(others),
+            path,
+            ", ".join(others),
+        )
+    return path, event
+
+
+def run_intake(
+    params: Mapping[str, Any] | None, triggering: Mapping[Any, Iterable[Any]] | None
+) -> dict[str, Any]:
+    """Verify and stack the adapters of the mapping this run is about; returns a small JSON summary."""
+    from trait_lora.core.errors import IntakeError
+    from trait_lora.core.intake import build_intake
+
+    path, event = pick_mapping(params, triggering)
+    source = "param mapping_path" if event is None else f"Asset event of run {event.source_run_id}"
+    try:
+        result = build_intake(path)
+    except IntakeError as exc:
+        raise AirflowFailException(
+            f"intake of {path} ({source}) failed, nothing was written:\n{exc}"
+        ) from None
+    announced = (getattr(event, "extra", None) or {}).get("mapping_sha256") if event is not None else None
+    if announced and announced != result.mapping_sha256:
+        log.info(
+            "the mapping changed since the event (sha256 %s announced, %s read): the newer content was "
+            "stacked; its own event will start another run",
+            announced[:12],
+            result.mapping_sha256[:12],
+        )
+    log.info(
+        "intake: %d adapter(s) [%s] from %s (%s) -> %s (%d tensors, %.1f MB, mapping sha256 %s)",
+        len(result.traits),
+        ", ".join(result.traits),
+        path,
+        source,
+        result.dataset_dir,
+        result.num_tensors,
+        result.num_bytes / 1e6,
+        result.mapping_sha256[:12],
+    )
+    return {**result.to_dict(), "source": source}
