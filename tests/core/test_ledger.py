@@ -79,3 +79,33 @@ def test_bad_trait_name_never_reaches_the_ledger(tmp_path):
 def test_record_adapter_requires_the_verified_adapter_hash(tmp_path):
     with pytest.raises(LedgerError, match="adapter_sha256"):
         Ledger(tmp_path).record_adapter("joy_plus", shard_sha256=SHA, config_hash=SHA, job_key=SHA)
+
+
+def _rewrite_big_records(output_dir: str, worker: int, rounds: int) -> None:
+    ledger = Ledger(output_dir)
+    for i in range(rounds):  # ~20 KB per record: a torn write would be visible to a reader
+        ledger.update_job(f"big{worker}_plus", job_key=SHA, status="running", note=f"{i:05d}" * 4000)
+
+
+def test_readers_without_the_lock_never_see_a_torn_ledger(tmp_path):
+    """Readers (the planner, the dashboard) read without the lock: only temp + rename makes that safe."""
+    Ledger(tmp_path).update_job("seed_plus", job_key=SHA, status="running")
+    ctx = mp.get_context("spawn")
+    writers = [ctx.Process(target=_rewrite_big_records, args=(str(tmp_path), w, 40)) for w in range(3)]
+    for p in writers:
+        p.start()
+    reads = torn = 0
+    path = tmp_path / JOBS_FILE
+    while any(p.is_alive() for p in writers) or reads < 200:
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:
+            torn += 1
+        else:
+            assert "seed_plus" in data
+        reads += 1
+    for p in writers:
+        p.join(60)
+        assert p.exitcode == 0
+    assert torn == 0, f"{torn} of {reads} unlocked reads saw a partly written ledger"
+    assert len(json.loads(path.read_text())) == 4

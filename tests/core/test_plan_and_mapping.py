@@ -116,3 +116,26 @@ def test_schema_rejects_a_mapping_stage_3_could_not_use(tmp_path):
     data["traits"]["joy_plus"] = {"trait": "joy_plus", "adapter_path": "/etc/passwd"}
     with pytest.raises(MappingError, match="traits/joy_plus"):
         validate_mapping(data)
+
+
+def test_every_run_of_a_forced_backfill_shares_one_key_and_pays_once(tmp_path):
+    from trait_lora.core.plan import forced_nonce
+
+    shards = copy_shards(tmp_path / "shards", ["joy_plus"])
+    conf = {"traits": ["joy_plus"], "force_retrain": True}
+    nonces = {forced_nonce(f"backfill__2026-11-2{d}T00:00:00+00:00", "backfill", conf) for d in (1, 2, 3)}
+    assert len(nonces) == 1  # three runs of one backfill: one nonce
+    assert forced_nonce("manual__1", "manual", conf) == "manual__1"  # other runs: their own id
+    assert forced_nonce("b__1", "DagRunType.BACKFILL_JOB", {"other": 1}) != next(iter(nonces))
+
+    nonce = next(iter(nonces))
+    first = plan_traits(shards, tmp_path / "out", CFG, force_retrain=True, run_nonce=nonce)[0]
+    assert first.action == "train"
+    install(tmp_path, "joy_plus", first)
+    # The backfill's next run: the forced adapter is already installed under this key, nothing to buy.
+    second = plan_traits(shards, tmp_path / "out", CFG, force_retrain=True, run_nonce=nonce)[0]
+    assert (second.action, second.job_key) == ("skip", first.job_key)
+    assert "already force-retrained" in second.reason
+    # A forced run outside the backfill still retrains.
+    other = plan_traits(shards, tmp_path / "out", CFG, force_retrain=True, run_nonce="manual__2")[0]
+    assert other.action == "train"

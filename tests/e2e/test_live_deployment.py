@@ -13,6 +13,8 @@ What only a live deployment can show (``dag.test()`` runs triggers inline, one a
 * the dashboard in a real browser: headless Chromium logs in to the UI, opens the Traits tab and the
   run's Training summary tab, sees every trait with its state and figures and a loaded loss chart, and
   leaves screenshots in ``e2e-artefacts/``; ``airflow plugins`` lists the plugin;
+* a forced backfill of three runs (``POST /api/v2/backfills``, the real scheduler) creates exactly one
+  Together job per trait: every run of one backfill shares the forced job key;
 * a forced retrain survives the triggerer being stopped (SIGTERM) and crashing (SIGKILL) mid-wait:
   the run completes with exactly one new Together job per trait and no job cancelled.
 
@@ -42,9 +44,11 @@ from tests.e2e.live import (
     describe,
     log,
     trait_of_suffix,
+    wait_for,
     watch_run,
     write_shards,
 )
+from trait_lora.core.runs import run_dir
 
 pytestmark = pytest.mark.e2e
 
@@ -190,7 +194,11 @@ def test_run_defers_waits_and_the_cap_bounds_jobs_in_flight(live):
         f"pool peak occupied {max(p['occupied_slots'] for p in pool_seen)}/{POOL_SLOTS}, "
         f"peak jobs in flight {state['max_active']} (cap {CAP})"
     )
-    assert held == 0, [describe(s) for s in mid if s.mid_training_slots]
+    # A wait task runs briefly when it starts (before it defers) and when its trigger fires; on a
+    # loaded machine one sample can catch that moment. A poke-mode sensor would hold a slot per trait
+    # in every sample, so: never more than one slot, and in at most a tenth of the samples.
+    busy = [s for s in mid if s.mid_training_slots]
+    assert held <= 1 and len(busy) <= len(mid) // 10, [describe(s) for s in busy]
 
 
 def test_the_dashboard_in_a_real_browser(live):
@@ -288,3 +296,63 @@ def test_logs_show_deferral_in_the_triggerer(live):
     assert trigger_logs, "no trigger log written"
     text = "\n".join(p.read_text(errors="replace") for p in trigger_logs)
     assert "is completed" in text
+
+
+def test_a_forced_backfill_of_three_runs_pays_once_per_trait(live):
+    """`POST /api/v2/backfills` with force_retrain over three days, through the real scheduler: the first
+    run creates one job per trait, the other two find the adapters their backfill already bought."""
+    # Backfills need a periodic schedule: the DAG processor re-parses the file with a daily one. (The
+    # scheduled run this queues for the latest day trains nothing: every shard is unchanged.)
+    mapping = json.loads((live.output_dir / "hypernetwork_data.json").read_text())
+    assert sorted(mapping["traits"]) == sorted(live.traits), "runs after the earlier tests' adapters"
+    live.env["TRAIT_LORA_SCHEDULE"] = "@daily"
+    live.stop_component("dag-processor")
+    live.start_component("dag-processor")
+
+    def periodic() -> bool:
+        summary = live.api("GET", f"/api/v2/dags/{DAG_ID}").json().get("timetable_summary")
+        return summary not in (None, "", "None")
+
+    wait_for("the DAG to be re-parsed with a daily schedule", periodic, timeout=180, interval=2)
+    before = live.fake.state()
+    old_jobs = {j["id"] for j in before["jobs"]}
+    body = {
+        "dag_id": DAG_ID,
+        "from_date": "2026-11-20T00:00:00Z",
+        "to_date": "2026-11-22T00:00:00Z",
+        "dag_run_conf": conf_for(live, force_retrain=True),
+        "max_active_runs": 1,
+    }
+    dry = live.api("POST", "/api/v2/backfills/dry_run", json=body)
+    assert dry.status_code == 200, dry.text
+    assert dry.json()["total_entries"] == 3, dry.json()
+    started = time.monotonic()
+    created = live.api("POST", "/api/v2/backfills", json=body)
+    assert created.status_code == 200, created.text
+    backfill_id = created.json()["id"]
+
+    def backfill_runs() -> list[dict]:
+        runs = live.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns", params={"limit": 100}).json()["dag_runs"]
+        return [r for r in runs if r["run_type"] == "backfill"]
+
+    def finished() -> list[dict] | None:
+        runs = backfill_runs()
+        if len(runs) == 3 and all(r["state"] in ("success", "failed") for r in runs):
+            return runs
+        return None
+
+    runs = wait_for("the backfill's 3 runs to finish", finished, timeout=RUN_TIMEOUT, interval=2)
+    TIMINGS["forced backfill (3 runs): create to done"] = time.monotonic() - started
+    assert [r["state"] for r in runs] == ["success"] * 3, runs
+    state = live.fake.state()
+    new_jobs = [j for j in state["jobs"] if j["id"] not in old_jobs]
+    per_trait = Counter(trait_of_suffix(j["suffix"] or "", live.traits) for j in new_jobs)
+    assert per_trait == Counter({t: 1 for t in live.traits}), per_trait
+    assert state["creates"] - before["creates"] == N_TRAITS
+    actions = []
+    for run in sorted(runs, key=lambda r: r["logical_date"]):
+        summary = json.loads((run_dir(live.output_dir, run["dag_run_id"]) / "summary.json").read_text())
+        actions.append(summary["counts"])
+    log(f"backfill {backfill_id}: per-run counts {actions}")
+    assert actions[0] == {"trained": N_TRAITS}, actions
+    assert actions[1:] == [{"skipped": N_TRAITS}] * 2, actions

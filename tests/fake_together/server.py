@@ -1291,11 +1291,31 @@ class FakeTogether:
                     raise _BadRequest(f"{name} must be a non-negative integer")
                 bounds[name] = int(raw)
         low, high = bounds.get("global_step_from", 0), bounds.get("global_step_to", run.step)
-        rows = [self._metric_row(job, run, s) for s in range(max(1, low), min(run.step, high) + 1)]
+        rows = []
+        for step in range(max(1, low), min(run.step, high) + 1):
+            rows.append(self._metric_row(job, run, step))
+            if step in self._eval_steps(job, run):
+                # Evaluations are rows of their own (as HF's Trainer logs them): only eval figures.
+                rows.append(
+                    {
+                        "train/global_step": float(step),
+                        "eval/loss": round(0.5 + 1.6 * math.exp(-2.0 * step / run.total_steps), 6),
+                    }
+                )
         if bounds.get("resolution") and len(rows) > bounds["resolution"]:
             stride = len(rows) / bounds["resolution"]
             rows = [rows[int(i * stride)] for i in range(bounds["resolution"])]
         return _json_reply(200, {"metrics": rows})
+
+    @staticmethod
+    def _eval_steps(job: dict[str, Any], run: _Run) -> set[int]:
+        """Where a job with a validation file evaluates: ``n_evals`` steps spread evenly, the last one at
+        the final step; none without a validation file (Together ignores ``n_evals`` then)."""
+        n = int(job.get("n_evals") or 0)
+        if not job.get("validation_file") or n <= 0:
+            return set()
+        total = run.total_steps
+        return {max(1, round(total * (i + 1) / n)) for i in range(n)}
 
     def _metric_row(self, job: dict[str, Any], run: _Run, step: int) -> dict[str, float]:
         fraction = step / run.total_steps

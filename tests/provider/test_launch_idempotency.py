@@ -67,9 +67,13 @@ def test_rerun_is_free_and_force_retrain_buys_exactly_one_job_per_trait(airflow_
     # the task fails and Airflow retries it. The retry must adopt the job, not buy another.
     fake.drop_create_response(times=len(TRAITS))
     after_create(fake, lambda: fake.fail_next("GET", r"^/v1/fine-tunes$", 503, times=9, retry_after=0.01))
+    file_posts = fake.count("POST", r"^/v1/files$")
     forced = run_dag(DAG_ID, {**conf, "force_retrain": True})
     assert str(forced.state) == "success"
     assert (fake.uploads, fake.creates) == (2, 4)
+    # Reused from the ledger, not even offered again: Together's 409 for known bytes would hide a
+    # re-upload from the byte count above, so count the upload requests themselves.
+    assert fake.count("POST", r"^/v1/files$") == file_posts
     assert len(fake.jobs) == 4
     second = {t: e["job_id"] for t, e in mapping(conf)["traits"].items()}
     assert set(second) == set(TRAITS)

@@ -106,11 +106,17 @@ class Ledger:
     def hash_record(self, trait: str) -> Record | None:
         return self.hashes().get(trait)
 
-    def find_uploaded_file(self, shard_sha256: str) -> str | None:
-        """A Together file id already holding these exact bytes (saves a re-upload)."""
+    def find_uploaded_file(self, sha256: str) -> str | None:
+        """A Together file id already holding these exact bytes (saves a re-upload): a whole shard, or
+        the training or validation part of a split one."""
         for record in self.jobs().values():
-            if record.get("shard_sha256") == shard_sha256 and record.get("file_id"):
-                return str(record["file_id"])
+            pairs = (
+                (record.get("file_sha256") or record.get("shard_sha256"), record.get("file_id")),
+                (record.get("validation_sha256"), record.get("validation_file_id")),
+            )
+            for digest, file_id in pairs:
+                if digest == sha256 and file_id:
+                    return str(file_id)
         return None
 
     # -- writes --

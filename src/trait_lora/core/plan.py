@@ -14,7 +14,7 @@ from trait_lora.core.adapter import AdapterSpec, verify_installed
 from trait_lora.core.config import TrainingConfig
 from trait_lora.core.errors import AdapterError
 from trait_lora.core.job_status import JobStatus
-from trait_lora.core.keys import job_key, job_suffix
+from trait_lora.core.keys import job_key, job_suffix, sha256_json
 from trait_lora.core.ledger import Ledger
 from trait_lora.core.shards import Discovery, discover_shards
 from trait_lora.core.validation import validate_shard
@@ -59,6 +59,11 @@ def decide(
     """
     config_hash = config.config_hash()
     why_train = "force retrain requested"
+    # The forced retrain this key stands for already happened (an earlier run of the same backfill, or
+    # this run before a clear): skip while that adapter is still the one installed.
+    already = force_retrain and (ledger.hash_record(trait) or {}).get("job_key") == key
+    if already and _why_not_skip(trait, shard_sha256, config, config_hash, ledger) is None:
+        return "skip", "already force-retrained under this run's key (same backfill or run)", None
     if not force_retrain:
         why_train = _why_not_skip(trait, shard_sha256, config, config_hash, ledger)
         if why_train is None:
@@ -106,8 +111,8 @@ def plan_traits(
 ) -> list[TraitPlan]:
     """Plan the selected traits (all when none are named); unknown names raise TraitNameError.
 
-    ``run_nonce`` (the run id) only matters with ``force_retrain``: it gives the forced job a key of
-    its own that retries of the same run share.
+    ``run_nonce`` only matters with ``force_retrain``: it gives the forced job a key of its own that
+    retries of the same run (and every run of one backfill, see ``forced_nonce``) share.
     """
     found = discovery or discover_shards(shards_dir)
     ledger = Ledger(output_dir)
@@ -148,3 +153,17 @@ def plan_traits(
         )
         plans.append(TraitPlan(**common, action=action, reason=reason, job_id=job_id))
     return plans
+
+
+def forced_nonce(run_id: str, run_type: str | None, conf: dict[str, Any] | None) -> str:
+    """The nonce of a forced retrain's job key: the run id, except for a backfill.
+
+    All runs of one backfill must share the forced key, or a forced backfill of N runs pays N times per
+    trait. A task cannot see the backfill's id (the Task SDK's DagRun has none), but every run of a
+    backfill carries the same conf, so the conf's digest stands for the backfill. A later backfill with
+    an identical conf shares the key too: it finds the adapters already retrained and skips them (it
+    never pays twice; to retrain once more, trigger a forced run or change the conf, e.g. add a note).
+    """
+    if str(run_type or "").lower().endswith("backfill"):
+        return "backfill:" + sha256_json(conf or {})
+    return run_id

@@ -121,6 +121,35 @@ def _parse_line(text: str) -> Any:
     return value
 
 
+def _fast_decoder() -> Any:
+    """msgspec's JSON decoder (it comes with Airflow), or None where it is not installed.
+
+    It parses bytes straight to Python objects about twice as fast as ``json``, which bounds the pass.
+    It is only ever trusted with a line it accepts: it refuses everything ``json`` refuses here (NaN,
+    Infinity, control characters, a BOM, bad UTF-8, trailing data), and whatever it refuses goes to the
+    ``json`` path, which words the error exactly as before (or accepts what msgspec is stricter about,
+    such as 1e400), so reports are identical either way.
+    """
+    try:
+        import msgspec
+    except ImportError:
+        return None
+    return msgspec.json.Decoder().decode
+
+
+_FAST_DECODE = _fast_decoder()
+_REFUSED = object()
+
+
+def _fast_parse(line: bytes) -> Any:
+    if _FAST_DECODE is None:
+        return _REFUSED
+    try:
+        return _FAST_DECODE(line)
+    except Exception:  # any refusal: the json path decides and words it
+        return _REFUSED
+
+
 def _short(value: Any, limit: int = 40) -> str:
     """A repr fit for an error line: a 1 MB bogus role must not become a 1 MB message."""
     text = repr(value)
@@ -228,6 +257,30 @@ def _check_record(fmt: str, record: dict[str, Any]) -> list[str]:
     return [p for p in (_nonempty_str(record, k) for k in keys) if p is not None]
 
 
+def _check_parsed(
+    record: Any, lineno: int, found: _Collector, fmt: str | None, fmt_line: int
+) -> tuple[str | None, int]:
+    """Check one parsed line; returns the file's format (set by its first record) and that line."""
+    if not isinstance(record, dict):
+        found.add(lineno, f"expected a JSON object, got {_type_name(record)}; {FORMAT_HELP}")
+        return fmt, fmt_line
+    kind = _detect_format(record)
+    if kind is None:
+        keys = ", ".join(_short(k) for k in list(record)[:5]) or "none"
+        found.add(lineno, f"unknown record format (keys: {keys}); {FORMAT_HELP}")
+        return fmt, fmt_line
+    if fmt is None:
+        fmt, fmt_line = kind, lineno
+    elif kind != fmt:
+        found.add(
+            lineno, f"{kind} record in a {fmt} file (format set by line {fmt_line}); use one format per file"
+        )
+        return fmt, fmt_line
+    for message in _check_record(kind, record):
+        found.add(lineno, message)
+    return fmt, fmt_line
+
+
 def validate_shard(
     path: str | os.PathLike[str],
     max_problems: int = DEFAULT_MAX_PROBLEMS,
@@ -267,6 +320,10 @@ def validate_shard(
             if line.isspace():
                 continue
             records += 1
+            record = _fast_parse(line)
+            if record is not _REFUSED:
+                fmt, fmt_line = _check_parsed(record, lineno, found, fmt, fmt_line)
+                continue
             try:
                 text = line.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -289,24 +346,7 @@ def validate_shard(
             except (ValueError, RecursionError) as exc:
                 found.add(lineno, f"invalid JSON: {exc}")
                 continue
-            if not isinstance(record, dict):
-                found.add(lineno, f"expected a JSON object, got {_type_name(record)}; {FORMAT_HELP}")
-                continue
-            kind = _detect_format(record)
-            if kind is None:
-                keys = ", ".join(_short(k) for k in list(record)[:5]) or "none"
-                found.add(lineno, f"unknown record format (keys: {keys}); {FORMAT_HELP}")
-                continue
-            if fmt is None:
-                fmt, fmt_line = kind, lineno
-            elif kind != fmt:
-                found.add(
-                    lineno,
-                    f"{kind} record in a {fmt} file (format set by line {fmt_line}); use one format per file",
-                )
-                continue
-            for message in _check_record(kind, record):
-                found.add(lineno, message)
+            fmt, fmt_line = _check_parsed(record, lineno, found, fmt, fmt_line)
     if records == 0:
         what = "empty" if size == 0 else "only blank lines"
         found.add(1, f"file is {what}: a shard needs at least one example")

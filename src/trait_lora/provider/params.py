@@ -210,18 +210,27 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
             section=TRAINING,
         ),
     }
-    if backend == "local":  # Together: held-out evaluation through validation_file is not wired yet
-        params["eval_fraction"] = Param(
-            DEFAULT_EVAL_FRACTION,
-            type="number",
-            minimum=0,
-            maximum=MAX_EVAL_FRACTION,
-            title="Held-out fraction",
-            description="Share of each shard held out (chosen by content, the same every run) to measure "
-            "the adapter against the base model, number in [0, 0.5]; 0 trains on everything. Shards under "
-            f"10 examples train on everything. Default: {DEFAULT_EVAL_FRACTION}.",
-            section=EVALUATION,
-        )
+    # Together: off by default, because turning it on changes every trait's config hash (one paid
+    # retrain each); locally a retrain costs nothing, so held-out figures are on.
+    eval_default = DEFAULT_EVAL_FRACTION if backend == "local" else 0.0
+    where = (
+        "the held-out part is uploaded as Together's validation_file and evaluated n_evals times; "
+        "Together reports the adapter's held-out loss, not the base model's"
+        if backend == "together"
+        else "measured against the base model (and the opposite pole)"
+    )
+    params["eval_fraction"] = Param(
+        eval_default,
+        type="number",
+        minimum=0,
+        maximum=MAX_EVAL_FRACTION,
+        title="Held-out fraction",
+        description="Share of each shard held out (chosen by content, the same every run) to evaluate "
+        f"the adapter on; {where}. Number in [0, 0.5]; 0 trains on everything; shards under 10 "
+        f"examples train on everything. Changing it retrains. Default: {eval_default}.",
+        section=EVALUATION,
+    )
+    if backend == "local":  # Together reports no base-model loss to compare against
         params["min_eval_improvement"] = Param(
             None,
             type=["null", "number"],

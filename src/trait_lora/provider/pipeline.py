@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 HYPERNETWORK_ALIAS = "trait_lora_hypernetwork_data"
 
 
-def discover(params: dict[str, Any], run_id: str, backend: str) -> list[dict[str, Any]]:
+def discover(params: dict[str, Any], run_id: str, backend: str, dag_run: Any = None) -> list[dict[str, Any]]:
     """Validate every selected shard and plan it; returns what to map over (skips and dry runs excluded).
 
     The whole plan goes to ``runs/<run>/plan.json`` for ``publish``: Airflow can only map over a
@@ -37,7 +37,7 @@ def discover(params: dict[str, Any], run_id: str, backend: str) -> list[dict[str
     """
     from trait_lora.core.atomic import atomic_write_json
     from trait_lora.core.ledger import utc_now
-    from trait_lora.core.plan import plan_traits
+    from trait_lora.core.plan import forced_nonce, plan_traits
 
     try:
         config = from_mapping(config_values(params, backend), source="DAG params")
@@ -49,7 +49,9 @@ def discover(params: dict[str, Any], run_id: str, backend: str) -> list[dict[str
             config,
             traits=list(params.get("traits") or []) or None,
             force_retrain=bool(params.get("force_retrain")),
-            run_nonce=run_id,
+            run_nonce=forced_nonce(
+                run_id, getattr(dag_run, "run_type", None), getattr(dag_run, "conf", None)
+            ),
         )
     except (TraitLoraError, FileNotFoundError) as exc:
         raise AirflowFailException(str(exc)) from None

@@ -30,6 +30,8 @@ class TraitJob:
 
     plan: Mapping[str, Any]
     file_id: str | None = None
+    validation_file_id: str | None = None  # the held-out part of the shard, when it has one
+    num_validation: int = 0
     job_id: str | None = None
     status: str | None = None
     adopted: bool = False

@@ -264,7 +264,8 @@ class TogetherHook(BaseHook):
             training_file=training_file,
             model=params["model"],
             n_epochs=params["n_epochs"],
-            n_evals=0,
+            n_evals=params.get("n_evals") or 0,
+            **({"validation_file": params["validation_file"]} if params.get("validation_file") else {}),
             training_type={
                 "type": "Lora",
                 "lora_r": params["lora_r"],
@@ -355,6 +356,24 @@ class TogetherHook(BaseHook):
             if loss is not None:
                 steps.append({"step": int(step), "loss": float(loss)})
         return steps
+
+    def list_eval_losses(self, job_id: str) -> list[dict[str, Any]]:
+        """Held-out loss per evaluation as ``[{"step", "eval_loss"}]`` (a job with a validation file).
+
+        The spec only says metric rows are flat dicts of numbers; evaluation rows carry ``eval/loss``
+        (the W&B naming of ``train/loss``), which the SDK's early-stopping help calls ``eval_loss``:
+        both are read, from rows of their own or beside the training figures.
+        """
+        raw = job_to_dict(self.client.fine_tuning.list_metrics(job_id))
+        out = []
+        for row in raw.get("metrics") or raw.get("data") or []:
+            loss = row.get("eval/loss", row.get("eval_loss"))
+            step = row.get("train/global_step", row.get("eval/global_step", row.get("step")))
+            if isinstance(loss, int | float) and not isinstance(loss, bool):
+                out.append(
+                    {"step": int(step) if step is not None else len(out) + 1, "eval_loss": float(loss)}
+                )
+        return out
 
     def download_adapter(self, job_id: str, dest: Path) -> tuple[int, int | None]:
         """Stream the adapter archive to ``dest``; returns (bytes received on the wire, Content-Length).

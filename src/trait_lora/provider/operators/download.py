@@ -56,13 +56,14 @@ class TogetherDownloadOperator(TogetherStep):
                 raise AirflowFailException(f"{trait}: adapter of job {job_id} rejected: {exc}") from None
         finally:
             part.unlink(missing_ok=True)
-        metrics = self._metrics(trait, job_id)
+        metrics, evaluation = self._metrics(job, job_id)
         record = self.ledger.record_planned_adapter(
             job.plan,
             adapter_sha256=info.sha256,
             job_id=job_id,
             backend="together",
             base_model=cfg.together_model,
+            evaluation=evaluation,
         )
         self.ledger.update_job(trait, job_key=job.job_key, status="completed", downloaded=True)
         runs.clear_failure(self.out_dir, context["run_id"], trait)
@@ -77,22 +78,38 @@ class TogetherDownloadOperator(TogetherStep):
             "estimated_price": job.estimated_price,
             "total_price": job.total_price,
             "final_loss": losses[-1] if losses else None,
+            "eval": evaluation,
             "trained_at": record["trained_at"],
             "duration_s": _seconds_since(job.plan.get("planned_at")),
         }
 
-    def _metrics(self, trait: str, job_id: str) -> list[dict[str, Any]]:
+    def _metrics(self, job: Any, job_id: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """Loss per step and, with a validation file, Together's held-out figures (the last evaluation
+        is the adapter's; Together evaluates no base model, so there is no base figure)."""
         from trait_lora.core.atomic import atomic_write_json
 
+        trait = job.trait
         try:
             steps = self.hook.list_metrics(job_id)
+            evals = self.hook.list_eval_losses(job_id) if job.validation_file_id else []
         except Exception as exc:  # metrics are for the summary; never fail an installed adapter on them
             self.log.warning("%s: could not fetch metrics of %s: %s", trait, job_id, type(exc).__name__)
-            return []
+            return [], None
+        evaluation = None
+        if evals:
+            evaluation = {
+                **({"n_held_out": int(job.num_validation)} if job.num_validation else {}),
+                "base_loss": None,
+                "adapter_loss": evals[-1]["eval_loss"],
+                "improvement": None,
+                "source": "together n_evals",
+                "eval_steps": evals,
+            }
         atomic_write_json(
-            Path(self.out_dir) / METRICS_DIR / f"{trait}.json", {"job_id": job_id, "steps": steps}
+            Path(self.out_dir) / METRICS_DIR / f"{trait}.json",
+            {"job_id": job_id, "steps": steps, "eval": evaluation},
         )
-        return steps
+        return steps, evaluation
 
 
 def _seconds_since(stamp: str | None) -> float | None:

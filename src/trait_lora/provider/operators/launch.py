@@ -124,7 +124,7 @@ class TogetherLaunchOperator(TogetherStep):
 
         cfg = self.training_config
         estimate = self.hook.estimate_price(
-            training_file=str(job.file_id), params=cfg.together_create_kwargs()
+            training_file=str(job.file_id), params={**cfg.together_create_kwargs(), **evaluation_kwargs(job)}
         )
         job_budget = _as_float(self.max_job_price_usd, job.plan.get("max_job_price_usd"))
         run_budget = _as_float(self.max_run_price_usd, job.plan.get("max_run_price_usd"))
@@ -214,6 +214,7 @@ class TogetherLaunchOperator(TogetherStep):
                     suffix=job.plan["suffix"],
                     model_limits=self._limits,
                     **cfg.together_create_kwargs(),
+                    **evaluation_kwargs(job),
                 )
             except ValueError as exc:  # the SDK's own parameter checks: a retry would repeat them
                 self._release_slot(job)
@@ -251,3 +252,13 @@ def _as_float(*values: Any) -> float | None:
         if value not in (None, "", "None"):
             return float(value)
     return None
+
+
+N_EVALS = 5  # evaluations of the held-out file during training; the last one is the adapter's figure
+
+
+def evaluation_kwargs(job: TraitJob) -> dict[str, Any]:
+    """``validation_file`` + ``n_evals`` when the upload split off a held-out part, else nothing."""
+    if not job.validation_file_id:
+        return {}
+    return {"validation_file": str(job.validation_file_id), "n_evals": N_EVALS}

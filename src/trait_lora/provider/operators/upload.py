@@ -12,8 +12,12 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
+from trait_lora.core.split import split_examples, write_split_files
+from trait_lora.core.validation import iter_examples
 from trait_lora.provider.operators.base import TogetherStep
 from trait_lora.provider.records import ENDED, FILE_OK, FILE_REJECTED, FileEvent, TraitJob
+
+UPLOADS_DIR = ".uploads"  # split files (train / held-out) on their way to Together
 
 
 class TogetherUploadOperator(TogetherStep):
@@ -57,23 +61,63 @@ class TogetherUploadOperator(TogetherStep):
                 f"{trait}: {plan['shard_path']} changed since this run planned it "
                 f"(sha256 {plan['shard_sha256'][:12]} -> {report.sha256[:12]}); trigger a new run"
             )
-        uploaded = self._reusable_file(job)
-        if uploaded:
-            self.log.info("%s: reusing uploaded file %s (same sha256)", trait, uploaded["id"])
-        else:
-            self.log.info("%s: uploading %s (%d bytes)", trait, plan["shard_path"], report.size)
-            uploaded = self.hook.upload_file(Path(plan["shard_path"]))
-            self.log.info("%s: uploaded as %s", trait, uploaded["id"])
-        file_id = str(uploaded["id"])
+        cfg = self.training_config
+        split_dir = Path(self.out_dir) / UPLOADS_DIR
+        split = write_split_files(Path(plan["shard_path"]), cfg.eval_fraction, split_dir)
+        try:
+            if split is None:
+                train = self._upload(job, Path(plan["shard_path"]), report.sha256, report.size)
+                fields: dict[str, Any] = {"file_sha256": report.sha256}
+            else:
+                self.log.info(
+                    "%s: %d examples to train on, %d held out for Together's evaluation",
+                    trait,
+                    split.num_train,
+                    split.num_validation,
+                )
+                held = self._upload(job, split.validation, split.validation_sha256, None)
+                train = self._upload(job, split.train, split.train_sha256, None)
+                fields = {
+                    "file_sha256": split.train_sha256,
+                    "validation_file_id": str(held["id"]),
+                    "validation_sha256": split.validation_sha256,
+                }
+        finally:
+            if split is not None:  # derived from the shard: rewritten on a retry, never needed after
+                split.train.unlink(missing_ok=True)
+                split.validation.unlink(missing_ok=True)
+        file_id = str(train["id"])
         self.ledger.update_job(
-            trait, job_key=job.job_key, file_id=file_id, shard_sha256=report.sha256, suffix=plan["suffix"]
+            trait,
+            job_key=job.job_key,
+            file_id=file_id,
+            shard_sha256=report.sha256,
+            suffix=plan["suffix"],
+            **fields,
         )
-        return self._after_validation(job.but(file_id=file_id), uploaded)
+        job = job.but(
+            file_id=file_id,
+            validation_file_id=fields.get("validation_file_id"),
+            num_validation=split.num_validation if split else 0,
+        )
+        known = {file_id: train, **({job.validation_file_id: held} if split else {})}
+        return self._await_files(job, known)
 
-    def _reusable_file(self, job: TraitJob) -> dict[str, Any] | None:
+    def _upload(self, job: TraitJob, path: Path, sha256: str, size: int | None) -> dict[str, Any]:
+        """The file Together holds with these bytes (from the ledger), else a new upload."""
+        uploaded = self._reusable_file(job, sha256)
+        if uploaded:
+            self.log.info("%s: reusing uploaded file %s (same sha256)", job.trait, uploaded["id"])
+            return uploaded
+        self.log.info("%s: uploading %s (%d bytes)", job.trait, path, size or path.stat().st_size)
+        uploaded = self.hook.upload_file(path)
+        self.log.info("%s: uploaded as %s", job.trait, uploaded["id"])
+        return uploaded
+
+    def _reusable_file(self, job: TraitJob, sha256: str) -> dict[str, Any] | None:
         from together import NotFoundError
 
-        file_id = self.ledger.find_uploaded_file(job.plan["shard_sha256"])
+        file_id = self.ledger.find_uploaded_file(sha256)
         if not file_id:
             return None
         try:
@@ -83,48 +127,89 @@ class TogetherUploadOperator(TogetherStep):
             return None
         return found  # checked like a new upload: a file Together rejected fails the trait with its report
 
-    def _after_validation(self, job: TraitJob, found: dict[str, Any]) -> dict[str, Any]:
-        """COMPLETED: hand on. Rejected: fail with Together's report. Otherwise defer until it ends."""
+    def _await_files(self, job: TraitJob, known: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Hand on once every file is COMPLETED; fail with Together's report on a rejected one; else
+        defer until the first one still being validated ends (then come back here for the next)."""
         from trait_lora.provider.triggers.together import TogetherFileTrigger
 
-        if not found.get("processing_status"):  # not in this answer: ask for the file itself
-            found = self.hook.get_file(str(job.file_id))
-        status = str(found.get("processing_status") or FILE_OK).upper()  # none: a file not validated
-        if status == FILE_OK:
-            return job.to_xcom()
-        if status in FILE_REJECTED:
-            raise AirflowFailException(_rejection(job, status, found.get("validation_report") or {}))
-        self.log.info("%s: Together is validating file %s (%s); waiting", job.trait, job.file_id, status)
-        self.defer(
-            trigger=TogetherFileTrigger(
-                file_id=str(job.file_id),
-                trait=job.trait,
-                together_conn_id=self.together_conn_id,
-                poll_interval=self.poll_interval,
-                deadline=time.time() + self.validation_timeout,
-                max_transient_errors=self.max_transient_errors,
-            ),
-            method_name="execute_complete",
-            timeout=timedelta(seconds=self.validation_timeout + 600),
+        for file_id in [f for f in (job.validation_file_id, job.file_id) if f]:
+            found = known.get(file_id) or {}
+            if not found.get("processing_status"):  # not in this answer: ask for the file itself
+                found = self.hook.get_file(file_id)
+            status = str(found.get("processing_status") or FILE_OK).upper()  # none: not validated
+            if status == FILE_OK:
+                continue
+            if status in FILE_REJECTED:
+                raise AirflowFailException(
+                    _rejection(job, file_id, status, found.get("validation_report") or {})
+                )
+            self.log.info("%s: Together is validating file %s (%s); waiting", job.trait, file_id, status)
+            self.defer(
+                trigger=TogetherFileTrigger(
+                    file_id=file_id,
+                    trait=job.trait,
+                    together_conn_id=self.together_conn_id,
+                    poll_interval=self.poll_interval,
+                    deadline=time.time() + self.validation_timeout,
+                    max_transient_errors=self.max_transient_errors,
+                ),
+                method_name="execute_complete",
+                kwargs={
+                    "file_id": job.file_id,
+                    "validation_file_id": job.validation_file_id,
+                    "num_validation": job.num_validation,
+                },
+                timeout=timedelta(seconds=self.validation_timeout + 600),
+            )
+        return job.to_xcom()
+
+    def _uploaded(
+        self, event_file: str, file_id: str | None, validation_file_id: str | None, num_validation: int
+    ) -> TraitJob:
+        """The trait's record with its file ids after a deferral: from the defer kwargs, else from the
+        ledger, where run_step recorded them before deferring (``dag.test`` drops defer kwargs)."""
+        job = self.incoming
+        if not file_id:
+            record = self.ledger.job(job.trait) or {}
+            if record.get("job_key") == job.job_key:
+                file_id = record.get("file_id")
+                validation_file_id = record.get("validation_file_id")
+        if validation_file_id and not num_validation:
+            split = split_examples(
+                list(iter_examples(job.plan["shard_path"])), self.training_config.eval_fraction
+            )
+            num_validation = len(split.held_out)
+        return job.but(
+            file_id=file_id or event_file,
+            validation_file_id=validation_file_id,
+            num_validation=num_validation,
         )
 
-    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+    def execute_complete(
+        self,
+        context: Any,
+        event: dict[str, Any],
+        file_id: str | None = None,
+        validation_file_id: str | None = None,
+        num_validation: int = 0,
+    ) -> dict[str, Any]:
         def complete() -> dict[str, Any]:
             done = FileEvent.from_payload(event)
-            job = self.incoming.but(file_id=done.file_id)
+            job = self._uploaded(done.file_id, file_id, validation_file_id, num_validation)
             if done.outcome != ENDED:  # retried: the retry finds the file in the ledger and waits again
                 raise AirflowException(f"{job.trait}: {done.message}")
             if done.status in FILE_REJECTED:
-                raise AirflowFailException(_rejection(job, done.status, done.report))
+                raise AirflowFailException(_rejection(job, done.file_id, done.status, done.report))
             self.log.info("%s: Together validated file %s", job.trait, done.file_id)
-            return job.to_xcom()
+            return self._await_files(job, {done.file_id: {"processing_status": done.status}})
 
         return self.guard(context, complete)
 
 
-def _rejection(job: TraitJob, status: str, report: dict[str, Any]) -> str:
+def _rejection(job: TraitJob, file_id: str | None, status: str, report: dict[str, Any]) -> str:
     detail = report.get("error") or report.get("message") or "no report from Together"
+    part = " (the held-out part)" if file_id and file_id == job.validation_file_id else ""
     return (
-        f"{job.trait}: Together rejected file {job.file_id} ({status}): {detail}. Fix "
+        f"{job.trait}: Together rejected file {file_id}{part} ({status}): {detail}. Fix "
         f"{job.plan.get('shard_path')} (trait-lora validate checks it locally) and trigger again"
     )
