@@ -75,8 +75,9 @@ def test_valid_chat_shard(tmp_path):
 
 def test_prompt_completion_and_text_formats_are_valid(tmp_path):
     pc = write(tmp_path, json.dumps({"prompt": "2+2?", "completion": "4"}), name="a_plus.jsonl")
-    text = write(tmp_path, json.dumps({"text": "once upon a time"}), json.dumps({"text": "x"}),
-                 name="b_plus.jsonl")
+    text = write(
+        tmp_path, json.dumps({"text": "once upon a time"}), json.dumps({"text": "x"}), name="b_plus.jsonl"
+    )
     assert (validate_shard(pc).format, validate_shard(pc).ok) == ("prompt_completion", True)
     assert (validate_shard(text).format, validate_shard(text).num_examples) == ("text", 2)
     assert validate_shard(text).ok
@@ -92,8 +93,10 @@ def test_blank_lines_crlf_and_missing_final_newline_are_fine(tmp_path):
 
 
 def test_non_ascii_utf8_is_accepted(tmp_path):
-    path = write(tmp_path, json.dumps({"messages": [user("¿Qué tal? 日本"), assistant("Très bien 🙂")]},
-                                      ensure_ascii=False))
+    path = write(
+        tmp_path,
+        json.dumps({"messages": [user("¿Qué tal? 日本"), assistant("Très bien 🙂")]}, ensure_ascii=False),
+    )
     assert validate_shard(path).ok
 
 
@@ -111,39 +114,42 @@ def test_sha256_and_size_are_of_the_exact_file_bytes(tmp_path):
 
 # Chat-shaped and unparseable records follow a valid chat record (so they are on line 2); records of the
 # other formats stand alone (line 1), so that only the rule under test can fire.
+_BAD_CASES = [
+    (chat(user(), {"role": "bot", "content": "x"}), 2, "messages[1].role is 'bot'; use one of system"),
+    (chat(user(), {"content": "x"}), 2, "messages[1] has no 'role'"),
+    (chat(user(), {"role": "assistant"}), 2, "messages[1] has no 'content'"),
+    (chat(user(), {"role": "assistant", "content": ["x"]}), 2, "messages[1].content must be a string"),
+    (chat(user(), "hello"), 2, "messages[1] must be an object with 'role' and 'content', got string"),
+    (chat(user(), assistant(), system()), 2, "messages[2] is a system message after the conversation"),
+    (chat(system(), assistant(), user()), 2, "messages[1]: the first non-system message must be from"),
+    (chat(user("a"), user("b"), assistant()), 2, "messages[1]: two 'user' messages in a row"),
+    (chat(user(), assistant(), assistant()), 2, "messages[2]: two 'assistant' messages in a row"),
+    (chat(user()), 2, "no assistant message"),
+    (chat(system(), user()), 2, "no assistant message"),
+    (chat(user(), assistant("")), 2, "every assistant message is empty"),
+    (chat(user(), assistant("  \n "), user(), assistant("")), 2, "every assistant message is empty"),
+    (json.dumps({"messages": []}), 2, "'messages' is empty"),
+    (json.dumps({"messages": {"role": "user"}}), 2, "'messages' must be a list"),
+    (json.dumps({"input": "x", "output": "y"}), 2, "unknown record format (keys: 'input', 'output')"),
+    ("[1, 2]", 2, "expected a JSON object, got array"),
+    ('"just a string"', 2, "expected a JSON object, got string"),
+    ("null", 2, "expected a JSON object, got null"),
+    ('{"messages": [', 2, "invalid JSON at column"),
+    ("{'messages': []}", 2, "invalid JSON at column 2: Expecting property name enclosed in double"),
+    ('{"text": "a"} {"text": "b"}', 2, "invalid JSON at column 15: Extra data"),
+    ('{"text": NaN}', 2, "NaN is not valid JSON"),
+    (json.dumps({"prompt": "q"}), 1, "missing 'completion'"),
+    (json.dumps({"completion": "a"}), 1, "missing 'prompt'"),
+    (json.dumps({"prompt": "q", "completion": ""}), 1, "'completion' is empty"),
+    (json.dumps({"prompt": 3, "completion": "a"}), 1, "'prompt' must be a string, got number"),
+    (json.dumps({"text": None}), 1, "'text' must be a string, got null"),
+    (json.dumps({"text": "   "}), 1, "'text' is empty"),
+]
+
+
 @pytest.mark.parametrize(
     ("record", "line", "expected"),
-    [
-        (chat(user(), {"role": "bot", "content": "x"}), 2, "messages[1].role is 'bot'; use one of system"),
-        (chat(user(), {"content": "x"}), 2, "messages[1] has no 'role'"),
-        (chat(user(), {"role": "assistant"}), 2, "messages[1] has no 'content'"),
-        (chat(user(), {"role": "assistant", "content": ["x"]}), 2, "messages[1].content must be a string"),
-        (chat(user(), "hello"), 2, "messages[1] must be an object with 'role' and 'content', got string"),
-        (chat(user(), assistant(), system()), 2, "messages[2] is a system message after the conversation"),
-        (chat(system(), assistant(), user()), 2, "messages[1]: the first non-system message must be from"),
-        (chat(user("a"), user("b"), assistant()), 2, "messages[1]: two 'user' messages in a row"),
-        (chat(user(), assistant(), assistant()), 2, "messages[2]: two 'assistant' messages in a row"),
-        (chat(user()), 2, "no assistant message"),
-        (chat(system(), user()), 2, "no assistant message"),
-        (chat(user(), assistant("")), 2, "every assistant message is empty"),
-        (chat(user(), assistant("  \n "), user(), assistant("")), 2, "every assistant message is empty"),
-        (json.dumps({"messages": []}), 2, "'messages' is empty"),
-        (json.dumps({"messages": {"role": "user"}}), 2, "'messages' must be a list"),
-        (json.dumps({"input": "x", "output": "y"}), 2, "unknown record format (keys: 'input', 'output')"),
-        ("[1, 2]", 2, "expected a JSON object, got array"),
-        ('"just a string"', 2, "expected a JSON object, got string"),
-        ("null", 2, "expected a JSON object, got null"),
-        ('{"messages": [', 2, "invalid JSON at column"),
-        ("{'messages': []}", 2, "invalid JSON at column 2: Expecting property name enclosed in double"),
-        ('{"text": "a"} {"text": "b"}', 2, "invalid JSON at column 15: Extra data"),
-        ('{"text": NaN}', 2, "NaN is not valid JSON"),
-        (json.dumps({"prompt": "q"}), 1, "missing 'completion'"),
-        (json.dumps({"completion": "a"}), 1, "missing 'prompt'"),
-        (json.dumps({"prompt": "q", "completion": ""}), 1, "'completion' is empty"),
-        (json.dumps({"prompt": 3, "completion": "a"}), 1, "'prompt' must be a string, got number"),
-        (json.dumps({"text": None}), 1, "'text' must be a string, got null"),
-        (json.dumps({"text": "   "}), 1, "'text' is empty"),
-    ],
+    _BAD_CASES,
 )
 def test_each_bad_record_is_reported_on_its_line(tmp_path, record, line, expected):
     path = write(tmp_path, GOOD, record) if line == 2 else write(tmp_path, record)
@@ -352,10 +358,49 @@ def test_sample_readme_is_reported_as_ignored():
 def test_sample_traits_read_differently():
     # The plus and minus shards of an axis must not share assistant text, or there is nothing to learn.
     def replies(trait):
-        return {m["content"] for ex in iter_examples(SAMPLES / f"{trait}.jsonl")
-                for m in ex["messages"] if m["role"] == "assistant"}
+        return {
+            m["content"]
+            for ex in iter_examples(SAMPLES / f"{trait}.jsonl")
+            for m in ex["messages"]
+            if m["role"] == "assistant"
+        }
 
     for axis in ("wisdom", "intellect", "joy", "neuroticism"):
         plus, minus = replies(f"{axis}_plus"), replies(f"{axis}_minus")
         assert not plus & minus, axis
         assert len(plus) > 40 and len(minus) > 40, "replies should be varied, not a handful repeated"
+
+
+BAD_RECORDS = [case[0] for case in _BAD_CASES]
+
+
+def test_the_msgspec_fast_path_reports_exactly_what_the_json_path_reports(tmp_path, monkeypatch):
+    """Every bad record of the corpus, plus edge cases only a second parser could disagree on, in one
+    shard: the report (every path:line: message, format, count, sha256) is identical with msgspec's
+    fast path and with plain ``json`` alone."""
+    from trait_lora.core import validation
+
+    extra = [
+        '{"text": "x\tliteral tab"}'.replace("\\t", "\t"),
+        '{"text": 1e400}',
+        '{"text": "a", "text": "dup key"}',
+        '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "w": 1}]}',
+        '\ufeff{"text": "bom"}',
+        '{"messages": [{"role": "user", "content": "\\ud800"}, {"role": "assistant", "content": "a"}]}',
+        "   ",
+        '{"text": "x"}   ',
+    ]
+    lines = [GOOD, *BAD_RECORDS, *extra, GOOD]
+    path = tmp_path / "joy_plus.jsonl"
+    path.write_bytes("\n".join(lines).encode() + b"\n\xff\xfe\n")
+    fast = validate_shard(path, max_problems=1000)
+    monkeypatch.setattr(validation, "_FAST_DECODE", None)
+    slow = validate_shard(path, max_problems=1000)
+    assert [str(p) for p in fast.problems] == [str(p) for p in slow.problems]
+    assert (fast.format, fast.num_examples, fast.sha256, fast.size) == (
+        slow.format,
+        slow.num_examples,
+        slow.sha256,
+        slow.size,
+    )
+    assert len(slow.problems) >= len(BAD_RECORDS)
