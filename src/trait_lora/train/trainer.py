@@ -17,7 +17,6 @@ over it at the end, so a crash never leaves something that looks like an adapter
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -44,6 +43,7 @@ from transformers import (
 
 from trait_lora.core.atomic import fsync_dir
 from trait_lora.core.config import TrainingConfig
+from trait_lora.core.keys import sha256_file
 from trait_lora.core.split import split_examples
 from trait_lora.core.validation import ShardReport, iter_examples, require_valid
 from trait_lora.train import ModelLoadError, TrainInputError
@@ -194,14 +194,6 @@ def _device(gpu: bool) -> tuple[str, str]:
     if gpu:
         return "cuda", torch.cuda.get_device_name(0)
     return "cpu", f"{torch.get_num_threads()} threads"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _publish(staging: Path, out: Path) -> None:
@@ -415,7 +407,7 @@ def train_adapter(
             "config_hash": config.config_hash(),
         }
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        digest = _sha256(staging / "adapter_model.safetensors")
+        digest = sha256_file(staging / "adapter_model.safetensors")
         # mkdtemp and safetensors make files private; an adapter is meant to be read by others.
         os.chmod(staging, 0o755)
         for name in os.listdir(staging):
