@@ -1,5 +1,7 @@
 """A `dag.test` run of trait_lora_together with N traits (default 200) against the fake, jobs instant.
 
+Usage: python bench/bench_dag_scale.py [--traits N]   (or BENCH_TRAITS=N; Airflow maps at most 1024)
+
 Prints wall time, per-trait overhead and peak RSS of the run (Airflow in-process, SQLite), then the
 same for a rerun where every trait is skipped. Figures only; no asserts.
 """
@@ -106,4 +108,6 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2], sys.argv[3])
     else:
+        if len(sys.argv) > 2 and sys.argv[1] == "--traits":
+            N = int(sys.argv[2])
         main()
