@@ -334,6 +334,87 @@ def _user_exists(name: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
+# Redis (the Celery broker)
+# --------------------------------------------------------------------------------------------------
+
+
+def ensure_redis_server() -> str:
+    """``redis-server`` on PATH, installed from Debian's packages when missing and we are root."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise RuntimeError(
+            "Redis is not installed (no redis-server) and this process cannot install it: "
+            "run `apt-get install -y redis-server` (Debian/Ubuntu) and retry"
+        )
+    log("Redis missing: apt-get install -y redis-server")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "redis-server"], check=True, env=env
+    )
+    found = shutil.which("redis-server")
+    if not found:
+        raise RuntimeError("apt-get installed redis-server but it is not on PATH")
+    return found
+
+
+class Redis:
+    """A private, non-persistent Redis on a free loopback port: the Celery broker of one session."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.binary = ensure_redis_server()
+        self.root = Path(tempfile.mkdtemp(prefix="trait-lora-redis-"))
+        self.port = free_port()
+        self.proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = start_proc(
+            "redis",
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.root),
+                "--protected-mode",
+                "no",
+            ],
+            self.log_dir,
+            cwd=self.root,
+        )
+
+        def ready() -> bool:
+            if not self.proc or not self.proc.alive:
+                raise RuntimeError(
+                    "redis-server exited:\n" + tail(self.proc.log_path if self.proc else Path())
+                )
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+
+        wait_for("Redis to answer PING", ready, timeout=30, interval=0.2)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop(timeout=10)
+            self.proc = None
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
 # The fake Together server (own process)
 # --------------------------------------------------------------------------------------------------
 
@@ -418,7 +499,11 @@ class LiveDeployment:
         output_dir: Path,
         poll_seconds: float = 1.0,
         extra_env: dict[str, str] | None = None,
+        celery_workers: tuple[str, ...] = (),
+        worker_concurrency: int = 2,
     ) -> None:
+        """``celery_workers`` (names) switches the executor to Celery with Redis as the broker and
+        starts one ``airflow celery worker`` per name (see ``start_worker``); else LocalExecutor."""
         self.workdir = Path(workdir)
         self.log_dir = self.workdir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -431,6 +516,9 @@ class LiveDeployment:
         self.shards_dir = Path(shards_dir)
         self.output_dir = Path(output_dir)
         self.extra_env = dict(extra_env or {})
+        self.celery_workers = tuple(celery_workers)
+        self.worker_concurrency = worker_concurrency
+        self.redis: Redis | None = None
         self.traits: list[str] = sorted(p.stem for p in self.shards_dir.glob("*.jsonl"))
         self.api_port = free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
@@ -462,6 +550,10 @@ class LiveDeployment:
         with self.timings.measure("postgres (install check + initdb + start)"):
             self.postgres = Postgres(self.log_dir)
             self.postgres.start()
+        if self.celery_workers:
+            with self.timings.measure("redis (install check + start)"):
+                self.redis = Redis(self.log_dir)
+                self.redis.start()
         with self.timings.measure("fake Together start"):
             self.fake = FakeProcess(self.log_dir, self.job_seconds)
             self.fake.start()
@@ -482,6 +574,10 @@ class LiveDeployment:
                 self.start_component(component)
             wait_for("the API server", self._api_ready, timeout=180, interval=1)
             wait_for(f"DAG {DAG_ID} to be parsed", self._dag_ready, timeout=180, interval=1)
+            for worker in self.celery_workers:
+                self.start_worker(worker)
+            if self.celery_workers:
+                wait_for("every Celery worker to answer a ping", self._workers_ready, timeout=120, interval=1)
             self.unpause(DAG_ID)
         self.timings.marks["deployment start (total)"] = time.monotonic() - started
         log(f"deployment up in {self.timings.marks['deployment start (total)']:.1f} s at {self.api_url}")
@@ -494,6 +590,73 @@ class LiveDeployment:
         self.procs[component] = proc
         log(f"started {component} (pid {proc.popen.pid})")
         return proc
+
+    def worker_dir(self, worker: str) -> Path:
+        return self.workdir / "machines" / worker
+
+    def start_worker(self, worker: str) -> Proc:
+        """``airflow celery worker`` as if on a machine of its own, sharing only the outputs volume.
+
+        Its own working directory, ``HOME``, ``TMPDIR`` and ``AIRFLOW_HOME`` (so its logs and any
+        scratch file stay on its "machine"), its own Celery node name, and the hostname it reports for
+        the task instances it runs (``[core] hostname_callable``): two processes on one host would
+        otherwise both report this host's name. The code (the installed package and ``dags/``) and the
+        shards are the same on both, as they would be in one image.
+        """
+        root = self.worker_dir(worker)
+        home = root / "home"
+        for sub in (home, root / "tmp", root / "airflow_home"):
+            sub.mkdir(parents=True, exist_ok=True)
+        env = {
+            **self.env,
+            "HOME": str(home),
+            "TMPDIR": str(root / "tmp"),
+            "AIRFLOW_HOME": str(root / "airflow_home"),
+            "PYTHONPATH": str(REPO),  # for the hostname callable below (a test helper, not product code)
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.e2e.worker_host.hostname",
+            "TRAIT_LORA_E2E_HOSTNAME": worker,
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+        }
+        argv = [
+            str(VENV_BIN / "airflow"),
+            "celery",
+            "worker",
+            "--celery-hostname",
+            f"{worker}@e2e",
+            "--concurrency",
+            str(self.worker_concurrency),
+            "--without-gossip",
+            "--without-mingle",
+        ]
+        proc = start_proc(f"worker-{worker}", argv, self.log_dir, env=env, cwd=root)
+        self.procs[f"worker-{worker}"] = proc
+        log(f"started Celery worker {worker} (pid {proc.popen.pid}) in {root}")
+        return proc
+
+    def _workers_ready(self) -> bool:
+        """Every worker answers ``celery inspect ping`` (it has connected to the broker)."""
+        for worker in self.celery_workers:
+            proc = self.procs.get(f"worker-{worker}")
+            if proc is not None and not proc.alive:
+                raise RuntimeError(
+                    f"worker {worker} exited ({proc.popen.returncode}):\n{tail(proc.log_path)}"
+                )
+        result = subprocess.run(
+            [
+                str(VENV_BIN / "celery"),
+                "--app",
+                "airflow.providers.celery.executors.celery_executor.app",
+                "inspect",
+                "ping",
+                "--timeout",
+                "3",
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            cwd=self.workdir,
+        )
+        return all(f"{w}@e2e" in result.stdout for w in self.celery_workers)
 
     def stop_component(self, component: str, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
         """Stop one component: SIGTERM is a graceful stop; SIGKILL is a crash (kills its process group)."""
@@ -516,12 +679,13 @@ class LiveDeployment:
         if self._db is not None:
             with contextlib.suppress(Exception):
                 self._db.close()
-        for component in ("triggerer", "scheduler", "dag-processor", "api-server"):
+        workers = [name for name in self.procs if name.startswith("worker-")]
+        for component in (*workers, "triggerer", "scheduler", "dag-processor", "api-server"):
             proc = self.procs.pop(component, None)
             if proc is not None:
                 with contextlib.suppress(Exception):
                     proc.stop(timeout=30)
-        for service in (self.fake, self.postgres):
+        for service in (self.fake, self.redis, self.postgres):
             if service is not None:
                 with contextlib.suppress(Exception):
                     service.stop()
@@ -553,7 +717,11 @@ class LiveDeployment:
             return total
 
         out = {name: tree(proc.popen.pid) for name, proc in self.procs.items()}
-        for name, service in (("postgres", self.postgres), ("fake_together", self.fake)):
+        for name, service in (
+            ("postgres", self.postgres),
+            ("fake_together", self.fake),
+            ("redis", self.redis),
+        ):
             proc = getattr(service, "proc", None)
             if proc is not None:
                 out[name] = tree(proc.popen.pid)
@@ -576,7 +744,7 @@ class LiveDeployment:
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor" if self.celery_workers else "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
             "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "1024",
             # Paused at creation: only the DAG under test is unpaused (other DAG files in dags/ stay idle).
@@ -612,6 +780,14 @@ class LiveDeployment:
             "TRAIT_LORA_STAGGER_SECONDS": "0",
             "TRAIT_LORA_RETRY_DELAY_SECONDS": "2",
         }
+        if self.redis is not None:
+            env.update(
+                {
+                    "AIRFLOW__CELERY__BROKER_URL": self.redis.url,
+                    "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + self.postgres.url.replace("+psycopg2", ""),
+                    "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
+                }
+            )
         env.update(self.extra_env)
         return env
 
@@ -677,14 +853,23 @@ class LiveDeployment:
         return response.json()
 
     # -- metadata DB (cheap sampling, no load on the API server) ----------------------------------
-    def ti_states(self, run_id: str) -> list[tuple[str, int, str | None]]:
+    @property
+    def db(self) -> Any:
         import psycopg2
 
         assert self.postgres is not None
         if self._db is None:
             self._db = psycopg2.connect(**self.postgres.dsn())
             self._db.autocommit = True
-        with self._db.cursor() as cur:
+        return self._db
+
+    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        with self.db.cursor() as cur:
+            cur.execute(sql, args)
+            return list(cur.fetchall())
+
+    def ti_states(self, run_id: str) -> list[tuple[str, int, str | None]]:
+        with self.db.cursor() as cur:
             cur.execute(
                 "SELECT task_id, map_index, state FROM task_instance WHERE dag_id = %s AND run_id = %s",
                 (DAG_ID, run_id),
