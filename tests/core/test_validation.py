@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from trait_lora.core.errors import ShardError
+from trait_lora.core.record_rules import FORMATS
 from trait_lora.core.shards import discover_shards
 from trait_lora.core.validation import (
-    FORMATS,
     Problem,
     iter_examples,
     require_valid,
@@ -404,3 +404,70 @@ def test_the_msgspec_fast_path_reports_exactly_what_the_json_path_reports(tmp_pa
         slow.size,
     )
     assert len(slow.problems) >= len(BAD_RECORDS)
+
+
+def _corpus_shard(tmp_path: Path) -> Path:
+    lines = [GOOD, *BAD_RECORDS, '{"text": "a text record among chat ones"}', "   ", GOOD, GOOD]
+    path = tmp_path / "joy_plus.jsonl"
+    path.write_bytes("\n".join(lines).encode() + b"\n\xff\xfe\n" + GOOD.encode() + b"\n")
+    return path
+
+
+def _as_tuple(report):
+    return (
+        [str(p) for p in report.problems],
+        report.more_problems,
+        report.format,
+        report.num_examples,
+        report.sha256,
+        report.size,
+    )
+
+
+@pytest.mark.parametrize("max_problems", [1000, 3])
+def test_a_split_check_reports_exactly_what_one_pass_reports_wherever_it_splits(tmp_path, max_problems):
+    """The second process's findings are renumbered and merged (or redone here when they depend on the
+    first part's format): at every line start, the report is the one-pass report."""
+    path = _corpus_shard(tmp_path)
+    whole = validate_shard(path, max_problems=max_problems)
+    assert whole.total_problems >= len(BAD_RECORDS)
+    data = path.read_bytes()
+    starts = [i + 1 for i, byte in enumerate(data) if byte == ord("\n") and i + 1 < len(data)]
+    for split in starts:
+        assert _as_tuple(validate_shard(path, max_problems=max_problems, split_at=split)) == _as_tuple(
+            whole
+        ), f"split at byte {split}"
+
+
+def test_a_large_shard_is_checked_by_two_processes_and_a_failed_child_costs_nothing(tmp_path, monkeypatch):
+    from trait_lora.core import validation, validation_child
+
+    path = tmp_path / "joy_plus.jsonl"
+    path.write_text("\n".join([GOOD] * 400) + "\n")
+    whole = validate_shard(path)
+    merged: list[bool] = []
+    real_result = validation_child.Child.result
+
+    def spy(self):
+        value = real_result(self)
+        merged.append(value is not None)
+        return value
+
+    monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(validation_child.Child, "result", spy)
+    split = validate_shard(path)
+    assert merged == [True], "the second process did not check the rest"
+    assert _as_tuple(split) == _as_tuple(whole) and split.ok and split.num_examples == 400
+
+    # A child that cannot start (or crashes, or prints garbage): the rest is checked here instead.
+    monkeypatch.setattr(validation, "start_child", lambda *a: validation_child.Child(None))
+    assert _as_tuple(validate_shard(path)) == _as_tuple(whole)
+    broken = path.read_bytes().replace(b'"assistant"', b'"assistent"', 1)
+    (tmp_path / "bad").mkdir()
+    bad = tmp_path / "bad" / "joy_plus.jsonl"
+    bad.write_bytes(broken[: len(broken) // 2] + broken[len(broken) // 2 :].replace(b"user", b"usr", 1))
+    monkeypatch.undo()
+    one_pass = _as_tuple(validate_shard(bad, max_problems=1000))  # small: one process
+    assert len(one_pass[0]) == 2, one_pass[0]
+    monkeypatch.setattr(validation, "PARALLEL_MIN_BYTES", 0)
+    assert _as_tuple(validate_shard(bad, max_problems=1000)) == one_pass

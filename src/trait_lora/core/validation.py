@@ -16,16 +16,20 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from trait_lora.core.errors import ShardError
-
-FORMATS = ("chat", "prompt_completion", "text")
-ROLES = ("system", "user", "assistant")
-_ROLE_LIST = ", ".join(ROLES)
+from trait_lora.core.record_rules import (
+    FORMAT_HELP,
+    check_record,
+    detect_format,
+    short,
+    type_name,
+)
+from trait_lora.core.validation_child import start_child
 
 # 8 MiB of JSON is ~2M tokens, an order of magnitude past Llama-3.1's 128K context: no real example is
 # that long, and capping here keeps the worst case (bytes + decoded str + parsed objects) under 100 MB.
@@ -33,11 +37,10 @@ MAX_LINE_BYTES = 8 << 20
 READ_BUFFER = 4 << 20  # large reads keep syscalls rare; readline then slices lines out of the buffer
 SKIP_CHUNK = 1 << 20  # how much of an over-long line is read at a time while skipping it
 DEFAULT_MAX_PROBLEMS = 50
-
-FORMAT_HELP = (
-    'each line must be one of: {"messages": [{"role": ..., "content": ...}, ...]} (chat), '
-    '{"prompt": ..., "completion": ...} (prompt_completion) or {"text": ...} (text)'
-)
+# From this size a second process checks the rest of the file (its start-up, ~0.1 s, then pays off).
+PARALLEL_MIN_BYTES = 64 << 20
+# This process also hashes the whole file, so it checks a little less than half.
+MAIN_SHARE = 0.45
 
 
 @dataclass(frozen=True)
@@ -150,135 +153,166 @@ def _fast_parse(line: bytes) -> Any:
         return _REFUSED
 
 
-def _short(value: Any, limit: int = 40) -> str:
-    """A repr fit for an error line: a 1 MB bogus role must not become a 1 MB message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+@dataclass
+class _Scan:
+    """Where a pass over (part of) a shard stands; line numbers and sizes count from where it began."""
+
+    found: _Collector
+    fmt: str | None = None  # set by the first record of a known format
+    fmt_line: int = 0
+    records: int = 0
+    size: int = 0
+    lineno: int = 0
+    mismatches: int = 0  # "<kind> record in a <fmt> file" problems: they cite fmt_line
 
 
-def _type_name(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(value), "number" if isinstance(value, int | float) else type(value).__name__
-    )
-
-
-def _detect_format(record: dict[str, Any]) -> str | None:
-    if "messages" in record:
-        return "chat"
-    if "prompt" in record or "completion" in record:
-        return "prompt_completion"
-    if "text" in record:
-        return "text"
-    return None
-
-
-def _nonempty_str(record: dict[str, Any], key: str) -> str | None:
-    """The problem with ``record[key]`` as a training string, or None when it is fine."""
-    if key not in record:
-        return f"missing {key!r}: add a non-empty string"
-    value = record[key]
-    if not isinstance(value, str):
-        return f"{key!r} must be a string, got {_type_name(value)}"
-    if not value.strip():
-        return f"{key!r} is empty: give it some text"
-    return None
-
-
-def _check_chat(messages: Any) -> list[str]:
-    """Every rule a chat record breaks; ordering is only judged between turns with a known role.
-
-    This runs once per record of a possibly huge file, so the well-formed path does no string building.
-    """
-    if type(messages) is not list:
-        return [f"'messages' must be a list of {{role, content}} objects, got {_type_name(messages)}"]
-    if not messages:
-        return ["'messages' is empty: add a user turn and an assistant reply"]
-    out: list[str] = []
-    previous: str | None = None  # role of the last user/assistant turn; "?" after an unreadable one
-    broken = False  # some message has no usable role or content
-    assistant_seen = False
-    answered = False
-    for i, msg in enumerate(messages):
-        if type(msg) is not dict:
-            out.append(f"messages[{i}] must be an object with 'role' and 'content', got {_type_name(msg)}")
-            previous, broken = "?", True
-            continue
-        role = msg.get("role")
-        content = msg.get("content")
-        if type(content) is not str:
-            broken = True
-            if "content" not in msg:
-                out.append(f"messages[{i}] has no 'content': add the message text as a string")
-            else:
-                out.append(f"messages[{i}].content must be a string, got {_type_name(content)}")
-        if role == "user":
-            if previous == "user":
-                out.append(f"messages[{i}]: two 'user' messages in a row; user and assistant must alternate")
-            previous = "user"
-        elif role == "assistant":
-            if previous is None:
-                out.append(
-                    f"messages[{i}]: the first non-system message must be from 'user', got 'assistant'"
-                )
-            elif previous == "assistant":
-                out.append(
-                    f"messages[{i}]: two 'assistant' messages in a row; user and assistant must alternate"
-                )
-            previous = "assistant"
-            assistant_seen = True
-            if not answered and type(content) is str and content and not content.isspace():
-                answered = True
-        elif role == "system":
-            if previous is not None:
-                out.append(
-                    f"messages[{i}] is a system message after the conversation started; "
-                    "move system messages to the start"
-                )
-        else:
-            if "role" not in msg:
-                out.append(f"messages[{i}] has no 'role': use one of {_ROLE_LIST}")
-            else:
-                out.append(f"messages[{i}].role is {_short(role)}; use one of {_ROLE_LIST}")
-            previous, broken = "?", True
-    if broken:
-        # A broken message may well be the missing reply (a misspelt role, say): don't pile on guesses.
-        return out
-    if not assistant_seen:
-        out.append("no assistant message: add at least one assistant reply to train on")
-    elif not answered:
-        out.append("every assistant message is empty: at least one reply needs text to train on")
-    return out
-
-
-def _check_record(fmt: str, record: dict[str, Any]) -> list[str]:
-    if fmt == "chat":
-        return _check_chat(record["messages"])
-    keys = ("prompt", "completion") if fmt == "prompt_completion" else ("text",)
-    return [p for p in (_nonempty_str(record, k) for k in keys) if p is not None]
-
-
-def _check_parsed(
-    record: Any, lineno: int, found: _Collector, fmt: str | None, fmt_line: int
-) -> tuple[str | None, int]:
-    """Check one parsed line; returns the file's format (set by its first record) and that line."""
+def _check_parsed(record: Any, scan: _Scan) -> None:
+    """Check one parsed line; the file's format is set by its first record."""
+    lineno, found = scan.lineno, scan.found
     if not isinstance(record, dict):
-        found.add(lineno, f"expected a JSON object, got {_type_name(record)}; {FORMAT_HELP}")
-        return fmt, fmt_line
-    kind = _detect_format(record)
+        found.add(lineno, f"expected a JSON object, got {type_name(record)}; {FORMAT_HELP}")
+        return
+    kind = detect_format(record)
     if kind is None:
-        keys = ", ".join(_short(k) for k in list(record)[:5]) or "none"
+        keys = ", ".join(short(k) for k in list(record)[:5]) or "none"
         found.add(lineno, f"unknown record format (keys: {keys}); {FORMAT_HELP}")
-        return fmt, fmt_line
-    if fmt is None:
-        fmt, fmt_line = kind, lineno
-    elif kind != fmt:
+        return
+    if scan.fmt is None:
+        scan.fmt, scan.fmt_line = kind, lineno
+    elif kind != scan.fmt:
+        scan.mismatches += 1
         found.add(
-            lineno, f"{kind} record in a {fmt} file (format set by line {fmt_line}); use one format per file"
+            lineno,
+            f"{kind} record in a {scan.fmt} file (format set by line {scan.fmt_line}); "
+            "use one format per file",
         )
-        return fmt, fmt_line
-    for message in _check_record(kind, record):
+        return
+    for message in check_record(kind, record):
         found.add(lineno, message)
-    return fmt, fmt_line
+
+
+def _scan(
+    fh: BinaryIO,
+    scan: _Scan,
+    *,
+    limit: int | None,
+    update: Callable[[bytes], Any] | None,
+    max_line_bytes: int,
+) -> None:
+    """Read, (optionally) hash and check lines from ``fh``'s position until ``limit`` bytes or EOF.
+
+    ``limit`` always falls on a line start, so the last line read ends exactly there.
+    """
+    readline = fh.readline
+    found = scan.found
+    while (limit is None or scan.size < limit) and (line := readline(max_line_bytes + 1)):
+        scan.lineno += 1
+        scan.size += len(line)
+        if update is not None:
+            update(line)
+        if len(line) > max_line_bytes and not line.endswith(b"\n"):
+            # Hash the rest of the line in bounded pieces instead of reading it whole.
+            length = len(line)
+            while not line.endswith(b"\n") and (line := readline(SKIP_CHUNK)):
+                length += len(line)
+                scan.size += len(line)
+                if update is not None:
+                    update(line)
+            scan.records += 1
+            found.add(
+                scan.lineno,
+                f"line is {length} bytes, over the {max_line_bytes}-byte limit for one "
+                "example; split or shorten it",
+            )
+            continue
+        if line.isspace():
+            continue
+        scan.records += 1
+        record = _fast_parse(line)
+        if record is not _REFUSED:
+            _check_parsed(record, scan)
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            found.add(
+                scan.lineno,
+                f"not valid UTF-8 (byte {exc.start + 1} of the line is "
+                f"0x{line[exc.start]:02x}); save the file as UTF-8",
+            )
+            continue
+        try:
+            record = _parse_line(text)
+        except json.JSONDecodeError as exc:
+            if text.startswith("\ufeff"):
+                found.add(
+                    scan.lineno,
+                    "line starts with a UTF-8 byte-order mark; save the file as UTF-8 without BOM",
+                )
+            else:
+                found.add(scan.lineno, f"invalid JSON at column {exc.colno}: {exc.msg}")
+            continue
+        except (ValueError, RecursionError) as exc:
+            found.add(scan.lineno, f"invalid JSON: {exc}")
+            continue
+        _check_parsed(record, scan)
+
+
+def scan_range(path: Path, start: int, max_problems: int, max_line_bytes: int) -> dict[str, Any]:
+    """Check the lines from byte ``start`` (a line start) to EOF, without hashing: the second half of a
+    parallel pass (:mod:`trait_lora.core.validation_child`). Plain JSON, line numbers from ``start``."""
+    scan = _Scan(_Collector(path, max_problems))
+    with open(path, "rb", buffering=READ_BUFFER) as fh:
+        fh.seek(start)
+        _scan(fh, scan, limit=None, update=None, max_line_bytes=max_line_bytes)
+    return {
+        "fmt": scan.fmt,
+        "fmt_line": scan.fmt_line,
+        "records": scan.records,
+        "size": scan.size,
+        "lineno": scan.lineno,
+        "mismatches": scan.mismatches,
+        "problems": [[p.line, p.message] for p in scan.found.problems],
+        "more": scan.found.more,
+    }
+
+
+def _merge(scan: _Scan, tail: dict[str, Any]) -> bool:
+    """Append the second half's findings, renumbered; False when they depend on the first half.
+
+    The child started without knowing the file's format: its results stand only if it judged no record
+    against a format (mismatch messages cite the line that set it) and its format agrees with ours.
+    """
+    if tail["mismatches"] or (scan.fmt is not None and tail["fmt"] not in (None, scan.fmt)):
+        return False
+    base = scan.lineno
+    if scan.fmt is None and tail["fmt"] is not None:
+        scan.fmt, scan.fmt_line = tail["fmt"], base + tail["fmt_line"]
+    for line, message in tail["problems"]:
+        scan.found.add(base + line, message)
+    scan.found.more += tail["more"]
+    scan.records += tail["records"]
+    scan.lineno += tail["lineno"]
+    return True
+
+
+def _split_point(fh: BinaryIO, total: int, max_line_bytes: int) -> int | None:
+    """Where a second process takes over: the first line start after MAIN_SHARE of the file, or None
+    (small file, one CPU, or no line end within reach of the target)."""
+    if total < PARALLEL_MIN_BYTES or (os.cpu_count() or 1) < 2:
+        return None
+    target = int(total * MAIN_SHARE)
+    fh.seek(target)
+    scanned = 0
+    while scanned <= max_line_bytes and (chunk := fh.read(1 << 16)):
+        newline = chunk.find(b"\n")
+        if newline >= 0:
+            split = target + scanned + newline + 1
+            fh.seek(0)
+            return split if split < total else None
+        scanned += len(chunk)
+    fh.seek(0)
+    return None
 
 
 def validate_shard(
@@ -286,78 +320,50 @@ def validate_shard(
     max_problems: int = DEFAULT_MAX_PROBLEMS,
     *,
     max_line_bytes: int = MAX_LINE_BYTES,
+    split_at: int | None = None,
 ) -> ShardReport:
-    """Check a shard and hash its bytes in one streaming pass; collects every problem up to the cap."""
+    """Check a shard and hash its bytes in one streaming pass; collects every problem up to the cap.
+
+    A large shard is checked by two processes: this one hashes the whole file and checks its first part
+    while a child (:mod:`trait_lora.core.validation_child`) checks the rest; parsing, not hashing, is
+    the bound, so this roughly halves the wall time on two cores. The report is identical either way
+    (the child's findings are renumbered, or the rest is checked here when they cannot be). ``split_at``
+    (a line start) forces the split, for tests.
+    """
     shard = Path(path)
     digest = hashlib.sha256()
-    found = _Collector(shard, max_problems)
-    fmt: str | None = None
-    fmt_line = 0
-    records = 0
-    size = 0
-    lineno = 0
+    scan = _Scan(_Collector(shard, max_problems))
     with open(shard, "rb", buffering=READ_BUFFER) as fh:
-        readline = fh.readline
-        update = digest.update
-        while line := readline(max_line_bytes + 1):
-            lineno += 1
-            size += len(line)
-            update(line)
-            if len(line) > max_line_bytes and not line.endswith(b"\n"):
-                # Hash the rest of the line in bounded pieces instead of reading it whole.
-                length = len(line)
-                while not line.endswith(b"\n") and (line := readline(SKIP_CHUNK)):
-                    length += len(line)
-                    size += len(line)
-                    update(line)
-                records += 1
-                found.add(
-                    lineno,
-                    f"line is {length} bytes, over the {max_line_bytes}-byte limit for one "
-                    "example; split or shorten it",
-                )
-                continue
-            if line.isspace():
-                continue
-            records += 1
-            record = _fast_parse(line)
-            if record is not _REFUSED:
-                fmt, fmt_line = _check_parsed(record, lineno, found, fmt, fmt_line)
-                continue
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                found.add(
-                    lineno,
-                    f"not valid UTF-8 (byte {exc.start + 1} of the line is "
-                    f"0x{line[exc.start]:02x}); save the file as UTF-8",
-                )
-                continue
-            try:
-                record = _parse_line(text)
-            except json.JSONDecodeError as exc:
-                if text.startswith("\ufeff"):
-                    found.add(
-                        lineno, "line starts with a UTF-8 byte-order mark; save the file as UTF-8 without BOM"
-                    )
+        total = os.fstat(fh.fileno()).st_size
+        split = split_at if split_at is not None else _split_point(fh, total, max_line_bytes)
+        child = start_child(shard, split, max_problems, max_line_bytes) if split else None
+        try:
+            _scan(fh, scan, limit=split, update=digest.update, max_line_bytes=max_line_bytes)
+            if split:
+                rest = 0
+                while block := fh.read(READ_BUFFER):  # hashing runs at disk speed; the child parses
+                    digest.update(block)
+                    rest += len(block)
+                tail = child.result() if child is not None else None
+                if tail is not None and tail["size"] == rest and _merge(scan, tail):
+                    scan.size += rest
                 else:
-                    found.add(lineno, f"invalid JSON at column {exc.colno}: {exc.msg}")
-                continue
-            except (ValueError, RecursionError) as exc:
-                found.add(lineno, f"invalid JSON: {exc}")
-                continue
-            fmt, fmt_line = _check_parsed(record, lineno, found, fmt, fmt_line)
-    if records == 0:
-        what = "empty" if size == 0 else "only blank lines"
-        found.add(1, f"file is {what}: a shard needs at least one example")
+                    fh.seek(scan.size)
+                    _scan(fh, scan, limit=None, update=None, max_line_bytes=max_line_bytes)
+        finally:
+            if child is not None:
+                child.close()
+    if scan.records == 0:
+        what = "empty" if scan.size == 0 else "only blank lines"
+        scan.found.add(1, f"file is {what}: a shard needs at least one example")
     return ShardReport(
         path=shard,
-        format=fmt,
-        num_examples=records,
+        format=scan.fmt,
+        num_examples=scan.records,
         sha256=digest.hexdigest(),
-        size=size,
-        problems=found.problems,
-        more_problems=found.more,
+        size=scan.size,
+        problems=scan.found.problems,
+        more_problems=scan.found.more,
     )
 
 
@@ -394,6 +400,6 @@ def iter_examples(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
             if not isinstance(record, dict):
                 raise ShardError(
                     f"{shard}:{lineno}: expected a JSON object; validate the shard before training",
-                    problems=[f"{shard}:{lineno}: expected a JSON object, got {_type_name(record)}"],
+                    problems=[f"{shard}:{lineno}: expected a JSON object, got {type_name(record)}"],
                 )
             yield record
