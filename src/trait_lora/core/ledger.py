@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,22 @@ def read_json_object(path: Path, *, what: str) -> dict[str, Any]:
     return data
 
 
+@dataclass(frozen=True)
+class LedgerView:
+    """Both ledgers as read once: planning N traits asks about each of them, and re-reading the files
+    per trait would parse O(N) bytes N times (seconds at a thousand traits)."""
+
+    output_dir: Path
+    jobs: Mapping[str, Record]
+    hashes: Mapping[str, Record]
+
+    def job(self, trait: str) -> Record | None:
+        return self.jobs.get(trait)
+
+    def hash_record(self, trait: str) -> Record | None:
+        return self.hashes.get(trait)
+
+
 class Ledger:
     """Both ledger files of one output directory."""
 
@@ -99,6 +116,10 @@ class Ledger:
 
     def hashes(self) -> dict[str, Record]:
         return read_json_object(self.hashes_path, what="hash ledger")
+
+    def view(self) -> LedgerView:
+        """A snapshot for read-only decisions; anything that writes reads again under the lock."""
+        return LedgerView(self.output_dir, self.jobs(), self.hashes())
 
     def job(self, trait: str) -> Record | None:
         return self.jobs().get(trait)

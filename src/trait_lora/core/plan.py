@@ -15,7 +15,7 @@ from trait_lora.core.config import TrainingConfig
 from trait_lora.core.errors import AdapterError
 from trait_lora.core.job_status import JobStatus
 from trait_lora.core.keys import job_key, job_suffix, sha256_json
-from trait_lora.core.ledger import Ledger
+from trait_lora.core.ledger import Ledger, LedgerView
 from trait_lora.core.shards import Discovery, discover_shards
 from trait_lora.core.validation import validate_shard
 
@@ -49,7 +49,7 @@ def decide(
     shard_sha256: str,
     config: TrainingConfig,
     key: str,
-    ledger: Ledger,
+    ledger: Ledger | LedgerView,
     force_retrain: bool,
 ) -> tuple[str, str, str | None]:
     """(action, reason, job id to resume) for one valid shard.
@@ -79,7 +79,7 @@ def decide(
 
 
 def _why_not_skip(
-    trait: str, shard_sha256: str, config: TrainingConfig, config_hash: str, ledger: Ledger
+    trait: str, shard_sha256: str, config: TrainingConfig, config_hash: str, ledger: Ledger | LedgerView
 ) -> str | None:
     record = ledger.hash_record(trait)
     if record is None:
@@ -115,7 +115,7 @@ def plan_traits(
     retries of the same run (and every run of one backfill, see ``forced_nonce``) share.
     """
     found = discovery or discover_shards(shards_dir)
-    ledger = Ledger(output_dir)
+    ledger = Ledger(output_dir).view()  # read once for every trait's decision
     config_hash = config.config_hash()
     plans: list[TraitPlan] = []
     for shard in found.select(traits):
