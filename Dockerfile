@@ -37,5 +37,5 @@ RUN mkdir -p /opt/airflow/outputs /opt/airflow/include /opt/airflow/config \
     && chmod -R g+rwX /opt/airflow/outputs /opt/airflow/config
 USER airflow
 
-ENV TRAIT_LORA_SHARDS_DIR=/opt/airflow/include/sample_shards \
-    TRAIT_LORA_OUTPUT_DIR=/opt/airflow/outputs
+ENV AIRFLOW__TRAIT_LORA__SHARDS_DIR=/opt/airflow/include/sample_shards \
+    AIRFLOW__TRAIT_LORA__OUTPUT_DIR=/opt/airflow/outputs

@@ -37,12 +37,12 @@ def main() -> None:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__MAX_MAP_LENGTH": str(max(1024, N)),
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR",
-        "TRAIT_LORA_SHARDS_DIR": str(shards),
-        "TRAIT_LORA_POLL_SECONDS": "0.01",
-        "TRAIT_LORA_STAGGER_SECONDS": "0",
-        "TRAIT_LORA_RETRY_DELAY_SECONDS": "1",
+        "AIRFLOW__TRAIT_LORA__SHARDS_DIR": str(shards),
+        "AIRFLOW__TRAIT_LORA__POLL_SECONDS": "0.01",
+        "AIRFLOW__TRAIT_LORA__STAGGER_SECONDS": "0",
+        "AIRFLOW__TRAIT_LORA__RETRY_DELAY_SECONDS": "1",
         # dag.test() runs one task at a time; the cap on jobs in flight is the live bench's to measure.
-        "TRAIT_LORA_MAX_JOBS_IN_FLIGHT": str(max(6, N)),
+        "AIRFLOW__TRAIT_LORA__MAX_JOBS_IN_FLIGHT": str(max(6, N)),
     }
     subprocess.run(
         [str(Path(sys.executable).with_name("airflow")), "db", "migrate"],

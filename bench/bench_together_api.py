@@ -40,8 +40,8 @@ os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="bench-together-ai
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
-os.environ.setdefault("TRAIT_LORA_POLL_SECONDS", "0.01")
-os.environ.setdefault("TRAIT_LORA_RETRY_DELAY_SECONDS", "0.5")
+os.environ.setdefault("AIRFLOW__TRAIT_LORA__POLL_SECONDS", "0.01")
+os.environ.setdefault("AIRFLOW__TRAIT_LORA__RETRY_DELAY_SECONDS", "0.5")
 os.environ.pop("TOGETHER_API_KEY", None)
 os.environ.pop("TOGETHER_BASE_URL", None)
 

@@ -8,27 +8,25 @@ DAG never imports Kubernetes.
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import dag, task, task_group
 
+from trait_lora import settings
 from trait_lora.provider import kubernetes, pipeline, tasks
-from trait_lora.provider.params import build_params, schedule_from_env
+from trait_lora.provider.deployment import dag_args
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-POOL = os.environ.get("TRAIT_LORA_GPU_POOL", "default_pool")
 
 
 @dag(
     dag_id="trait_lora_kubernetes",
-    schedule=schedule_from_env(),  # TRAIT_LORA_SCHEDULE: cron, weekly by default; "none" = manual only
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    params=build_params(PROJECT_DIR, "local"),
-    default_args={"retries": 1, "retry_delay": timedelta(minutes=2)},
+    # [trait_lora] schedule and shards/output dirs; a pod retry waits 2 minutes for the node pool.
+    **dag_args(PROJECT_DIR, "local", retries=1, retry_delay=timedelta(minutes=2)),
     tags=["trait-lora", "kubernetes", "gpu"],
     description="Train one LoRA adapter per trait shard in a GPU pod per trait (KubernetesPodOperator)",
     doc_md=__doc__ + tasks.RUN_DOC,
@@ -46,7 +44,7 @@ def trait_lora_kubernetes():
             name=spec["name"],
             arguments=spec["arguments"],
             labels=spec["labels"],
-            pool=POOL,
+            pool=settings.get_str("gpu_pool"),
         )
 
         @task(map_index_template="{{ trait_label | default('') }}")

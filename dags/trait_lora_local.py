@@ -7,29 +7,26 @@ The embedded default of `make demo` and `trait-lora train --backend local`.
 
 from __future__ import annotations
 
-import os
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from airflow.sdk import dag, task
 
+from trait_lora import settings
 from trait_lora.provider import pipeline, tasks
-from trait_lora.provider.params import build_params, schedule_from_env
+from trait_lora.provider.deployment import dag_args
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-# Training saturates the machine: traits train one at a time unless told otherwise.
-CONCURRENCY = int(os.environ.get("TRAIT_LORA_LOCAL_CONCURRENCY", "1"))
-RETRY_DELAY_SECONDS = float(os.environ.get("TRAIT_LORA_RETRY_DELAY_SECONDS", "30"))
+# Training saturates the machine: traits train one at a time unless [trait_lora] local_concurrency says.
+CONCURRENCY = settings.get_int("local_concurrency")
 
 
 @dag(
     dag_id="trait_lora_local",
-    schedule=schedule_from_env(),  # TRAIT_LORA_SCHEDULE: cron, weekly by default; "none" = manual only
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    params=build_params(PROJECT_DIR, "local"),
-    default_args={"retries": 1, "retry_delay": timedelta(seconds=RETRY_DELAY_SECONDS)},
+    **dag_args(PROJECT_DIR, "local", retries=1),  # [trait_lora] schedule, shards/output dirs, retry delay
     tags=["trait-lora", "local"],
     description="Train one LoRA adapter per trait shard on this machine (transformers + peft)",
     doc_md=__doc__ + tasks.RUN_DOC,

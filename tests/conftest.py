@@ -15,10 +15,10 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# DAG files read these at parse time: poll fast, retry fast, in tests.
-os.environ.setdefault("TRAIT_LORA_POLL_SECONDS", "0.05")
-os.environ.setdefault("TRAIT_LORA_RETRY_DELAY_SECONDS", "0.5")
-os.environ.setdefault("TRAIT_LORA_STAGGER_SECONDS", "0")
+# [trait_lora] settings (trait_lora.settings): poll fast, retry fast, no stagger, in tests.
+os.environ.setdefault("AIRFLOW__TRAIT_LORA__POLL_SECONDS", "0.05")
+os.environ.setdefault("AIRFLOW__TRAIT_LORA__RETRY_DELAY_SECONDS", "0.5")
+os.environ.setdefault("AIRFLOW__TRAIT_LORA__STAGGER_SECONDS", "0")
 os.environ.pop("TOGETHER_API_KEY", None)
 os.environ.pop("TOGETHER_BASE_URL", None)
 

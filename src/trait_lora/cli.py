@@ -8,25 +8,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from trait_lora import settings
 from trait_lora.core.errors import TraitLoraError
 from trait_lora.core.summary import text_table
 
-DEFAULT_SHARDS_DIR = "include/sample_shards"
-DEFAULT_OUTPUT_DIR = "outputs"
 
-
-def default_shards_dir() -> str:
-    return os.environ.get("TRAIT_LORA_SHARDS_DIR") or DEFAULT_SHARDS_DIR
-
-
-def default_output_dir() -> str:
-    return os.environ.get("TRAIT_LORA_OUTPUT_DIR") or DEFAULT_OUTPUT_DIR
+def default_dirs() -> tuple[str, str]:
+    """``[trait_lora] shards_dir`` / ``output_dir`` from the env (no Airflow import: list, validate and
+    plan stay fast), else ``include/sample_shards`` and ``outputs`` under the working directory."""
+    shards, output = settings.default_dirs(Path("."), use_airflow=False)
+    return str(shards), str(output)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -178,17 +174,19 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="trait-lora", description=__doc__)
     sub = root.add_subparsers(dest="command", required=True)
 
+    shards_default, output_default = default_dirs()
+
     def dirs(p: argparse.ArgumentParser, output: bool = False) -> None:
         p.add_argument(
             "--shards-dir",
-            default=default_shards_dir(),
-            help="directory of <axis>_plus/_minus.jsonl shards (env TRAIT_LORA_SHARDS_DIR)",
+            default=shards_default,
+            help="directory of <axis>_plus/_minus.jsonl shards (env AIRFLOW__TRAIT_LORA__SHARDS_DIR)",
         )
         if output:
             p.add_argument(
                 "--output-dir",
-                default=default_output_dir(),
-                help="adapters, ledger and mapping go here (env TRAIT_LORA_OUTPUT_DIR)",
+                default=output_default,
+                help="adapters, ledger and mapping go here (env AIRFLOW__TRAIT_LORA__OUTPUT_DIR)",
             )
 
     p = sub.add_parser("list", help="list the available trait shards")
@@ -233,10 +231,10 @@ def parser() -> argparse.ArgumentParser:
         help="local backend: build (once) and use a small random Llama offline, for demos and tests",
     )
     p.add_argument("--config", help="JSON file of hyperparameter overrides (DAG param names)")
-    p.add_argument("--dags-folder", default=os.environ.get("AIRFLOW__CORE__DAGS_FOLDER") or "dags")
+    p.add_argument("--dags-folder", default=settings.dags_folder_default())
     p.add_argument(
         "--airflow-home",
-        default=os.environ.get("AIRFLOW_HOME") or ".airflow",
+        default=settings.airflow_home_default(),
         help="embedded Airflow home (SQLite metadata DB); default ./.airflow",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="show Airflow's task logs")

@@ -25,7 +25,7 @@ def configure_airflow(airflow_home: Path, dags_folder: Path, shards_dir: str, ve
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # The trigger form's trait list comes from the shards dir at parse time: parse with the one we run.
-    os.environ["TRAIT_LORA_SHARDS_DIR"] = shards_dir
+    os.environ["AIRFLOW__TRAIT_LORA__SHARDS_DIR"] = shards_dir
     if not verbose:
         os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
     if "AIRFLOW_CONN_TOGETHER_DEFAULT" not in os.environ and os.environ.get("TOGETHER_API_KEY"):

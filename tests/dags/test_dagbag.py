@@ -23,7 +23,9 @@ def test_together_dag_shape_schedule_and_form():
     assert params["learning_rate"] == 2e-4 and params["lora_r"] == 4 and params["lora_alpha"] == 16
     # launch paces submissions in the pool and bounds jobs in flight by its cap; wait is the sensor.
     launch, wait = dag.get_task("trait.launch"), dag.get_task("trait.wait")
-    assert launch.pool == "together_api" and launch.max_jobs_in_flight == 6
+    assert launch.pool == "together_api"
+    # The cap is read when launch runs ([trait_lora] max_jobs_in_flight, 6 by default), not at parse.
+    assert launch.max_jobs_in_flight is None and launch.stagger_seconds is None
     assert wait.pool != "together_api" and wait.deferrable is True and wait.cancel_on_kill is True
     assert "{{ task.launch_result.trait" in wait.map_index_template
 

@@ -32,7 +32,7 @@ def test_every_field_has_a_title_a_help_with_its_default_and_a_section(dag_id):
 def test_the_trait_pattern_alone_refuses_paths_when_no_shard_exists_at_parse(tmp_path, monkeypatch):
     empty = tmp_path / "empty"
     empty.mkdir()
-    monkeypatch.setenv("TRAIT_LORA_SHARDS_DIR", str(empty))
+    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__SHARDS_DIR", str(empty))
     params = get_dag("trait_lora_together").params
     schema = params.get_param("traits").schema
     assert "enum" not in schema["items"]  # nothing to list: only the pattern stands guard

@@ -16,7 +16,7 @@ from trait_lora.provider.pipeline import install_pod_result
 
 
 def make_plan(tmp_path, monkeypatch, local_model="meta-llama/Meta-Llama-3.1-8B-Instruct"):
-    monkeypatch.setenv("TRAIT_LORA_K8S_MOUNT_PATH", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__K8S_MOUNT_PATH", str(tmp_path))
     shards = copy_shards(tmp_path / "shards", ["joy_plus"])
     config = TrainingConfig(backend="local", local_model=local_model)
     plan = plan_traits(shards, tmp_path / "out", config)[0].to_dict()
@@ -89,8 +89,9 @@ def test_the_pods_exact_argv_run_here_produces_a_verified_adapter(tmp_path, monk
     model = build_tiny_model(tmp_path / "model-shards", tmp_path / "model")
     plan = make_plan(tmp_path, monkeypatch, local_model=str(model))
     xcom = tmp_path / "xcom" / "return.json"
-    monkeypatch.setenv("TRAIT_LORA_K8S_GPU_FLAG", "0")  # no GPU here; everything else is the pod's argv
-    monkeypatch.setenv("TRAIT_LORA_K8S_XCOM_FILE", str(xcom))
+    # No GPU here; everything else is the pod's argv.
+    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__K8S_GPU_FLAG", "0")
+    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__K8S_XCOM_FILE", str(xcom))
     spec = kubernetes.pod_spec(plan)
     done = subprocess.run(
         [sys.executable, "-m", "trait_lora.train", *spec["arguments"]],

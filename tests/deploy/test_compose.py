@@ -10,7 +10,9 @@ The init script's logic runs for real in ``make e2e``.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import pytest
 import yaml
 
 from tests.support.airflow import REPO
+from trait_lora.settings import BY_KEY
 
 COMPOSE = REPO / "docker-compose.yaml"
 DOCKERFILE = REPO / "Dockerfile"
@@ -113,11 +116,15 @@ def test_every_component_mounts_dags_plugins_include_and_the_shared_outputs(comp
 
 def test_env_wiring_points_at_the_mounts_and_the_pool(compose):
     env = compose["services"]["airflow-worker"]["environment"]
-    shards_default = interpolate(env["TRAIT_LORA_SHARDS_DIR"], {})
+    shards_default = interpolate(env["AIRFLOW__TRAIT_LORA__SHARDS_DIR"], {})
     assert shards_default.startswith("/opt/airflow/include/")
     assert (REPO / "include" / Path(shards_default).relative_to("/opt/airflow/include")).is_dir()
-    assert env["TRAIT_LORA_OUTPUT_DIR"] == OUTPUTS_TARGET
-    assert env["TRAIT_LORA_TOGETHER_POOL"] == "together_api"
+    assert env["AIRFLOW__TRAIT_LORA__OUTPUT_DIR"] == OUTPUTS_TARGET
+    assert env["AIRFLOW__TRAIT_LORA__TOGETHER_POOL"] == "together_api"
+    # Every trait-lora setting is passed in the [trait_lora] form, and names a real setting.
+    assert not [name for name in env if name.startswith("TRAIT_LORA_")]
+    ours = {name.removeprefix("AIRFLOW__TRAIT_LORA__").lower() for name in env if "__TRAIT_LORA__" in name}
+    assert ours and ours <= set(BY_KEY), ours - set(BY_KEY)
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
     assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
@@ -165,8 +172,46 @@ def test_init_creates_the_pool_with_deferred_tasks_and_migrates(compose):
     script = INIT_SCRIPT.read_text()
     assert '"$AIRFLOW_BIN" db migrate' in script
     assert re.search(r'pools set "\$POOL" "\$SLOTS" \\\n\s+".*" --include-deferred', script)
-    assert 'POOL="${TRAIT_LORA_TOGETHER_POOL:-together_api}"' in script
     assert INIT_SCRIPT.stat().st_mode & 0o111, "the init script must be executable"
+
+
+def run_init(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The init script for real, with a stub ``airflow`` that records its arguments."""
+    stub = tmp_path / "airflow"
+    stub.write_text('#!/usr/bin/env bash\necho "$@" >> "$STUB_LOG"\n')
+    stub.chmod(0o755)
+    base = {"PATH": os.environ["PATH"], "AIRFLOW_BIN": str(stub), "STUB_LOG": str(tmp_path / "log")}
+    return subprocess.run(
+        ["bash", str(INIT_SCRIPT)], env={**base, **env}, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "pool", "slots"),
+    [
+        ({}, "together_api", "4"),
+        ({"AIRFLOW__TRAIT_LORA__TOGETHER_POOL_SLOTS": "8"}, "together_api", "8"),
+        ({"TRAIT_LORA_TOGETHER_POOL_SLOTS": "3", "TRAIT_LORA_TOGETHER_POOL": "tg"}, "tg", "3"),
+        (
+            {"AIRFLOW__TRAIT_LORA__TOGETHER_POOL_SLOTS": "8", "TRAIT_LORA_TOGETHER_POOL_SLOTS": "3"},
+            "together_api",
+            "8",
+        ),
+    ],
+)
+def test_init_sizes_the_pool_from_the_new_or_the_legacy_name(tmp_path, env, pool, slots):
+    done = run_init(tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    calls = (tmp_path / "log").read_text().splitlines()
+    assert calls[0] == "db migrate"
+    assert calls[1].startswith(f"pools set {pool} {slots} ") and calls[1].endswith("--include-deferred")
+    assert ("deprecated" in done.stderr) == any(name.startswith("TRAIT_LORA_") for name in env)
+
+
+def test_init_refuses_a_bad_pool_size_naming_the_setting(tmp_path):
+    done = run_init(tmp_path, {"AIRFLOW__TRAIT_LORA__TOGETHER_POOL_SLOTS": "0"})
+    assert done.returncode == 2
+    assert "[trait_lora] together_pool_slots" in done.stderr and not (tmp_path / "log").exists()
 
 
 def test_dockerfile_installs_the_pins_and_the_package():

@@ -36,7 +36,7 @@ def scenario(airflow_db, tmp_path_factory) -> dict[str, Any]:
             json.dumps({"conn_type": "together", "host": fake.base_url, "password": fake.api_key}),
         )
         # The DAG's output_dir default is read at parse: the Traits tab reads that default.
-        mp.setenv("TRAIT_LORA_OUTPUT_DIR", str(root / "default_out"))
+        mp.setenv("AIRFLOW__TRAIT_LORA__OUTPUT_DIR", str(root / "default_out"))
         fake.set_outcome("wisdom-plus", "error", HOSTILE)
         shards = copy_shards(root / "shards", TRAITS)
         run_a = run_dag("trait_lora_together", {"shards_dir": str(shards)})

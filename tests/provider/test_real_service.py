@@ -213,7 +213,7 @@ def test_mapped_tasks_are_labelled_with_their_trait(airflow_db, together_conn, t
 def test_jobs_in_flight_never_exceed_the_cap(airflow_db, together_conn, tmp_path, monkeypatch):
     fake = together_conn
     fake.job_polls = 3
-    monkeypatch.setenv("TRAIT_LORA_MAX_JOBS_IN_FLIGHT", "2")
+    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__MAX_JOBS_IN_FLIGHT", "2")
     traits = ["joy_minus", "joy_plus", "wisdom_minus", "wisdom_plus"]
     conf = conf_for(tmp_path, traits)
     assert str(run_dag(DAG_ID, conf).state) == "success"

@@ -86,7 +86,7 @@ def discover_shards(directory: str | Path) -> Discovery:
     if not root.is_dir():
         raise FileNotFoundError(
             f"shards directory {root} does not exist or is not a directory; "
-            "pass --shards-dir or set TRAIT_LORA_SHARDS_DIR"
+            "pass --shards-dir or set AIRFLOW__TRAIT_LORA__SHARDS_DIR"
         )
     found = Discovery(directory=root)
     for path in sorted(root.iterdir()):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import trait_lora
+from trait_lora import settings
 from trait_lora.provider.connection import provider_connection_type
 
 
@@ -16,7 +17,8 @@ def get_provider_info() -> dict[str, Any]:
     """Provider metadata read by Airflow through the ``apache_airflow_provider`` entry point.
 
     Registering the ``together`` connection type here (not in a plugin) is what makes it appear in
-    the connection form with labelled fields in every Airflow component.
+    the connection form with labelled fields in every Airflow component; ``config`` is what makes
+    ``airflow config list --section trait_lora`` show every deployment setting with its default.
     """
     return {
         "package-name": "trait-lora",
@@ -26,6 +28,7 @@ def get_provider_info() -> dict[str, Any]:
         "connection-types": [
             provider_connection_type("trait_lora.provider.hooks.together.TogetherHook"),
         ],
+        "config": settings.provider_config(),
         "extra-links": ["trait_lora.provider.links.TogetherJobLink"],
         "triggers": [
             {

@@ -1,7 +1,8 @@
 """The GPU pod per trait: settings, argv and the ``KubernetesPodOperator`` arguments.
 
-Settings come from the environment at parse time (documented defaults below); the image and the
-namespace are templates that read Airflow Variables first, so they can change without a redeploy.
+Settings (``[trait_lora] k8s_*`` and ``trainer_image``, see ``trait_lora.settings``) are read in the
+worker when the task runs; the image and the namespace read Airflow Variables first, so they can
+change without a redeploy.
 The trainer's arguments are a list built from validated trait names and paths, never a shell string,
 so nothing from a run's conf can reach a shell in the pod.
 """
@@ -9,53 +10,31 @@ so nothing from a run's conf can reach a shell in the pod.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from trait_lora import settings
 from trait_lora.core.config import from_mapping
 from trait_lora.core.shards import check_trait_name
 
-DEFAULTS: dict[str, str] = {
-    "TRAIT_LORA_TRAINER_IMAGE": "ghcr.io/trait-lora/trainer:0.1.0",
-    "TRAIT_LORA_K8S_NAMESPACE": "airflow",
-    "TRAIT_LORA_K8S_PVC": "trait-lora-data",
-    "TRAIT_LORA_K8S_MOUNT_PATH": "/data",
-    "TRAIT_LORA_K8S_NODE_SELECTOR": '{"nvidia.com/gpu.present": "true"}',
-    "TRAIT_LORA_K8S_TOLERATIONS": '[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]',
-    "TRAIT_LORA_K8S_GPUS": "1",
-    "TRAIT_LORA_K8S_CPU": "8",
-    "TRAIT_LORA_K8S_MEMORY": "64Gi",
-    "TRAIT_LORA_K8S_HF_SECRET": "hf-token",
-    "TRAIT_LORA_K8S_HF_SECRET_KEY": "token",
-    "TRAIT_LORA_K8S_GPU_FLAG": "1",
-    "TRAIT_LORA_K8S_MICRO_BATCH": "4",
-    # Where the KPO's xcom sidecar reads the result; only tests running the argv locally change it.
-    "TRAIT_LORA_K8S_XCOM_FILE": "/airflow/xcom/return.json",
-}
 
-
-def setting(name: str) -> str:
-    return os.environ.get(name) or DEFAULTS[name]
-
-
-def variable_template(variable: str, env: str) -> str:
-    """A template reading the Airflow Variable at run time, falling back to the env/default value."""
-    fallback = json.dumps(setting(env))
-    return "{{ var.value.get('" + variable + "', " + fallback + ") }}"
+def variable_template(variable: str) -> str:
+    """A template reading the Airflow Variable at run time; empty when unset, so the setting applies
+    (``TrainingPodOperator.pod_operator`` reads it in the worker, not at parse)."""
+    return "{{ var.value.get('" + variable + "', '') }}"
 
 
 def under_mount(path: str) -> str:
     """Shards and outputs must live on the PVC, mounted at the same path in workers and pods."""
-    mount = PurePosixPath(setting("TRAIT_LORA_K8S_MOUNT_PATH"))
+    mount = PurePosixPath(settings.get_str("k8s_mount_path"))
     resolved = PurePosixPath(path)
     if ".." in resolved.parts or not resolved.is_relative_to(mount):
         raise ValueError(
             f"{path} is not under the pod's data mount {mount}: put shards_dir and output_dir on the "
-            "PVC (TRAIT_LORA_K8S_PVC) mounted at TRAIT_LORA_K8S_MOUNT_PATH in the Airflow workers too"
+            "PVC ([trait_lora] k8s_pvc) mounted at [trait_lora] k8s_mount_path in the Airflow workers too"
         )
     return str(resolved)
 
@@ -73,11 +52,11 @@ def pod_spec(plan: dict[str, Any]) -> dict[str, Any]:
         "--config-json",
         json.dumps(config.to_dict(), sort_keys=True),
         "--xcom-file",
-        setting("TRAIT_LORA_K8S_XCOM_FILE"),
+        settings.get_str("k8s_xcom_file"),
     ]
-    if setting("TRAIT_LORA_K8S_GPU_FLAG") not in ("0", "false", "False"):
+    if settings.get_bool("k8s_gpu_flag"):
         arguments.append("--gpu")
-        arguments += ["--micro-batch", str(int(setting("TRAIT_LORA_K8S_MICRO_BATCH")))]
+        arguments += ["--micro-batch", str(settings.get_int("k8s_micro_batch"))]
     return {
         "arguments": arguments,
         "labels": {"app": "trait-lora", "trait": trait.replace("_", "-")},
@@ -94,27 +73,27 @@ def pod_operator_kwargs() -> dict[str, Any]:
     from airflow.providers.cncf.kubernetes.secret import Secret
     from kubernetes.client import models as k8s
 
-    gpus = setting("TRAIT_LORA_K8S_GPUS")
+    gpus = str(settings.get_int("k8s_gpus"))
     resources = k8s.V1ResourceRequirements(
-        limits={"nvidia.com/gpu": gpus, "memory": setting("TRAIT_LORA_K8S_MEMORY")},
+        limits={"nvidia.com/gpu": gpus, "memory": settings.get_str("k8s_memory")},
         requests={
             "nvidia.com/gpu": gpus,
-            "cpu": setting("TRAIT_LORA_K8S_CPU"),
-            "memory": setting("TRAIT_LORA_K8S_MEMORY"),
+            "cpu": settings.get_str("k8s_cpu"),
+            "memory": settings.get_str("k8s_memory"),
         },
     )
-    tolerations = [k8s.V1Toleration(**t) for t in json.loads(setting("TRAIT_LORA_K8S_TOLERATIONS"))]
-    mount = setting("TRAIT_LORA_K8S_MOUNT_PATH")
+    tolerations = [k8s.V1Toleration(**t) for t in settings.get("k8s_tolerations")]
+    mount = settings.get_str("k8s_mount_path")
     return {
         "cmds": ["python", "-m", "trait_lora.train"],
         "container_resources": resources,
-        "node_selector": json.loads(setting("TRAIT_LORA_K8S_NODE_SELECTOR")),
+        "node_selector": settings.get("k8s_node_selector"),
         "tolerations": tolerations,
         "volumes": [
             k8s.V1Volume(
                 name="trait-lora-data",
                 persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-                    claim_name=setting("TRAIT_LORA_K8S_PVC")
+                    claim_name=settings.get_str("k8s_pvc")
                 ),
             )
         ],
@@ -123,8 +102,8 @@ def pod_operator_kwargs() -> dict[str, Any]:
             Secret(
                 "env",
                 "HF_TOKEN",
-                setting("TRAIT_LORA_K8S_HF_SECRET"),
-                setting("TRAIT_LORA_K8S_HF_SECRET_KEY"),
+                settings.get_str("k8s_hf_secret"),
+                settings.get_str("k8s_hf_secret_key"),
             )
         ],
         "env_vars": [k8s.V1EnvVar(name="HF_HUB_DISABLE_TELEMETRY", value="1")],
@@ -163,10 +142,8 @@ class TrainingPodOperator(BaseOperator):
         self.name = name
         self.arguments = arguments
         self.labels = labels
-        self.image = image or variable_template("trait_lora_trainer_image", "TRAIT_LORA_TRAINER_IMAGE")
-        self.namespace = namespace or variable_template(
-            "trait_lora_k8s_namespace", "TRAIT_LORA_K8S_NAMESPACE"
-        )
+        self.image = image or variable_template("trait_lora_trainer_image")
+        self.namespace = namespace or variable_template("trait_lora_k8s_namespace")
         self._pod_op: Any = None
 
     def pod_operator(self) -> Any:
@@ -178,8 +155,8 @@ class TrainingPodOperator(BaseOperator):
                 name=self.name,
                 arguments=list(self.arguments),
                 labels=dict(self.labels),
-                image=self.image,
-                namespace=self.namespace,
+                image=str(self.image or "").strip() or settings.get_str("trainer_image"),
+                namespace=str(self.namespace or "").strip() or settings.get_str("k8s_namespace"),
                 **pod_operator_kwargs(),
             )
         return self._pod_op

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from airflow.sdk import BaseOperatorLink, BaseXCom
 
+from trait_lora import settings
+
 JOB_URL_XCOM_KEY = "together_job_url"
-DASHBOARD_URL = "https://api.together.ai/fine-tuning/{job_id}"
 
 
 def dashboard_url(job_id: str) -> str:
-    """Overridable (``TRAIT_LORA_TOGETHER_DASHBOARD_URL``) because Together has moved its console before."""
-    template = os.environ.get("TRAIT_LORA_TOGETHER_DASHBOARD_URL") or DASHBOARD_URL
+    """Overridable (``[trait_lora] together_dashboard_url``) because Together has moved its console
+    before; read when the task runs, so changing it needs no DAG reparse."""
+    template = settings.get_str("together_dashboard_url")
     return template.format(job_id=job_id)
 
 

@@ -6,12 +6,12 @@ unknown trait, a name with ``/`` or ``..``, or a learning rate of 3 never starts
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Param
 
+from trait_lora import settings
 from trait_lora.core.config import (
     CONFIG_FIELDS,
     KNOWN_MODULES,
@@ -23,25 +23,11 @@ from trait_lora.core.config import (
 from trait_lora.core.shards import TRAIT_PATTERN, discover_shards
 from trait_lora.core.split import DEFAULT_EVAL_FRACTION, MAX_EVAL_FRACTION
 
-SHARDS_ENV, OUTPUT_ENV = "TRAIT_LORA_SHARDS_DIR", "TRAIT_LORA_OUTPUT_DIR"
-SCHEDULE_ENV, DEFAULT_SCHEDULE = "TRAIT_LORA_SCHEDULE", "0 3 * * 1"
-
-
-def schedule_from_env() -> str | None:
-    """The DAGs' schedule: ``TRAIT_LORA_SCHEDULE`` (a cron string), weekly by default.
-
-    ``none`` (or empty) means manual runs only. It matters at unpause: with ``catchup=False`` a cron DAG
-    still starts its most recent missed slot at once, so unpausing a weekly DAG to trigger it by hand
-    would first start a scheduled run of every shard.
-    """
-    value = os.environ.get(SCHEDULE_ENV, DEFAULT_SCHEDULE).strip()
-    return None if value.lower() in ("", "none", "null") else value
-
 
 def default_dirs(project_dir: Path) -> tuple[Path, Path]:
-    """As in the CLI: the env vars, else the project's ``include/sample_shards`` and ``outputs/``."""
-    shards = Path(os.environ.get(SHARDS_ENV) or project_dir / "include" / "sample_shards")
-    output = Path(os.environ.get(OUTPUT_ENV) or project_dir / "outputs")
+    """As in the CLI: ``[trait_lora] shards_dir`` / ``output_dir``, else the project's dirs; absolute,
+    because a run carries them in its conf to workers with another working directory."""
+    shards, output = settings.default_dirs(project_dir)
     return shards.resolve(), output.resolve()
 
 

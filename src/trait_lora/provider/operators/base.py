@@ -31,6 +31,14 @@ def map_index_template(input_field: str) -> str:
     return "{{ task." + input_field + ".trait | default('') }}"
 
 
+def setting_or(value: float | None, key: str) -> float:
+    """An operator argument, else the deployment setting read now: called in ``execute`` so workers and
+    the triggerer use the value deployed when the task runs, not the one the DAG processor parsed."""
+    from trait_lora import settings
+
+    return float(value) if value is not None else settings.get_float(key)
+
+
 def guarded(context: Any, output_dir: str, trait: str, step: str, body: Callable[[], T]) -> T:
     """Run one step; on failure record why (a failed task has no XCom for the fan-in) and re-raise.
 

@@ -22,14 +22,19 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from trait_lora.core.job_status import JobStatus
 from trait_lora.provider.hooks.together import backoff_delay, is_permanent, output_name
 from trait_lora.provider.links import JOB_URL_XCOM_KEY, TogetherJobLink, dashboard_url
-from trait_lora.provider.operators.base import TogetherStep
+from trait_lora.provider.operators.base import TogetherStep, setting_or
 from trait_lora.provider.records import TraitJob
 
 STATE_JOB_ID = "together_job_id"
 
 
 class TogetherLaunchOperator(TogetherStep):
-    """Returns the trait's record with ``job_id``, ``status``, ``adopted`` and ``estimated_price``."""
+    """Returns the trait's record with ``job_id``, ``status``, ``adopted`` and ``estimated_price``.
+
+    ``max_jobs_in_flight``, ``cap_poll_interval`` and ``stagger_seconds`` left None (the DAG's way) are
+    ``[trait_lora] max_jobs_in_flight`` / ``poll_seconds`` / ``stagger_seconds``, read when the task
+    runs: one value for every worker, changed without a DAG reparse. Given explicitly, they win.
+    """
 
     operator_extra_links = (TogetherJobLink(),)
     template_fields: Sequence[str] = (
@@ -47,19 +52,19 @@ class TogetherLaunchOperator(TogetherStep):
         upload_result: dict[str, Any] | Any,
         max_job_price_usd: float | None = None,
         max_run_price_usd: float | None = None,
-        max_jobs_in_flight: int = 6,
-        cap_poll_interval: float = 30.0,
-        stagger_seconds: float = 0.0,
+        max_jobs_in_flight: int | None = None,
+        cap_poll_interval: float | None = None,
+        stagger_seconds: float | None = None,
         create_attempts: int = 6,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if int(max_jobs_in_flight) < 1:
+        if max_jobs_in_flight is not None and int(max_jobs_in_flight) < 1:
             raise ValueError(f"max_jobs_in_flight must be >= 1, got {max_jobs_in_flight!r}")
         self.upload_result = upload_result
         self.max_job_price_usd = max_job_price_usd
         self.max_run_price_usd = max_run_price_usd
-        self.max_jobs_in_flight = int(max_jobs_in_flight)
+        self.max_jobs_in_flight = None if max_jobs_in_flight is None else int(max_jobs_in_flight)
         self.cap_poll_interval = cap_poll_interval
         self.stagger_seconds = stagger_seconds
         self.create_attempts = create_attempts
@@ -161,7 +166,10 @@ class TogetherLaunchOperator(TogetherStep):
         """
         from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 
-        cap = self.max_jobs_in_flight
+        from trait_lora import settings
+
+        cap = self.max_jobs_in_flight or settings.get_int("max_jobs_in_flight")
+        wait_seconds = setting_or(self.cap_poll_interval, "poll_seconds")
         holders = self.ledger.claim_job_slot(job.trait, job_key=job.job_key, cap=cap, run_id=run_id)
         if holders:
             self._refresh(holders)
@@ -174,11 +182,9 @@ class TogetherLaunchOperator(TogetherStep):
             len(holders),
             cap,
             ", ".join(sorted(holders)),
-            self.cap_poll_interval,
+            wait_seconds,
         )
-        self.defer(
-            trigger=TimeDeltaTrigger(timedelta(seconds=self.cap_poll_interval)), method_name="retry_at_cap"
-        )
+        self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=wait_seconds)), method_name="retry_at_cap")
 
     def _release_slot(self, job: TraitJob) -> None:
         """A definite refusal: nothing was created, so the claimed slot is given back at once."""
@@ -205,8 +211,9 @@ class TogetherLaunchOperator(TogetherStep):
         from trait_lora.core.keys import job_tag
 
         cfg = self.training_config
-        if self.stagger_seconds:
-            time.sleep(random.uniform(0, self.stagger_seconds))
+        stagger = setting_or(self.stagger_seconds, "stagger_seconds")
+        if stagger:
+            time.sleep(random.uniform(0, stagger))
         for attempt in range(self.create_attempts):
             try:
                 created = self.hook.create_job(

@@ -14,14 +14,17 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 
 from trait_lora.core.split import split_examples, write_split_files
 from trait_lora.core.validation import iter_examples
-from trait_lora.provider.operators.base import TogetherStep
+from trait_lora.provider.operators.base import TogetherStep, setting_or
 from trait_lora.provider.records import ENDED, FILE_OK, FILE_REJECTED, FileEvent, TraitJob
 
 UPLOADS_DIR = ".uploads"  # split files (train / held-out) on their way to Together
 
 
 class TogetherUploadOperator(TogetherStep):
-    """Returns the trait's record with ``file_id`` once Together says the file is COMPLETED."""
+    """Returns the trait's record with ``file_id`` once Together says the file is COMPLETED.
+
+    ``poll_interval`` None (default): ``[trait_lora] poll_seconds``, read when the task runs.
+    """
 
     template_fields: Sequence[str] = ("trait_plan", "output_dir", "config")
     input_field = "trait_plan"
@@ -30,7 +33,7 @@ class TogetherUploadOperator(TogetherStep):
         self,
         *,
         trait_plan: dict[str, Any] | Any,
-        poll_interval: float = 5.0,
+        poll_interval: float | None = None,
         validation_timeout: float = 3600.0,
         max_transient_errors: int = 10,
         **kwargs: Any,
@@ -149,7 +152,7 @@ class TogetherUploadOperator(TogetherStep):
                     file_id=file_id,
                     trait=job.trait,
                     together_conn_id=self.together_conn_id,
-                    poll_interval=self.poll_interval,
+                    poll_interval=setting_or(self.poll_interval, "poll_seconds"),
                     deadline=time.time() + self.validation_timeout,
                     max_transient_errors=self.max_transient_errors,
                 ),

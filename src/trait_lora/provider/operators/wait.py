@@ -16,7 +16,7 @@ from trait_lora.core.job_status import JobStatus
 from trait_lora.core.ledger import Ledger
 from trait_lora.provider.hooks.together import TogetherHook, first_error_message, output_name
 from trait_lora.provider.links import JOB_URL_XCOM_KEY, TogetherJobLink, dashboard_url
-from trait_lora.provider.operators.base import TogetherJobFailed, guarded, map_index_template
+from trait_lora.provider.operators.base import TogetherJobFailed, guarded, map_index_template, setting_or
 from trait_lora.provider.records import ENDED, JobEvent, TraitJob, usd_from_nano
 
 
@@ -26,6 +26,8 @@ class TogetherFineTuneSensor(BaseSensorOperator):
     ``deferrable=True`` (default) hands the wait to ``TogetherFineTuneTrigger``; ``deferrable=False``
     pokes in reschedule mode, for deployments without a triggerer. ``cancel_on_kill`` (default true):
     a user marking the deferred task failed/success or clearing it cancels the Together job.
+    ``poll_interval`` None (default): ``[trait_lora] poll_seconds``, read when the task runs (in
+    reschedule mode the poke interval is fixed when the operator is built, so it is read there).
     """
 
     template_fields: Sequence[str] = ("launch_result", "output_dir")
@@ -38,7 +40,7 @@ class TogetherFineTuneSensor(BaseSensorOperator):
         launch_result: dict[str, Any] | Any,
         output_dir: str | None = None,
         together_conn_id: str = TogetherHook.default_conn_name,
-        poll_interval: float = 30.0,
+        poll_interval: float | None = None,
         wait_timeout: float = 24 * 3600.0,
         max_transient_errors: int = 10,
         cancel_on_kill: bool = True,
@@ -48,7 +50,7 @@ class TogetherFineTuneSensor(BaseSensorOperator):
         kwargs.setdefault("map_index_template", map_index_template("launch_result"))
         if not deferrable:
             kwargs.setdefault("mode", "reschedule")
-            kwargs.setdefault("poke_interval", poll_interval)
+            kwargs.setdefault("poke_interval", setting_or(poll_interval, "poll_seconds"))
             kwargs.setdefault("timeout", wait_timeout)
         super().__init__(**kwargs)
         self.launch_result = launch_result
@@ -99,7 +101,7 @@ class TogetherFineTuneSensor(BaseSensorOperator):
                 job_id=str(job.job_id),
                 trait=job.trait,
                 together_conn_id=self.together_conn_id,
-                poll_interval=self.poll_interval,
+                poll_interval=setting_or(self.poll_interval, "poll_seconds"),
                 deadline=time.time() + self.wait_timeout,
                 max_transient_errors=self.max_transient_errors,
                 last_status=status.value,

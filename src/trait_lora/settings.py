@@ -1,0 +1,451 @@
+"""Every deployment setting in one table, resolved one way: ``[trait_lora]`` > legacy env > default.
+
+Precedence, highest first:
+
+1. an explicit ``[trait_lora]`` value: the env var ``AIRFLOW__TRAIT_LORA__<KEY>`` or ``<key> = ...`` in
+   airflow.cfg, read through ``airflow.configuration.conf`` (so secrets backends, ``conf.set`` in tests
+   and env expansion behave as Airflow's own options do);
+2. the legacy env var ``TRAIT_LORA_<KEY>`` (deprecated; works for one more release and warns once per
+   process, naming the new name);
+3. the table's default.
+
+An empty value counts as not set (as the old ``os.environ.get(...) or default`` did), except for
+``schedule``, where empty means "manual only" as it always has.
+
+Why "explicit" needs care: once the provider declares the section, ``conf.get`` answers every key with
+the provider default, and the airflow.cfg Airflow generates on first start writes every default out
+uncommented. So a value counts as explicit when its ``AIRFLOW__TRAIT_LORA__`` env var exists, or when
+airflow.cfg holds a value *different from the default*; otherwise a legacy var still applies.
+
+The CLI's ``list``/``validate``/``plan`` must not import Airflow (seconds of import): they resolve with
+``use_airflow=False``, which reads the ``AIRFLOW__TRAIT_LORA__`` env var, then the legacy var, then the
+default (airflow.cfg is not read there). ``airflow.configuration`` is imported lazily, only when asked.
+
+This is the only module that reads deployment env vars.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trait_lora.core.errors import TraitLoraError
+
+SECTION = "trait_lora"
+VERSION_ADDED = "0.1.0"
+
+
+class SettingError(TraitLoraError, ValueError):
+    """A deployment setting with a value its parser refuses; the message names where to fix it."""
+
+
+def _positive(value: float) -> bool:
+    return value > 0
+
+
+def _non_negative(value: float) -> bool:
+    return value >= 0
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the table. ``kind`` is Airflow's option type; ``json`` values are strings to Airflow."""
+
+    key: str
+    kind: str  # string | integer | float | boolean | json
+    default: str
+    description: str
+    allowed: str = "any text"
+    check: Callable[[Any], bool] | None = None
+    json_type: type | None = None
+    example: str | None = None
+    empty_is_value: bool = False
+    read_at: str = "run"  # run | parse | init: when it takes effect (see READ_AT)
+
+    @property
+    def env(self) -> str:
+        return f"AIRFLOW__{SECTION.upper()}__{self.key.upper()}"
+
+    @property
+    def legacy_env(self) -> str:
+        return f"TRAIT_LORA_{self.key.upper()}"
+
+    @property
+    def airflow_type(self) -> str:
+        return "string" if self.kind == "json" else self.kind
+
+    def parse(self, text: str, source: str) -> Any:
+        try:
+            value: Any
+            if self.kind == "integer":
+                value = int(text.strip())
+            elif self.kind == "float":
+                value = float(text.strip())
+            elif self.kind == "boolean":
+                value = _parse_bool(text)
+            elif self.kind == "json":
+                value = json.loads(text)
+                if self.json_type is not None and not isinstance(value, self.json_type):
+                    raise ValueError(text)
+            else:
+                value = text.strip()
+            if self.check is not None and not self.check(value):
+                raise ValueError(text)
+        except ValueError:
+            shown = text if len(text) <= 80 else text[:77] + "..."
+            raise SettingError(
+                f"[{SECTION}] {self.key} = {shown!r} (from {source}) is not allowed: it must be "
+                f"{self.allowed}. Set it in airflow.cfg [{SECTION}] {self.key}, or with env {self.env}; "
+                f"default {self.default!r}"
+            ) from None
+        return value
+
+
+def _s(key: str, kind: str, default: str, description: str, **kw: Any) -> Setting:
+    return Setting(key=key, kind=kind, default=default, description=description, **kw)
+
+
+_POSITIVE_INT = {"allowed": "an integer >= 1", "check": _positive}
+SETTINGS: tuple[Setting, ...] = (
+    _s(
+        "shards_dir",
+        "string",
+        "",
+        "Folder of <trait>.jsonl shards: the trigger form's default and the CLI's --shards-dir. "
+        "Empty: <project>/include/sample_shards.",
+        example="/opt/airflow/include/sample_shards",
+        read_at="parse",
+    ),
+    _s(
+        "output_dir",
+        "string",
+        "",
+        "Where adapters, ledgers and hypernetwork_data.json go: the form's default and the CLI's "
+        "--output-dir. Must be one filesystem shared by every worker. Empty: <project>/outputs.",
+        example="/opt/airflow/outputs",
+        read_at="parse",
+    ),
+    _s(
+        "schedule",
+        "string",
+        "0 3 * * 1",
+        "Cron schedule of the training DAGs; 'none' (or empty) = manual runs only. Unpausing a cron DAG "
+        "starts its latest missed slot at once (a paid run on Together).",
+        example="none",
+        empty_is_value=True,
+        read_at="parse",
+    ),
+    _s(
+        "together_pool",
+        "string",
+        "together_api",
+        "Airflow pool of the Together launch tasks (paces job submissions; scripts/airflow-init.sh "
+        "creates it).",
+        allowed="a pool name",
+        read_at="parse",
+    ),
+    _s(
+        "together_pool_slots",
+        "integer",
+        "4",
+        "Slots of the Together pool = concurrent job submissions.",
+        example="8",
+        read_at="init",
+        **_POSITIVE_INT,
+    ),
+    _s(
+        "gpu_pool",
+        "string",
+        "default_pool",
+        "Airflow pool of the Kubernetes training pods.",
+        allowed="a pool name",
+        example="gpu",
+        read_at="parse",
+    ),
+    _s(
+        "poll_seconds",
+        "float",
+        "30",
+        "Seconds between polls of a Together file or job (triggerer), and between tries for a slot "
+        "under max_jobs_in_flight.",
+        allowed="a number > 0",
+        check=_positive,
+        example="60",
+    ),
+    _s(
+        "retry_delay_seconds",
+        "float",
+        "30",
+        "Delay before a failed task of trait_lora_together / trait_lora_local is retried.",
+        allowed="a number >= 0",
+        check=_non_negative,
+        read_at="parse",
+    ),
+    _s(
+        "stagger_seconds",
+        "float",
+        "2",
+        "Random delay (0 to this) before each Together job create, so mapped launches do not arrive at once.",
+        allowed="a number >= 0",
+        check=_non_negative,
+        example="0",
+    ),
+    _s(
+        "max_jobs_in_flight",
+        "integer",
+        "6",
+        "Most Together jobs running at once, counted in the ledger before each create; at the cap a "
+        "launch defers on a timer.",
+        example="4",
+        **_POSITIVE_INT,
+    ),
+    _s(
+        "local_concurrency",
+        "integer",
+        "1",
+        "Traits trained at once by trait_lora_local (training saturates the machine).",
+        read_at="parse",
+        **_POSITIVE_INT,
+    ),
+    _s(
+        "together_dashboard_url",
+        "string",
+        "https://api.together.ai/fine-tuning/{job_id}",
+        "Link to a job in Together's console ({job_id} is replaced); overridable because the console "
+        "has moved before.",
+        allowed="a URL containing {job_id}",
+        check=lambda v: "{job_id}" in v,
+    ),
+    _s(
+        "trainer_image",
+        "string",
+        "ghcr.io/trait-lora/trainer:0.1.0",
+        "Trainer image of the Kubernetes pods (the Airflow Variable trait_lora_trainer_image wins).",
+    ),
+    _s(
+        "k8s_namespace",
+        "string",
+        "airflow",
+        "Namespace of the training pods (the Airflow Variable trait_lora_k8s_namespace wins).",
+    ),
+    _s("k8s_pvc", "string", "trait-lora-data", "PersistentVolumeClaim holding shards and outputs."),
+    _s(
+        "k8s_mount_path",
+        "string",
+        "/data",
+        "Where the PVC is mounted, in workers and pods alike; shards_dir and output_dir must be under it.",
+    ),
+    _s(
+        "k8s_node_selector",
+        "json",
+        '{"nvidia.com/gpu.present": "true"}',
+        "Node selector of the training pods (a JSON object).",
+        allowed="a JSON object",
+        json_type=dict,
+    ),
+    _s(
+        "k8s_tolerations",
+        "json",
+        '[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]',
+        "Tolerations of the training pods (a JSON list of V1Toleration fields).",
+        allowed="a JSON list of objects",
+        json_type=list,
+        check=lambda v: all(isinstance(t, dict) for t in v),
+    ),
+    _s(
+        "k8s_gpus",
+        "integer",
+        "1",
+        "GPUs per training pod (nvidia.com/gpu request and limit).",
+        allowed="an integer >= 0",
+        check=_non_negative,
+    ),
+    _s("k8s_cpu", "string", "8", "CPU request of a training pod (a Kubernetes quantity)."),
+    _s("k8s_memory", "string", "64Gi", "Memory request and limit of a training pod (a Kubernetes quantity)."),
+    _s("k8s_hf_secret", "string", "hf-token", "Kubernetes Secret holding the Hugging Face token."),
+    _s("k8s_hf_secret_key", "string", "token", "Key of the token in that Secret (mounted as HF_TOKEN)."),
+    _s(
+        "k8s_gpu_flag",
+        "boolean",
+        "True",
+        "Pass --gpu to the trainer in the pod; false trains on CPU (tests).",
+        allowed="true or false (or 1 / 0)",
+    ),
+    _s(
+        "k8s_micro_batch",
+        "integer",
+        "4",
+        "Micro-batch of the trainer on a GPU (gradient accumulation makes up the batch size).",
+        **_POSITIVE_INT,
+    ),
+    _s(
+        "k8s_xcom_file",
+        "string",
+        "/airflow/xcom/return.json",
+        "Where the pod writes its result for the KubernetesPodOperator's xcom sidecar; only tests "
+        "running the argv locally change it.",
+    ),
+)
+BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+READ_AT = {
+    "parse": "Read when DAG files are parsed (the scheduler needs it before any task runs)",
+    "run": "Read by the task when it runs",
+    "init": "Read by scripts/airflow-init.sh (docker compose up airflow-init applies a change)",
+}
+
+_warned: set[str] = set()
+
+
+def _conf() -> Any:
+    from airflow.configuration import conf
+
+    return conf
+
+
+def _explicit(setting: Setting, use_airflow: bool) -> tuple[str, str] | None:
+    """The ``[trait_lora]`` value and where it came from, or None when it was not really set."""
+    if not use_airflow:
+        return (os.environ[setting.env], f"env {setting.env}") if setting.env in os.environ else None
+    from configparser import ConfigParser
+
+    from airflow.configuration import expand_env_var
+
+    # Airflow's own first two lookups, done here rather than by conf.get: conf.get's first call builds
+    # the merged provider config description (provider discovery, ~0.1 s of every DAG parse), and would
+    # answer an unset key with the provider default. _CMD/_SECRET apply only to sensitive options.
+    if setting.env in os.environ:
+        return expand_env_var(os.environ[setting.env]), f"env {setting.env}"
+    conf = _conf()
+    # The parser's own layer holds airflow.cfg (and conf.set); Airflow's defaults live elsewhere.
+    if ConfigParser.has_option(conf, SECTION, setting.key):
+        text = expand_env_var(ConfigParser.get(conf, SECTION, setting.key))
+        if text.strip() != setting.default:  # the generated airflow.cfg writes every default out
+            return text, f"airflow.cfg [{SECTION}] {setting.key}"
+    return None
+
+
+def _warn_legacy(setting: Setting, ignored: bool) -> None:
+    once = f"{setting.legacy_env}:{'ignored' if ignored else 'used'}"
+    if once in _warned:
+        return
+    _warned.add(once)
+    if ignored:
+        message = (
+            f"{setting.legacy_env} is ignored because [{SECTION}] {setting.key} is set; "
+            f"remove {setting.legacy_env}"
+        )
+    else:
+        message = (
+            f"{setting.legacy_env} is deprecated and will stop working in the next release: set "
+            f"{setting.env} (or [{SECTION}] {setting.key} in airflow.cfg) instead"
+        )
+    import logging  # lazily: the CLI's list/validate/plan start faster without it
+    import warnings
+
+    warnings.warn(message, DeprecationWarning, stacklevel=4)
+    logging.getLogger(__name__).warning("%s", message)
+
+
+def _is_set(text: str | None, setting: Setting) -> bool:
+    return text is not None and (setting.empty_is_value or text.strip() != "")
+
+
+def raw(key: str, *, use_airflow: bool = True) -> tuple[str, str]:
+    """The setting's text and its source, by the precedence in this module's docstring."""
+    setting = BY_KEY[key]
+    explicit = _explicit(setting, use_airflow)
+    legacy = os.environ.get(setting.legacy_env)
+    if explicit is not None and _is_set(explicit[0], setting):
+        if _is_set(legacy, setting) and legacy != explicit[0]:
+            _warn_legacy(setting, ignored=True)
+        return explicit
+    if _is_set(legacy, setting):
+        _warn_legacy(setting, ignored=False)
+        return str(legacy), f"legacy env {setting.legacy_env}"
+    return setting.default, "default"
+
+
+def get(key: str, *, use_airflow: bool = True) -> Any:
+    """The setting's typed value (str, int, float, bool, or the parsed JSON); SettingError if bad."""
+    text, source = raw(key, use_airflow=use_airflow)
+    return BY_KEY[key].parse(text, source)
+
+
+def _typed(key: str, kind: type, use_airflow: bool) -> Any:
+    value = get(key, use_airflow=use_airflow)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"[{SECTION}] {key} is a {BY_KEY[key].kind} setting, not {kind.__name__}")
+    return value
+
+
+def get_str(key: str, *, use_airflow: bool = True) -> str:
+    return str(_typed(key, str, use_airflow))
+
+
+def get_int(key: str, *, use_airflow: bool = True) -> int:
+    return int(_typed(key, int, use_airflow))
+
+
+def get_float(key: str, *, use_airflow: bool = True) -> float:
+    return float(_typed(key, float, use_airflow))
+
+
+def get_bool(key: str, *, use_airflow: bool = True) -> bool:
+    return bool(_typed(key, bool, use_airflow))
+
+
+def schedule() -> str | None:
+    """The training DAGs' cron schedule; None (manual only) for ``none``, ``null`` or empty."""
+    value = get_str("schedule")
+    return None if value.lower() in ("", "none", "null") else value
+
+
+def default_dirs(project_dir: Path, *, use_airflow: bool = True) -> tuple[Path, Path]:
+    """``shards_dir`` / ``output_dir``, else the project's ``include/sample_shards`` and ``outputs/``."""
+    shards = get_str("shards_dir", use_airflow=use_airflow) or project_dir / "include" / "sample_shards"
+    output = get_str("output_dir", use_airflow=use_airflow) or project_dir / "outputs"
+    return Path(shards), Path(output)
+
+
+def airflow_home_default() -> str:
+    """The CLI's embedded Airflow home: ``AIRFLOW_HOME`` as Airflow reads it, else ./.airflow."""
+    return os.environ.get("AIRFLOW_HOME") or ".airflow"
+
+
+def dags_folder_default() -> str:
+    """The CLI's DAG folder: ``AIRFLOW__CORE__DAGS_FOLDER`` as Airflow reads it, else ./dags."""
+    return os.environ.get("AIRFLOW__CORE__DAGS_FOLDER") or "dags"
+
+
+def provider_config() -> dict[str, Any]:
+    """The ``config`` entry of ``get_provider_info()``: how ``airflow config list`` learns the section."""
+    options: dict[str, Any] = {}
+    for s in SETTINGS:
+        when = READ_AT[s.read_at]
+        options[s.key] = {
+            "description": f"{s.description} {when}. Legacy env: {s.legacy_env} (deprecated).",
+            "version_added": VERSION_ADDED,
+            "type": s.airflow_type,
+            "example": s.example,
+            "default": s.default,
+        }
+    return {
+        SECTION: {
+            "description": "Deployment settings of the trait-lora provider. Precedence: this section "
+            f"(AIRFLOW__{SECTION.upper()}__<KEY> or airflow.cfg) > legacy TRAIT_LORA_<KEY> env > default.",
+            "options": options,
+        }
+    }
