@@ -139,7 +139,7 @@ def main() -> int:
                 shards_dir=first_shards,
                 output_dir=workdir / "outputs_default",
                 poll_seconds=args.poll_seconds,
-                extra_env={"TRAIT_LORA_MAX_JOBS_IN_FLIGHT": str(pool)},  # the cap never binds here
+                extra_env={"AIRFLOW__TRAIT_LORA__MAX_JOBS_IN_FLIGHT": str(pool)},  # the cap never binds here
                 celery_workers=CELERY_WORKERS if celery else (),
                 worker_concurrency=max(1, args.parallelism // len(CELERY_WORKERS)),
             ) as dep:

@@ -43,7 +43,7 @@ SECRET_PATTERNS = (
     re.compile(r"\b[a-f0-9]{40,}\b"),
     re.compile(r"\b[A-Za-z0-9+/]{40,}={0,2}"),
 )
-VAR = re.compile(r"(?<!\$)\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<default>[^}]*))?\}")
+VAR = re.compile(r"(?<!\$)\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<default>[^{}]*))?\}")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def compose() -> dict[str, Any]:
 
 
 def interpolate(text: str, env: dict[str, str]) -> str:
-    """Compose's ``${VAR}``, ``${VAR:-default}`` and ``$$`` rules (enough for this file)."""
+    """Compose's ``${VAR}``, ``${VAR:-default}`` (nested too) and ``$$`` rules (enough for this file)."""
 
     def sub(match: re.Match[str]) -> str:
         value = env.get(match["name"])
@@ -61,7 +61,11 @@ def interpolate(text: str, env: dict[str, str]) -> str:
             return match["default"] or ""
         return value or ""
 
-    return VAR.sub(sub, text).replace("$$", "$")
+    while True:  # innermost first: ``${NEW:-${OLD:-4}}`` is a default that is itself a variable
+        done = VAR.sub(sub, text)
+        if done == text:
+            return done.replace("$$", "$")
+        text = done
 
 
 def env_example() -> dict[str, str]:
@@ -125,6 +129,13 @@ def test_env_wiring_points_at_the_mounts_and_the_pool(compose):
     assert not [name for name in env if name.startswith("TRAIT_LORA_")]
     ours = {name.removeprefix("AIRFLOW__TRAIT_LORA__").lower() for name in env if "__TRAIT_LORA__" in name}
     assert ours and ours <= set(BY_KEY), ours - set(BY_KEY)
+    # An old .env with a deprecated name keeps its value (an upgrade must not reset the paid-job cap);
+    # the new name wins when both are there; neither gives the compose default.
+    cap = env["AIRFLOW__TRAIT_LORA__MAX_JOBS_IN_FLIGHT"]
+    assert interpolate(cap, {"TRAIT_LORA_MAX_JOBS_IN_FLIGHT": "2"}) == "2"
+    both = {"TRAIT_LORA_MAX_JOBS_IN_FLIGHT": "2", "AIRFLOW__TRAIT_LORA__MAX_JOBS_IN_FLIGHT": "3"}
+    assert interpolate(cap, both) == "3"
+    assert interpolate(cap, {}) == "4"
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
     assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")

@@ -9,7 +9,11 @@
 * ``scripts/airflow-init.sh`` (``airflow db migrate`` + the ``together_api`` pool with
   ``--include-deferred``), the same script the docker-compose ``airflow-init`` service runs;
 * ``airflow api-server``, ``airflow scheduler`` (LocalExecutor), ``airflow dag-processor`` and
-  ``airflow triggerer`` with the repository's ``dags/``, SimpleAuthManager with all users admin.
+  ``airflow triggerer`` with the repository's ``dags/``, SimpleAuthManager with all users admin;
+* with ``celery_workers``: Redis from Debian's packages (``redis-server``, installed like PostgreSQL)
+  as the broker, CeleryExecutor, and one ``airflow celery worker`` per name, each as a machine of its
+  own (working directory, ``HOME``, ``TMPDIR``, ``AIRFLOW_HOME``, reported hostname) sharing only the
+  outputs directory.
 
 Everything it starts it stops, on success and on failure: ``stop()`` from ``__exit__``/a fixture
 finalizer, an ``atexit`` hook as a safety net, and ``PR_SET_PDEATHSIG`` so a child dies with us even
@@ -561,7 +565,7 @@ class LiveDeployment:
         with self.timings.measure("airflow-init.sh (db migrate + pool)"):
             result = subprocess.run(
                 ["bash", str(REPO / "scripts" / "airflow-init.sh")],
-                env={**self.env, "TRAIT_LORA_TOGETHER_POOL_SLOTS": str(self.pool_slots)},
+                env={**self.env, "AIRFLOW__TRAIT_LORA__TOGETHER_POOL_SLOTS": str(self.pool_slots)},
                 cwd=REPO,
                 capture_output=True,
                 text=True,
@@ -773,12 +777,12 @@ class LiveDeployment:
             "AIRFLOW_CONN_TOGETHER_DEFAULT": json.dumps(
                 {"conn_type": "together", "host": self.fake.base_url, "password": self.fake.api_key}
             ),
-            "TRAIT_LORA_SHARDS_DIR": str(self.shards_dir),
-            "TRAIT_LORA_OUTPUT_DIR": str(self.output_dir),
-            "TRAIT_LORA_SCHEDULE": "none",
-            "TRAIT_LORA_POLL_SECONDS": str(self.poll_seconds),
-            "TRAIT_LORA_STAGGER_SECONDS": "0",
-            "TRAIT_LORA_RETRY_DELAY_SECONDS": "2",
+            "AIRFLOW__TRAIT_LORA__SHARDS_DIR": str(self.shards_dir),
+            "AIRFLOW__TRAIT_LORA__OUTPUT_DIR": str(self.output_dir),
+            "AIRFLOW__TRAIT_LORA__SCHEDULE": "none",
+            "AIRFLOW__TRAIT_LORA__POLL_SECONDS": str(self.poll_seconds),
+            "AIRFLOW__TRAIT_LORA__STAGGER_SECONDS": "0",
+            "AIRFLOW__TRAIT_LORA__RETRY_DELAY_SECONDS": "2",
         }
         if self.redis is not None:
             env.update(

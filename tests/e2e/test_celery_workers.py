@@ -53,7 +53,7 @@ def celery(tmp_path_factory, request):
         celery_workers=WORKERS,
         worker_concurrency=2,
         extra_env={
-            "TRAIT_LORA_MAX_JOBS_IN_FLIGHT": str(N_TRAITS),
+            "AIRFLOW__TRAIT_LORA__MAX_JOBS_IN_FLIGHT": str(N_TRAITS),
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT_S),
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
             # A task message the dead worker had taken but not started leaves its TI queued: requeue

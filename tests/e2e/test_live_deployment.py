@@ -6,7 +6,7 @@ What only a live deployment can show (``dag.test()`` runs triggers inline, one a
 * the per-trait ``wait`` sensors (not ``launch``, which ends once its job exists) reach ``deferred`` while
   Together trains and hold no worker slot: more of them are deferred at once than the executor has
   slots, each labelled with its trait (not its map index) while deferred;
-* the cap on jobs in flight (``TRAIT_LORA_MAX_JOBS_IN_FLIGHT``, counted in the ledger before each create)
+* the cap on jobs in flight (``[trait_lora] max_jobs_in_flight``, counted in the ledger before each create)
   holds: the fake's exact peak of concurrent jobs never exceeds it, though there are more traits;
 * a run triggered through the REST API finishes, writes ``hypernetwork_data.json`` and records an
   Asset event; the API serves the trigger form's params and refuses a bad conf with HTTP 400;
@@ -78,7 +78,7 @@ def live(tmp_path_factory, request):
         shards_dir=shards,
         output_dir=workdir / "outputs",
         poll_seconds=POLL_SECONDS,
-        extra_env={"TRAIT_LORA_MAX_JOBS_IN_FLIGHT": str(CAP)},
+        extra_env={"AIRFLOW__TRAIT_LORA__MAX_JOBS_IN_FLIGHT": str(CAP)},
     )
     started = time.monotonic()
     try:
@@ -305,7 +305,7 @@ def test_a_forced_backfill_of_three_runs_pays_once_per_trait(live):
     # scheduled run this queues for the latest day trains nothing: every shard is unchanged.)
     mapping = json.loads((live.output_dir / "hypernetwork_data.json").read_text())
     assert sorted(mapping["traits"]) == sorted(live.traits), "runs after the earlier tests' adapters"
-    live.env["TRAIT_LORA_SCHEDULE"] = "@daily"
+    live.env["AIRFLOW__TRAIT_LORA__SCHEDULE"] = "@daily"
     live.stop_component("dag-processor")
     live.start_component("dag-processor")
 
