@@ -10,7 +10,6 @@ report.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,15 +42,17 @@ class Child:
 
 def start_child(path: Path, start: int, max_problems: int, max_line_bytes: int) -> Child:
     package_root = str(Path(__file__).resolve().parents[2])  # the child imports this very copy
-    python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
-    argv = [sys.executable, "-m", __name__, str(path), str(start), str(max_problems), str(max_line_bytes)]
+    bootstrap = (
+        "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+        "from trait_lora.core.validation_child import main; raise SystemExit(main(sys.argv[1:]))"
+    )
+    argv = [sys.executable, "-c", bootstrap, package_root, str(path), str(start), str(max_problems)]
     try:
         popen = subprocess.Popen(
-            argv,
+            [*argv, str(max_line_bytes)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": python_path},
         )
     except OSError:
         return Child(None)
