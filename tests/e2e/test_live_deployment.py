@@ -195,10 +195,14 @@ def test_run_defers_waits_and_the_cap_bounds_jobs_in_flight(live):
         f"peak jobs in flight {state['max_active']} (cap {CAP})"
     )
     # A wait task runs briefly when it starts (before it defers) and when its trigger fires; on a
-    # loaded machine one sample can catch that moment. A poke-mode sensor would hold a slot per trait
-    # in every sample, so: never more than one slot, and in at most a tenth of the samples.
+    # loaded machine its start can lag its launch by more than MID_TRAINING_AFTER (the launches that
+    # poll at the cap fill the slots), so a few samples catch waits not yet deferred. A poke-mode
+    # sensor would hold one slot per trait mid-training in every sample (ratio 1, no sample at 0), so:
+    # most samples hold none, and the slots held stay a small fraction of the jobs mid-training.
     busy = [s for s in mid if s.mid_training_slots]
-    assert held <= 1 and len(busy) <= len(mid) // 10, [describe(s) for s in busy]
+    ratio = sum(s.mid_training_slots for s in mid) / sum(s.mid_training_jobs for s in mid)
+    log(f"mid-training samples holding a slot: {len(busy)}/{len(mid)}; slots/jobs ratio {ratio:.3f}")
+    assert len(busy) <= len(mid) // 4 and ratio <= 0.25, [describe(s) for s in busy]
 
 
 def test_the_dashboard_in_a_real_browser(live):
