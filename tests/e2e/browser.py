@@ -7,14 +7,14 @@ the Airflow UI and reads what is drawn inside their iframes.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from tests.e2e.live import apt_install
 
 PACKAGES = ("chromium", "chromium-driver")
 
@@ -24,16 +24,7 @@ def ensure_chromium() -> tuple[str, str]:
     found = shutil.which("chromium"), shutil.which("chromedriver")
     if all(found):
         return found  # type: ignore[return-value]
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise RuntimeError(
-            "Chromium is not installed and this process cannot install it: "
-            f"run `apt-get install -y {' '.join(PACKAGES)}` (Debian/Ubuntu) and retry"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES], check=True, env=env
-    )
+    apt_install(*PACKAGES, what="Chromium")
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and driver):
         raise RuntimeError(f"apt-get installed {PACKAGES} but chromium/chromedriver are not on PATH")

@@ -211,21 +211,26 @@ def find_pg_bin() -> Path | None:
     return Path(versions[-1]).parent if versions else None
 
 
+def apt_install(*packages: str, what: str) -> None:
+    """Install Debian packages the e2e needs (CI is a fresh root machine); say how when we cannot."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise RuntimeError(
+            f"{what} is not installed and this process cannot install it: "
+            f"run `apt-get install -y {' '.join(packages)}` (Debian/Ubuntu) and retry"
+        )
+    log(f"{what} missing: apt-get install -y {' '.join(packages)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], check=True, env=env
+    )
+
+
 def ensure_pg_bin() -> Path:
     bin_dir = find_pg_bin()
     if bin_dir is not None:
         return bin_dir
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise RuntimeError(
-            "PostgreSQL is not installed (no initdb) and this process cannot install it: "
-            "run `apt-get install -y postgresql` (Debian/Ubuntu) and retry"
-        )
-    log("PostgreSQL missing: apt-get install -y postgresql")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "postgresql"], check=True, env=env
-    )
+    apt_install("postgresql", what="PostgreSQL (initdb)")
     bin_dir = find_pg_bin()
     if bin_dir is None:
         raise RuntimeError("apt-get installed postgresql but no initdb was found under /usr/lib/postgresql")
@@ -347,17 +352,7 @@ def ensure_redis_server() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise RuntimeError(
-            "Redis is not installed (no redis-server) and this process cannot install it: "
-            "run `apt-get install -y redis-server` (Debian/Ubuntu) and retry"
-        )
-    log("Redis missing: apt-get install -y redis-server")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "redis-server"], check=True, env=env
-    )
+    apt_install("redis-server", what="Redis (redis-server)")
     found = shutil.which("redis-server")
     if not found:
         raise RuntimeError("apt-get installed redis-server but it is not on PATH")
