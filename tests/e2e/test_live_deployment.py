@@ -198,11 +198,12 @@ def test_run_defers_waits_and_the_cap_bounds_jobs_in_flight(live):
     # loaded machine its start can lag its launch by more than MID_TRAINING_AFTER (the launches that
     # poll at the cap fill the slots), so a few samples catch waits not yet deferred. A poke-mode
     # sensor would hold one slot per trait mid-training in every sample (ratio 1, no sample at 0), so:
-    # most samples hold none, and the slots held stay a small fraction of the jobs mid-training.
+    # at least half the samples hold none, and the slots held stay under a quarter of the jobs
+    # mid-training (measured: 0.09-0.12 with 11-27% of samples busy on a loaded 2-core machine).
     busy = [s for s in mid if s.mid_training_slots]
     ratio = sum(s.mid_training_slots for s in mid) / sum(s.mid_training_jobs for s in mid)
     log(f"mid-training samples holding a slot: {len(busy)}/{len(mid)}; slots/jobs ratio {ratio:.3f}")
-    assert len(busy) <= len(mid) // 4 and ratio <= 0.25, [describe(s) for s in busy]
+    assert len(busy) <= len(mid) // 2 and ratio <= 0.25, [describe(s) for s in busy]
 
 
 def test_the_dashboard_in_a_real_browser(live):
