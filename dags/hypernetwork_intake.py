@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import AssetAlias, Param, dag, task
+from airflow.sdk import AssetAlias, dag, task
 
-from trait_lora.provider.params import PATHS
+from trait_lora.provider.params import PATHS, form_field
 from trait_lora.provider.pipeline import HYPERNETWORK_ALIAS
 
 
@@ -36,7 +36,7 @@ from trait_lora.provider.pipeline import HYPERNETWORK_ALIAS
     catchup=False,
     max_active_runs=1,  # two intakes of one mapping would race for the same dataset directory
     params={
-        "mapping_path": Param(
+        "mapping_path": form_field(
             None,
             type=["null", "string"],
             pattern="^/",

@@ -15,7 +15,7 @@ from airflow.sdk import dag, task, task_group
 
 from trait_lora import settings
 from trait_lora.provider import kubernetes, pipeline, tasks
-from trait_lora.provider.deployment import dag_args
+from trait_lora.provider.deployment import dag_args, params_handed_over_once
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -32,30 +32,32 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
     doc_md=__doc__ + tasks.RUN_DOC,
 )
 def trait_lora_kubernetes():
-    @task_group(group_id="trait")
-    def per_trait(trait_plan):
-        @task(multiple_outputs=True, map_index_template="{{ trait_label | default('') }}")
-        def pod_spec(trait_plan, **context):
-            return pipeline.pod_spec(trait_plan, context)
+    with params_handed_over_once():  # the DAG's params, not a copy per task (parse time)
 
-        spec = pod_spec(trait_plan)
-        pod = kubernetes.TrainingPodOperator(
-            task_id="train_pod",
-            name=spec["name"],
-            arguments=spec["arguments"],
-            labels=spec["labels"],
-            pool=settings.get_str("gpu_pool"),
-        )
+        @task_group(group_id="trait")
+        def per_trait(trait_plan):
+            @task(multiple_outputs=True, map_index_template="{{ trait_label | default('') }}")
+            def pod_spec(trait_plan, **context):
+                return pipeline.pod_spec(trait_plan, context)
 
-        @task(map_index_template="{{ trait_label | default('') }}")
-        def install(trait_plan, pod_result, run_id=None, **context):
-            return pipeline.install_pod_result(trait_plan, pod_result, run_id, context)
+            spec = pod_spec(trait_plan)
+            pod = kubernetes.TrainingPodOperator(
+                task_id="train_pod",
+                name=spec["name"],
+                arguments=spec["arguments"],
+                labels=spec["labels"],
+                pool=settings.get_str("gpu_pool"),
+            )
 
-        return install(trait_plan, pod.output)
+            @task(map_index_template="{{ trait_label | default('') }}")
+            def install(trait_plan, pod_result, run_id=None, **context):
+                return pipeline.install_pod_result(trait_plan, pod_result, run_id, context)
 
-    plans = tasks.discover_task("local")
-    results = per_trait.expand(trait_plan=plans)
-    tasks.publish_and_check(plans, results, "local")
+            return install(trait_plan, pod.output)
+
+        plans = tasks.discover_task("local")
+        results = per_trait.expand(trait_plan=plans)
+        tasks.publish_and_check(plans, results, "local")
 
 
 trait_lora_kubernetes()

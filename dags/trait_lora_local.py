@@ -14,7 +14,7 @@ from airflow.sdk import dag, task
 
 from trait_lora import settings
 from trait_lora.provider import pipeline, tasks
-from trait_lora.provider.deployment import dag_args
+from trait_lora.provider.deployment import dag_args, params_handed_over_once
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 # Training saturates the machine: traits train one at a time unless [trait_lora] local_concurrency says.
@@ -32,13 +32,15 @@ CONCURRENCY = settings.get_int("local_concurrency")
     doc_md=__doc__ + tasks.RUN_DOC,
 )
 def trait_lora_local():
-    @task(map_index_template="{{ trait_label | default('') }}", max_active_tis_per_dagrun=CONCURRENCY)
-    def train(trait_plan, run_id=None, **context):
-        return pipeline.train_local(trait_plan, run_id, context)
+    with params_handed_over_once():  # the DAG's params, not a copy per task (parse time)
 
-    plans = tasks.discover_task("local")
-    results = train.expand(trait_plan=plans)
-    tasks.publish_and_check(plans, results, "local")
+        @task(map_index_template="{{ trait_label | default('') }}", max_active_tis_per_dagrun=CONCURRENCY)
+        def train(trait_plan, run_id=None, **context):
+            return pipeline.train_local(trait_plan, run_id, context)
+
+        plans = tasks.discover_task("local")
+        results = train.expand(trait_plan=plans)
+        tasks.publish_and_check(plans, results, "local")
 
 
 trait_lora_local()

@@ -17,7 +17,7 @@ from airflow.sdk import dag, task_group
 
 from trait_lora import settings
 from trait_lora.provider import tasks
-from trait_lora.provider.deployment import dag_args
+from trait_lora.provider.deployment import dag_args, params_handed_over_once
 from trait_lora.provider.operators import (
     TogetherDownloadOperator,
     TogetherFineTuneSensor,
@@ -39,25 +39,27 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
     doc_md=__doc__ + tasks.RUN_DOC,
 )
 def trait_lora_together():
-    @task_group(group_id="trait")
-    def per_trait(trait_plan):
-        # Poll interval, stagger and the cap are [trait_lora] settings read by each task when it runs.
-        upload = TogetherUploadOperator(task_id="upload", trait_plan=trait_plan)
-        # launch ends once the job exists. Jobs in flight are bounded by max_jobs_in_flight, counted in the
-        # ledger under its lock before each create (at the cap launch defers on a timer); the together_api
-        # pool only paces the submissions themselves.
-        launch = TogetherLaunchOperator(
-            task_id="launch",
-            upload_result=upload.output,
-            pool=settings.get_str("together_pool"),
-        )
-        # The sensor: deferred (no worker slot) while Together trains, Together's events in its log.
-        wait = TogetherFineTuneSensor(task_id="wait", launch_result=launch.output)
-        return TogetherDownloadOperator(task_id="download", wait_result=wait.output).output
+    with params_handed_over_once():  # the DAG's params, not a copy per task (parse time)
 
-    plans = tasks.discover_task("together")
-    results = per_trait.expand(trait_plan=plans)
-    tasks.publish_and_check(plans, results, "together")
+        @task_group(group_id="trait")
+        def per_trait(trait_plan):
+            # Poll interval, stagger and the cap are [trait_lora] settings read by each task when it runs.
+            upload = TogetherUploadOperator(task_id="upload", trait_plan=trait_plan)
+            # launch ends once the job exists. Jobs in flight are bounded by max_jobs_in_flight, counted in
+            # the ledger under its lock before each create (at the cap launch defers on a timer); the
+            # together_api pool only paces the submissions themselves.
+            launch = TogetherLaunchOperator(
+                task_id="launch",
+                upload_result=upload.output,
+                pool=settings.get_str("together_pool"),
+            )
+            # The sensor: deferred (no worker slot) while Together trains, Together's events in its log.
+            wait = TogetherFineTuneSensor(task_id="wait", launch_result=launch.output)
+            return TogetherDownloadOperator(task_id="download", wait_result=wait.output).output
+
+        plans = tasks.discover_task("together")
+        results = per_trait.expand(trait_plan=plans)
+        tasks.publish_and_check(plans, results, "together")
 
 
 trait_lora_together()

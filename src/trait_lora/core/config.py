@@ -21,6 +21,8 @@ LOCAL_MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 BACKENDS = ("together", "local")
 KNOWN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SCHEDULERS = ("linear", "cosine")
+DEFAULT_EVAL_FRACTION = 0.1  # the local form's default; Together's is 0 (a held-out part costs a retrain)
+MAX_EVAL_FRACTION = 0.5
 FLOAT_FIELDS = ("lora_dropout", "learning_rate", "warmup_ratio", "eval_fraction")
 
 # Hashed fields: changing any of these changes the adapter, so it changes the job key.
@@ -191,8 +193,8 @@ def _check(cfg: TrainingConfig) -> None:
         raise bad("lr_scheduler_type", f"one of {', '.join(SCHEDULERS)}")
     if not _is_number(cfg.warmup_ratio) or not 0.0 <= cfg.warmup_ratio < 1.0:
         raise bad("warmup_ratio", "a number in [0, 1)")
-    if not _is_number(cfg.eval_fraction) or not 0.0 <= cfg.eval_fraction <= 0.5:
-        raise bad("eval_fraction", "a number in [0, 0.5] (0 = no held-out split)")
+    if not _is_number(cfg.eval_fraction) or not 0.0 <= cfg.eval_fraction <= MAX_EVAL_FRACTION:
+        raise bad("eval_fraction", f"a number in [0, {MAX_EVAL_FRACTION}] (0 = no held-out split)")
     for name in ("packing", "train_on_inputs"):
         if not isinstance(getattr(cfg, name), bool):
             raise bad(name, "true or false")

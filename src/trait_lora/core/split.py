@@ -20,8 +20,6 @@ from typing import Any
 from trait_lora.core.atomic import atomic_writer
 from trait_lora.core.keys import sha256_json
 
-DEFAULT_EVAL_FRACTION = 0.1
-MAX_EVAL_FRACTION = 0.5
 MIN_EVAL_EXAMPLES = 2  # a held-out loss over one example is noise
 MIN_TRAIN_EXAMPLES = 8  # below this a shard trains on everything: learning comes first
 

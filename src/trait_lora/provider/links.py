@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import BaseOperatorLink, BaseXCom
+from airflow.sdk import BaseOperatorLink
 
 from trait_lora import settings
 
@@ -22,5 +22,7 @@ class TogetherJobLink(BaseOperatorLink):
     name = "Together job"
 
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        from airflow.sdk import BaseXCom
+
         # Pushed before defer(): that XCom survives the deferral; a return value would not exist yet.
         return BaseXCom.get_value(ti_key=ti_key, key=JOB_URL_XCOM_KEY) or ""

@@ -14,14 +14,15 @@ from airflow.sdk import Param
 from trait_lora import settings
 from trait_lora.core.config import (
     CONFIG_FIELDS,
+    DEFAULT_EVAL_FRACTION,
     KNOWN_MODULES,
     LOCAL_MODEL,
+    MAX_EVAL_FRACTION,
     SCHEDULERS,
     TOGETHER_MODEL,
     TrainingConfig,
 )
 from trait_lora.core.shards import TRAIT_PATTERN, discover_shards
-from trait_lora.core.split import DEFAULT_EVAL_FRACTION, MAX_EVAL_FRACTION
 
 
 def default_dirs(project_dir: Path) -> tuple[Path, Path]:
@@ -42,6 +43,16 @@ def available_traits(shards_dir: Path) -> list[str]:
 SELECTION, PATHS, TRAINING, BUDGET = "Selection", "Paths", "Training", "Budget"
 EVALUATION = "Evaluation"
 
+# Airflow checks every param's schema against its metaschema at each parse; the 2020-12 metaschema
+# (jsonschema's default) costs ~3x draft-07's (0.66 vs 0.22 ms per param, 18 params per DAG). Every
+# keyword the form uses means the same in draft-07, and the UI ignores ``$schema``.
+SCHEMA_DIALECT = "http://json-schema.org/draft-07/schema#"
+
+
+def form_field(default: Any, **schema: Any) -> Param:
+    """One form field, its schema checked under draft-07 (see SCHEMA_DIALECT)."""
+    return Param(default, **{"$schema": SCHEMA_DIALECT}, **schema)
+
 
 def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
     """The form: every field titled, its range and default in its help (Airflow shows range errors
@@ -59,7 +70,7 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
         else "Hugging Face model id or a local model directory (never downloaded at run time)"
     )
     params: dict[str, Param] = {
-        "traits": Param(
+        "traits": form_field(
             None,
             type=["null", "array"],
             items=item,
@@ -70,7 +81,7 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
             "every shard found in the shards directory.",
             section=SELECTION,
         ),
-        "force_retrain": Param(
+        "force_retrain": form_field(
             False,
             type="boolean",
             title="Force retrain",
@@ -78,7 +89,7 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
             "Default: off.",
             section=SELECTION,
         ),
-        "dry_run": Param(
+        "dry_run": form_field(
             False,
             type="boolean",
             title="Dry run",
@@ -86,7 +97,7 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
             "Default: off.",
             section=SELECTION,
         ),
-        "shards_dir": Param(
+        "shards_dir": form_field(
             str(shards_dir),
             type="string",
             minLength=1,
@@ -94,7 +105,7 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
             description=f"Folder of <trait>.jsonl shards. Default: {shards_dir}.",
             section=PATHS,
         ),
-        "output_dir": Param(
+        "output_dir": form_field(
             str(output_dir),
             type="string",
             minLength=1,
@@ -103,7 +114,7 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
             f"written. Default: {output_dir}.",
             section=PATHS,
         ),
-        "base_model": Param(
+        "base_model": form_field(
             model,
             type="string",
             minLength=1,
@@ -111,7 +122,7 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
             description=f"{model_help}. Default: {model}.",
             section=TRAINING,
         ),
-        "lora_r": Param(
+        "lora_r": form_field(
             d.lora_r,
             type="integer",
             minimum=1,
@@ -120,7 +131,7 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
             description=f"Integer 1-1024 (Together caps it per model). Default: {d.lora_r}.",
             section=TRAINING,
         ),
-        "lora_alpha": Param(
+        "lora_alpha": form_field(
             d.lora_alpha,
             type="integer",
             minimum=1,
@@ -129,7 +140,7 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
             description=f"Integer 1-4096; the adapter's scale is alpha / r. Default: {d.lora_alpha}.",
             section=TRAINING,
         ),
-        "lora_dropout": Param(
+        "lora_dropout": form_field(
             d.lora_dropout,
             type="number",
             minimum=0,
@@ -138,7 +149,7 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
             description=f"Number in [0, 1). Default: {d.lora_dropout}.",
             section=TRAINING,
         ),
-        "target_modules": Param(
+        "target_modules": form_field(
             list(d.target_modules),
             type="array",
             items={"type": "string", "enum": list(KNOWN_MODULES)},
@@ -150,7 +161,7 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
             f"{', '.join(d.target_modules)}.",
             section=TRAINING,
         ),
-        "n_epochs": Param(
+        "n_epochs": form_field(
             d.n_epochs,
             type="integer",
             minimum=1,
@@ -159,7 +170,7 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
             description=f"Integer 1-100 (Together allows up to 20 for most models). Default: {d.n_epochs}.",
             section=TRAINING,
         ),
-        "batch_size": Param(
+        "batch_size": form_field(
             d.batch_size,
             type="integer",
             minimum=1,
@@ -169,7 +180,7 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
             f"checked before any job is created, typically 8-128). Default: {d.batch_size}.",
             section=TRAINING,
         ),
-        "learning_rate": Param(
+        "learning_rate": form_field(
             d.learning_rate,
             type="number",
             exclusiveMinimum=0,
@@ -178,7 +189,7 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
             description=f"Number in (0, 1). Default: {d.learning_rate:g}.",
             section=TRAINING,
         ),
-        "lr_scheduler_type": Param(
+        "lr_scheduler_type": form_field(
             d.lr_scheduler_type,
             type="string",
             enum=list(SCHEDULERS),
@@ -186,7 +197,7 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
             description=f"One of {', '.join(SCHEDULERS)}. Default: {d.lr_scheduler_type}.",
             section=TRAINING,
         ),
-        "warmup_ratio": Param(
+        "warmup_ratio": form_field(
             d.warmup_ratio,
             type="number",
             minimum=0,
@@ -205,7 +216,7 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
         if backend == "together"
         else "measured against the base model (and the opposite pole)"
     )
-    params["eval_fraction"] = Param(
+    params["eval_fraction"] = form_field(
         eval_default,
         type="number",
         minimum=0,
@@ -217,7 +228,7 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
         section=EVALUATION,
     )
     if backend == "local":  # Together reports no base-model loss to compare against
-        params["min_eval_improvement"] = Param(
+        params["min_eval_improvement"] = form_field(
             None,
             type=["null", "number"],
             title="Quality gate: minimum held-out improvement",
@@ -227,7 +238,7 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
             section=EVALUATION,
         )
     if backend == "together":
-        params["max_job_price_usd"] = Param(
+        params["max_job_price_usd"] = form_field(
             None,
             type=["null", "number"],
             minimum=0,
@@ -236,7 +247,7 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
             "Default: empty, no limit.",
             section=BUDGET,
         )
-        params["max_run_price_usd"] = Param(
+        params["max_run_price_usd"] = form_field(
             None,
             type=["null", "number"],
             minimum=0,

@@ -13,16 +13,14 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from trait_lora.core import runs
 from trait_lora.core.config import from_mapping
 from trait_lora.core.errors import TraitLoraError
-from trait_lora.core.mapping import MAPPING_FILE
 from trait_lora.provider.params import config_values
 
 log = logging.getLogger(__name__)
 
-# Planning and summary code (validation, adapter checks, matplotlib) is imported inside the tasks:
-# DAG files import this module and must stay cheap to parse.
+# Planning, ledger and summary code (validation, runs, adapter checks, matplotlib) is imported inside
+# the tasks: DAG files import this module and must stay cheap to parse.
 
 # Consumers schedule on this alias: each event names the mapping file the run actually wrote (an Asset
 # whose URI is that file), so a run with another output_dir announces its own file.
@@ -35,6 +33,7 @@ def discover(params: dict[str, Any], run_id: str, backend: str, dag_run: Any = N
     The whole plan goes to ``runs/<run>/plan.json`` for ``publish``: Airflow can only map over a
     task's return value, so the plan cannot travel as a second XCom key.
     """
+    from trait_lora.core import runs
     from trait_lora.core.atomic import atomic_write_json
     from trait_lora.core.ledger import utc_now
     from trait_lora.core.plan import forced_nonce, plan_traits
@@ -95,6 +94,8 @@ def discover(params: dict[str, Any], run_id: str, backend: str, dag_run: Any = N
 
 def load_plan(params: dict[str, Any], run_id: str) -> dict[str, Any]:
     """The plan ``discover`` wrote; none means discover failed, and there is nothing to publish."""
+    from trait_lora.core import runs
+
     output_dir = Path(params["output_dir"]).resolve()
     path = runs.run_dir(output_dir, run_id) / "plan.json"
     try:
@@ -108,6 +109,7 @@ def load_plan(params: dict[str, Any], run_id: str) -> dict[str, Any]:
 
 def train_local(plan: dict[str, Any], run_id: str, context: Any) -> dict[str, Any]:
     """One trait on the local backend; a bad shard or a trainer failure fails only this trait."""
+    from trait_lora.core import runs
     from trait_lora.local.backend import LocalTrainingError, train_trait
 
     context["trait_label"] = plan["trait"]
@@ -129,6 +131,7 @@ def train_local(plan: dict[str, Any], run_id: str, context: Any) -> dict[str, An
 
 def pod_spec(plan: dict[str, Any], context: Any) -> dict[str, Any]:
     """The pod's per-trait values; an invalid shard fails here, before any pod is scheduled."""
+    from trait_lora.core import runs
     from trait_lora.provider.kubernetes import pod_spec as build
 
     context["trait_label"] = plan["trait"]
@@ -141,6 +144,7 @@ def pod_spec(plan: dict[str, Any], context: Any) -> dict[str, Any]:
 
 def install_pod_result(plan: dict[str, Any], pod_result: Any, run_id: str, context: Any) -> dict[str, Any]:
     """Verify and install what the pod wrote on the PVC, like any other adapter."""
+    from trait_lora.core import runs
     from trait_lora.local.backend import install_trained
 
     context["trait_label"] = plan["trait"]
@@ -182,6 +186,7 @@ def publish(
 ) -> dict[str, Any]:
     """Write the mapping (even when some traits failed) and the run summary; announce the mapping as an
     Asset event only when its content changed (an all-skipped run emits none)."""
+    from trait_lora.core import runs
     from trait_lora.core.mapping import mapping_sha256, published_sha256, write_mapping
     from trait_lora.core.summary import build_summary, format_table, write_summary
 
@@ -241,6 +246,8 @@ def publish(
 
 def check(published: dict[str, Any] | None) -> None:
     """The leaf that turns a partial success into a failed run, after the good traits were published."""
+    from trait_lora.core.mapping import MAPPING_FILE
+
     if not published:
         return
     failed = published.get("failed_reasons") or {}

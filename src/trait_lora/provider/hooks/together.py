@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.bases.hook import BaseHook
 
-from trait_lora.core.job_status import JobStatus
 from trait_lora.provider.connection import (
     CONN_TYPE,
     DEFAULT_BASE_URL,
@@ -326,6 +325,8 @@ class TogetherHook(BaseHook):
         return None
 
     def _adoptable(self, job: dict[str, Any]) -> bool:
+        from trait_lora.core.job_status import JobStatus
+
         status = JobStatus.of(job.get("status"))
         if not status.is_known:
             self.log.warning(

@@ -10,13 +10,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from trait_lora.core import runs
-from trait_lora.core.ledger import Ledger
 from trait_lora.provider.hooks.together import TogetherHook, is_permanent
-from trait_lora.provider.records import TraitJob
 
 if TYPE_CHECKING:
     from trait_lora.core.config import TrainingConfig
+    from trait_lora.core.ledger import Ledger
+    from trait_lora.provider.records import TraitJob
+
+# The ledger, the run records and the trait record are imported where a task uses them: the DAG
+# files import these operators, and parsing them must stay cheap (bench/bench_dag_parse.py).
 
 T = TypeVar("T")
 
@@ -49,6 +51,8 @@ def guarded(context: Any, output_dir: str, trait: str, step: str, body: Callable
     except AirflowSkipException:
         raise
     except Exception as exc:
+        from trait_lora.core import runs
+
         runs.record_failure(output_dir, context["run_id"], trait, step, f"{step}: {exc}")
         if is_permanent(exc):
             raise AirflowFailException(f"{trait}: Together refused the request: {exc}") from exc
@@ -81,6 +85,8 @@ class TogetherStep(BaseOperator):
 
     @property
     def incoming(self) -> TraitJob:
+        from trait_lora.provider.records import TraitJob
+
         return TraitJob.from_xcom(getattr(self, self.input_field))
 
     @property
@@ -93,6 +99,8 @@ class TogetherStep(BaseOperator):
 
     @property
     def ledger(self) -> Ledger:
+        from trait_lora.core.ledger import Ledger
+
         return Ledger(self.out_dir)
 
     @property

@@ -6,15 +6,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from trait_lora.core import runs
-from trait_lora.core.ledger import parse_utc
 from trait_lora.provider.operators.base import TogetherStep
-from trait_lora.provider.records import TraitJob
+
+if TYPE_CHECKING:
+    from trait_lora.provider.records import TraitJob
 
 METRICS_DIR = "metrics"
 
@@ -30,6 +29,9 @@ class TogetherDownloadOperator(TogetherStep):
         self.wait_result = wait_result
 
     def run_step(self, context: Any, job: TraitJob) -> dict[str, Any]:
+        import httpx
+
+        from trait_lora.core import runs
         from trait_lora.core.adapter import AdapterSpec, install_adapter
         from trait_lora.core.errors import AdapterError
 
@@ -114,6 +116,8 @@ class TogetherDownloadOperator(TogetherStep):
 
 def _seconds_since(stamp: str | None) -> float | None:
     """Wall time from the run's plan to the installed adapter (what a user waited for)."""
+    from trait_lora.core.ledger import parse_utc
+
     if not stamp:
         return None
     return round((datetime.now(UTC) - parse_utc(stamp)).total_seconds(), 1)

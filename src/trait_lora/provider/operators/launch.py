@@ -15,15 +15,16 @@ import random
 import time
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from trait_lora.core.job_status import JobStatus
 from trait_lora.provider.hooks.together import backoff_delay, is_permanent, output_name
 from trait_lora.provider.links import JOB_URL_XCOM_KEY, TogetherJobLink, dashboard_url
 from trait_lora.provider.operators.base import TogetherStep, setting_or
-from trait_lora.provider.records import TraitJob
+
+if TYPE_CHECKING:
+    from trait_lora.provider.records import TraitJob
 
 STATE_JOB_ID = "together_job_id"
 
@@ -74,6 +75,7 @@ class TogetherLaunchOperator(TogetherStep):
         return self.execute(context)
 
     def run_step(self, context: Any, job: TraitJob) -> dict[str, Any]:
+        from trait_lora.core.job_status import JobStatus
         from trait_lora.core.keys import job_tag
 
         store = context.get("task_state_store")
@@ -194,6 +196,8 @@ class TogetherLaunchOperator(TogetherStep):
 
     def _refresh(self, holders: dict[str, dict[str, Any]]) -> None:
         from together import NotFoundError
+
+        from trait_lora.core.job_status import JobStatus
 
         for trait, record in holders.items():
             if not record.get("job_id"):

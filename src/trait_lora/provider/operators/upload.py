@@ -8,14 +8,14 @@ import time
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from trait_lora.core.split import split_examples, write_split_files
-from trait_lora.core.validation import iter_examples
 from trait_lora.provider.operators.base import TogetherStep, setting_or
-from trait_lora.provider.records import ENDED, FILE_OK, FILE_REJECTED, FileEvent, TraitJob
+
+if TYPE_CHECKING:
+    from trait_lora.provider.records import TraitJob
 
 UPLOADS_DIR = ".uploads"  # split files (train / held-out) on their way to Together
 
@@ -46,6 +46,7 @@ class TogetherUploadOperator(TogetherStep):
 
     def run_step(self, context: Any, job: TraitJob) -> dict[str, Any]:
         from trait_lora.core.errors import ShardError
+        from trait_lora.core.split import write_split_files
         from trait_lora.core.validation import require_valid
 
         plan, trait = job.plan, job.trait
@@ -133,6 +134,7 @@ class TogetherUploadOperator(TogetherStep):
     def _await_files(self, job: TraitJob, known: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """Hand on once every file is COMPLETED; fail with Together's report on a rejected one; else
         defer until the first one still being validated ends (then come back here for the next)."""
+        from trait_lora.provider.records import FILE_OK, FILE_REJECTED
         from trait_lora.provider.triggers.together import TogetherFileTrigger
 
         for file_id in [f for f in (job.validation_file_id, job.file_id) if f]:
@@ -171,6 +173,9 @@ class TogetherUploadOperator(TogetherStep):
     ) -> TraitJob:
         """The trait's record with its file ids after a deferral: from the defer kwargs, else from the
         ledger, where run_step recorded them before deferring (``dag.test`` drops defer kwargs)."""
+        from trait_lora.core.split import split_examples
+        from trait_lora.core.validation import iter_examples
+
         job = self.incoming
         if not file_id:
             record = self.ledger.job(job.trait) or {}
@@ -196,6 +201,8 @@ class TogetherUploadOperator(TogetherStep):
         validation_file_id: str | None = None,
         num_validation: int = 0,
     ) -> dict[str, Any]:
+        from trait_lora.provider.records import ENDED, FILE_REJECTED, FileEvent
+
         def complete() -> dict[str, Any]:
             done = FileEvent.from_payload(event)
             job = self._uploaded(done.file_id, file_id, validation_file_id, num_validation)

@@ -7,17 +7,19 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowException
 
-from trait_lora.core.job_status import JobStatus
-from trait_lora.core.ledger import Ledger
 from trait_lora.provider.hooks.together import TogetherHook, first_error_message, output_name
 from trait_lora.provider.links import JOB_URL_XCOM_KEY, TogetherJobLink, dashboard_url
 from trait_lora.provider.operators.base import TogetherJobFailed, guarded, map_index_template, setting_or
-from trait_lora.provider.records import ENDED, JobEvent, TraitJob, usd_from_nano
+
+if TYPE_CHECKING:
+    from trait_lora.provider.records import TraitJob
+
+# Job statuses, records and the ledger are imported where a task uses them (parse time stays cheap).
 
 
 class TogetherFineTuneSensor(BaseSensorOperator):
@@ -68,6 +70,8 @@ class TogetherFineTuneSensor(BaseSensorOperator):
 
     @property
     def incoming(self) -> TraitJob:
+        from trait_lora.provider.records import TraitJob
+
         return TraitJob.from_xcom(self.launch_result)
 
     @property
@@ -78,6 +82,8 @@ class TogetherFineTuneSensor(BaseSensorOperator):
         return guarded(context, self.out_dir, self.incoming.trait, self.task_id, body)
 
     def execute(self, context: Any) -> Any:
+        from trait_lora.core.job_status import JobStatus
+
         job = self.incoming
         context["ti"].xcom_push(key=JOB_URL_XCOM_KEY, value=dashboard_url(str(job.job_id)))
         if not self.deferrable:
@@ -114,6 +120,8 @@ class TogetherFineTuneSensor(BaseSensorOperator):
     def poke(self, context: Any) -> Any:
         from airflow.sdk import PokeReturnValue
 
+        from trait_lora.core.job_status import JobStatus
+
         job = self.incoming
         current = self.hook.get_job(str(job.job_id))
         status = JobStatus.of(current.get("status"))
@@ -123,6 +131,9 @@ class TogetherFineTuneSensor(BaseSensorOperator):
         return PokeReturnValue(is_done=True, xcom_value=self._finish(current))
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        from trait_lora.core.job_status import JobStatus
+        from trait_lora.provider.records import ENDED, JobEvent
+
         def complete() -> dict[str, Any]:
             done = JobEvent.from_payload(event)
             job = self.incoming
@@ -146,6 +157,10 @@ class TogetherFineTuneSensor(BaseSensorOperator):
         return self._guard(context, complete)
 
     def _finish(self, current: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
+        from trait_lora.core.job_status import JobStatus
+        from trait_lora.core.ledger import Ledger
+        from trait_lora.provider.records import usd_from_nano
+
         job = self.incoming
         status = JobStatus.of(current.get("status"))
         price = usd_from_nano(current.get("total_price"))
