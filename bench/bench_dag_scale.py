@@ -113,10 +113,12 @@ def table_rows(db: Path) -> dict[str, int]:
 def write_kind(path: Path, out: Path) -> str:
     name = path.name
     if name in ("lora_job_ids.json", "file_hashes.json"):
-        return "ledger"
+        return "ledger snapshot"
     if name == "hypernetwork_data.json":
         return "mapping"
     parts = path.relative_to(out).parts if path.is_relative_to(out) else ()
+    if parts[:1] == ("ledger",):
+        return "ledger index" if name == "in_flight.json" or parts[1:2] == ("files",) else "ledger record"
     if parts[:1] == ("runs",):
         return "run summary"
     if parts[:1] == ("metrics",):
@@ -126,12 +128,12 @@ def write_kind(path: Path, out: Path) -> str:
 
 def count_io(out: Path) -> tuple[dict[str, list[float]], list[float]]:
     """Count our atomic writes (every file the pipeline writes goes through ``atomic_writer``) and
-    the ledger reads, in this process."""
+    the ledger reads (records, indexes, seed-format files), in this process."""
     from trait_lora.core import atomic, ledger
 
     writes: dict[str, list[float]] = {}
     reads = [0, 0, 0.0]
-    real_writer, real_read = atomic.atomic_writer, ledger.read_json_object
+    real_writer = atomic.atomic_writer
 
     @contextlib.contextmanager
     def writer(path, mode="wb"):
@@ -143,17 +145,21 @@ def count_io(out: Path) -> tuple[dict[str, list[float]], list[float]]:
         entry[1] += Path(path).stat().st_size
         entry[2] += time.perf_counter() - t0
 
-    def read(path, *, what):
-        t0 = time.perf_counter()
-        try:
-            return real_read(path, what=what)
-        finally:
-            reads[0] += 1
-            reads[1] += path.stat().st_size if path.exists() else 0
-            reads[2] += time.perf_counter() - t0
+    def counted(real_read):
+        def read(path, *, what):
+            t0 = time.perf_counter()
+            try:
+                return real_read(path, what=what)
+            finally:
+                reads[0] += 1
+                reads[1] += path.stat().st_size if path.exists() else 0
+                reads[2] += time.perf_counter() - t0
+
+        return read
 
     atomic.atomic_writer = writer
-    ledger.read_json_object = read
+    ledger.read_json_object = counted(ledger.read_json_object)
+    ledger.read_record = counted(ledger.read_record)
     return writes, reads
 
 

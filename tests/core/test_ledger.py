@@ -4,7 +4,7 @@ import multiprocessing as mp
 import pytest
 
 from trait_lora.core.errors import LedgerError
-from trait_lora.core.ledger import HASHES_FILE, JOBS_FILE, Ledger
+from trait_lora.core.ledger import HASHES_FILE, JOBS_FILE, LEDGER_DIR, Ledger
 
 SHA = "a" * 64
 
@@ -48,6 +48,7 @@ def test_corrupt_ledger_is_an_error_and_is_left_untouched(tmp_path, content):
     with pytest.raises(LedgerError):
         ledger.update_job("joy_plus", job_id="ft-2")
     assert path.read_bytes() == content  # never silently reset
+    assert not (tmp_path / LEDGER_DIR).exists()  # nor imported half-way
 
 
 def test_truncated_ledger_error_names_line_and_remedy(tmp_path):
@@ -66,8 +67,8 @@ def test_new_job_key_replaces_the_old_job_record(tmp_path):
     assert ledger.find_uploaded_file(SHA) == "file-1"
     ledger.update_job("joy_plus", job_key="k2", status="pending")
     assert "job_id" not in ledger.job("joy_plus")
-    on_disk = json.loads((tmp_path / JOBS_FILE).read_text())
-    assert on_disk["joy_plus"]["job_key"] == "k2"
+    on_disk = json.loads((tmp_path / LEDGER_DIR / "jobs" / "joy_plus.json").read_text())
+    assert on_disk["job_key"] == "k2"
 
 
 def test_bad_trait_name_never_reaches_the_ledger(tmp_path):
@@ -95,17 +96,109 @@ def test_readers_without_the_lock_never_see_a_torn_ledger(tmp_path):
     for p in writers:
         p.start()
     reads = torn = 0
-    path = tmp_path / JOBS_FILE
+    records = tmp_path / LEDGER_DIR / "jobs"
     while any(p.is_alive() for p in writers) or reads < 200:
-        try:
-            data = json.loads(path.read_text())
-        except ValueError:
-            torn += 1
-        else:
-            assert "seed_plus" in data
-        reads += 1
+        for path in [records / "seed_plus.json", *(records / f"big{w}_plus.json" for w in range(3))]:
+            try:
+                data = json.loads(path.read_text())
+            except FileNotFoundError:
+                continue  # not written yet
+            except ValueError:
+                torn += 1
+            else:
+                assert data["job_key"] == SHA
+            reads += 1
     for p in writers:
         p.join(60)
         assert p.exitcode == 0
-    assert torn == 0, f"{torn} of {reads} unlocked reads saw a partly written ledger"
-    assert len(json.loads(path.read_text())) == 4
+    assert torn == 0, f"{torn} of {reads} unlocked reads saw a partly written ledger record"
+    assert len(Ledger(tmp_path).jobs()) == 4
+
+
+def _seed_ledger(out):
+    """An output dir as the seed scripts (or this project before ``ledger/``) left it."""
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = {
+        "joy_plus": {
+            "job_id": "ft-1",
+            "status": "running",
+            "job_key": "k1",
+            "file_id": "file-1",
+            "shard_sha256": SHA,
+        },
+        "calm_minus": {"job_id": "ft-2", "status": "completed", "job_key": "k2"},
+    }
+    hashes = {
+        "calm_minus": {"shard_sha256": SHA, "config_hash": SHA, "job_key": "k2", "adapter_sha256": "b" * 64}
+    }
+    (out / JOBS_FILE).write_text(json.dumps(jobs))
+    (out / HASHES_FILE).write_text(json.dumps(hashes))
+    return jobs, hashes
+
+
+def test_a_seed_format_ledger_is_read_then_imported_on_the_first_write(tmp_path):
+    jobs, hashes = _seed_ledger(tmp_path)
+    ledger = Ledger(tmp_path)
+    assert ledger.jobs() == jobs and ledger.hash_record("calm_minus") == hashes["calm_minus"]
+    assert not (tmp_path / LEDGER_DIR).exists()  # reading changes nothing
+    # the running job still holds its slot after the import, and its upload is still reusable
+    assert set(ledger.claim_job_slot("new_plus", job_key="k3", cap=1)) == {"joy_plus"}
+    assert (tmp_path / LEDGER_DIR / "jobs" / "joy_plus.json").is_file()
+    assert ledger.find_uploaded_file(SHA) == "file-1"
+    ledger.record_job_end("joy_plus", job_id="ft-1", status="completed")
+    assert ledger.claim_job_slot("new_plus", job_key="k3", cap=1) == {}
+    assert ledger.jobs()["calm_minus"] == jobs["calm_minus"] and ledger.hashes() == hashes
+    assert json.loads((tmp_path / JOBS_FILE).read_text()) == jobs  # a snapshot until the next mapping
+    ledger.write_snapshots()
+    assert json.loads((tmp_path / JOBS_FILE).read_text()) == ledger.jobs()
+    assert json.loads((tmp_path / HASHES_FILE).read_text()) == hashes
+
+
+def test_a_seed_format_entry_that_is_no_trait_stops_the_import_unchanged(tmp_path):
+    (tmp_path / JOBS_FILE).write_text(json.dumps({"../x_plus": {"job_id": "ft-1"}}))
+    with pytest.raises(LedgerError, match=r"lora_job_ids.json: entry '../x_plus' is not a trait name"):
+        Ledger(tmp_path).update_job("joy_plus", job_id="ft-2")
+    assert not (tmp_path / LEDGER_DIR).exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_corrupt_record_is_an_error_that_names_it_and_is_left_untouched(tmp_path):
+    ledger = Ledger(tmp_path)
+    ledger.update_job("joy_plus", job_key="k1", job_id="ft-1", status="running")
+    path = tmp_path / LEDGER_DIR / "jobs" / "joy_plus.json"
+    path.write_text('{\n  "job_id": "ft-1",\n  "sta')
+    with pytest.raises(LedgerError, match=r"joy_plus.json:3: job ledger record is corrupt.*Restore"):
+        ledger.job("joy_plus")
+    with pytest.raises(LedgerError, match=r"joy_plus\.json"):
+        ledger.update_job("joy_plus", status="completed")
+    assert path.read_text().endswith('"sta')
+    ledger.update_job("calm_minus", job_key="k2", status="pending")  # other traits carry on
+
+
+def test_an_update_rewrites_only_that_traits_record(tmp_path):
+    """One file per ledger rewrote every trait's record on every update: O(traits^2) bytes per run."""
+    ledger = Ledger(tmp_path)
+    traits = [f"t{i}_plus" for i in range(40)]
+    for trait in traits:
+        ledger.update_job(trait, job_key="k", job_id=f"ft-{trait}", status="completed")
+        ledger.record_adapter(trait, shard_sha256=SHA, config_hash=SHA, job_key="k", adapter_sha256=SHA)
+    before = {p: p.stat().st_ino for p in (tmp_path / LEDGER_DIR).rglob("*.json")}
+    ledger.update_job("t7_plus", status="cancelled", note="by hand")
+    after = {p: p.stat().st_ino for p in (tmp_path / LEDGER_DIR).rglob("*.json")}
+    changed = sorted(p.relative_to(tmp_path).as_posix() for p in after if before.get(p) != after[p])
+    assert changed == ["ledger/jobs/t7_plus.json"]
+    assert not (tmp_path / JOBS_FILE).exists()  # the seed-format snapshot waits for the mapping
+
+
+def test_a_stale_in_flight_entry_left_by_a_dead_worker_frees_its_slot_at_the_cap(tmp_path):
+    """The in-flight index is written before a record enters flight and after it leaves; a worker that
+    died between the two leaves an entry for a job that ended, which must not hold a slot forever."""
+    ledger = Ledger(tmp_path)
+    ledger.update_job("joy_plus", job_key="k1", job_id="ft-1", status="running")
+    index = tmp_path / LEDGER_DIR / "in_flight.json"
+    left = index.read_text()
+    ledger.record_job_end("joy_plus", job_id="ft-1", status="completed")
+    assert json.loads(index.read_text()) == {}
+    index.write_text(left)  # as if the worker died after the record write
+    assert ledger.claim_job_slot("calm_minus", job_key="k2", cap=1) == {}
+    assert set(json.loads(index.read_text())) == {"calm_minus"}

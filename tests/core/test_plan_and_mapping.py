@@ -141,9 +141,9 @@ def test_every_run_of_a_forced_backfill_shares_one_key_and_pays_once(tmp_path):
     assert other.action == "train"
 
 
-def test_planning_many_traits_reads_each_ledger_once(tmp_path, monkeypatch):
-    """A thousand-trait plan re-reading both ledgers per trait parsed O(N^2) bytes (9 s at 1,000
-    traits); it reads each file once, whatever the number of traits."""
+def test_planning_many_traits_reads_each_ledger_record_once(tmp_path, monkeypatch):
+    """A thousand-trait plan re-reading the ledger per trait parsed O(N^2) bytes (9 s at 1,000
+    traits); it reads each trait's records once, whatever the number of traits."""
     from tests.e2e.live import write_shards
     from trait_lora.core import ledger as ledger_module
 
@@ -152,13 +152,18 @@ def test_planning_many_traits_reads_each_ledger_once(tmp_path, monkeypatch):
     for trait in traits:
         Ledger(out).update_job(trait, job_key="k" * 64, job_id=f"ft-{trait}", status="running")
     reads: list[str] = []
-    real = ledger_module.read_json_object
+    real_record, real_object = ledger_module.read_record, ledger_module.read_json_object
 
-    def counting(path, *, what):
-        reads.append(what)
-        return real(path, what=what)
+    def counting_record(path, *, what):
+        reads.append(path.relative_to(out).as_posix())
+        return real_record(path, what=what)
 
-    monkeypatch.setattr(ledger_module, "read_json_object", counting)
+    def counting_object(path, *, what):
+        reads.append(path.relative_to(out).as_posix())
+        return real_object(path, what=what)
+
+    monkeypatch.setattr(ledger_module, "read_record", counting_record)
+    monkeypatch.setattr(ledger_module, "read_json_object", counting_object)
     plans = plan_traits(tmp_path / "shards", out, CFG)
     assert [p.action for p in plans] == ["train"] * len(traits)
-    assert sorted(reads) == ["hash ledger", "job ledger"], reads
+    assert sorted(reads) == sorted(f"ledger/jobs/{t}.json" for t in traits), reads

@@ -24,7 +24,7 @@ from collections import Counter
 import pytest
 
 from tests.e2e.live import DAG_ID, LiveDeployment, log, trait_of_suffix, watch_run, write_shards
-from trait_lora.core.ledger import HASHES_FILE, JOBS_FILE
+from trait_lora.core.ledger import HASHES_FILE, JOBS_FILE, Ledger
 
 pytestmark = pytest.mark.e2e
 
@@ -160,9 +160,12 @@ def test_a_worker_killed_mid_run_costs_no_second_job_and_no_ledger_entry(celery)
     assert state["creates"] - before["creates"] == N_TRAITS
     assert state["cancels"] == 0 and not state["bugs"]
 
-    # The ledgers parse (never torn) and hold every trait: its new job, and the adapter it installed.
-    jobs = json.loads((celery.output_dir / JOBS_FILE).read_text())
-    hashes = json.loads((celery.output_dir / HASHES_FILE).read_text())
+    # The ledger's records parse (never torn) and hold every trait: its new job, and the adapter it
+    # installed; the seed-format snapshots written with the mapping say the same.
+    ledger = Ledger(celery.output_dir)
+    jobs, hashes = ledger.jobs(), ledger.hashes()
+    assert json.loads((celery.output_dir / JOBS_FILE).read_text()) == jobs
+    assert json.loads((celery.output_dir / HASHES_FILE).read_text()) == hashes
     mapping = json.loads((celery.output_dir / "hypernetwork_data.json").read_text())
     new_ids = {j["id"] for j in new_jobs}
     assert sorted(jobs) == sorted(hashes) == sorted(mapping["traits"]) == sorted(celery.traits)

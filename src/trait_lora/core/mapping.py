@@ -122,4 +122,5 @@ def write_mapping(
     data = build_mapping(output_dir, config, failed=failed, run_id=run_id)
     path = Path(output_dir) / MAPPING_FILE
     atomic_write_json(path, data)
+    Ledger(output_dir).write_snapshots()  # the seed-format ledger files, for tools that read them
     return path, data

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from trait_lora.core.atomic import atomic_write_json
-from trait_lora.core.ledger import LOCK_FILE, exclusive_lock, read_json_object, utc_now
+from trait_lora.core.ledger_io import LOCK_FILE, exclusive_lock, read_json_object, utc_now
 from trait_lora.core.shards import check_trait_name
 
 RUNS_DIR = "runs"

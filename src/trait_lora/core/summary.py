@@ -12,7 +12,7 @@ from typing import Any
 
 from trait_lora.core.atomic import atomic_write_bytes, atomic_write_json
 from trait_lora.core.budget import usd
-from trait_lora.core.ledger import utc_now
+from trait_lora.core.ledger_io import utc_now
 from trait_lora.core.runs import run_dir
 
 SUMMARY_FILE = "summary.json"

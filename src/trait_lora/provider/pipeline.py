@@ -35,7 +35,7 @@ def discover(params: dict[str, Any], run_id: str, backend: str, dag_run: Any = N
     """
     from trait_lora.core import runs
     from trait_lora.core.atomic import atomic_write_json
-    from trait_lora.core.ledger import utc_now
+    from trait_lora.core.ledger_io import utc_now
     from trait_lora.core.plan import forced_nonce, plan_traits
 
     try:

@@ -116,7 +116,7 @@ class TogetherDownloadOperator(TogetherStep):
 
 def _seconds_since(stamp: str | None) -> float | None:
     """Wall time from the run's plan to the installed adapter (what a user waited for)."""
-    from trait_lora.core.ledger import parse_utc
+    from trait_lora.core.ledger_io import parse_utc
 
     if not stamp:
         return None
