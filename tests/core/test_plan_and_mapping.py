@@ -1,4 +1,5 @@
 import json
+import time
 
 import pytest
 
@@ -167,3 +168,35 @@ def test_planning_many_traits_reads_each_ledger_record_once(tmp_path, monkeypatc
     plans = plan_traits(tmp_path / "shards", out, CFG)
     assert [p.action for p in plans] == ["train"] * len(traits)
     assert sorted(reads) == sorted(f"ledger/jobs/{t}.json" for t in traits), reads
+
+
+def test_a_rerun_trusts_an_untouched_adapter_and_verifies_a_touched_one_in_full(tmp_path, monkeypatch):
+    """Re-hashing every installed adapter made an all-skip rerun of 1,000 traits read gigabytes; an
+    adapter untouched since it verified is trusted, and any write to it brings the full check back."""
+    from trait_lora.core.adapter import install as install_module
+
+    shards = copy_shards(tmp_path / "shards", ["joy_plus"])
+    out = tmp_path / "out"
+    install(tmp_path, "joy_plus", plan_traits(shards, out, CFG)[0])
+    verified = []
+    real = install_module.verify_adapter_dir
+
+    def counting(directory, spec):
+        verified.append(directory.name)
+        return real(directory, spec)
+
+    monkeypatch.setattr(install_module, "verify_adapter_dir", counting)
+    assert plan_traits(shards, out, CFG)[0].action == "skip" and verified == []
+
+    weights = out / "lora_checkpoints" / "joy_plus" / "adapter_model.safetensors"
+    data = weights.read_bytes()
+    time.sleep(0.02)  # past the kernel's timestamp tick (a few ms), so the rewrite's ctime differs
+    weights.write_bytes(data)  # same bytes, rewritten: verified again, still the recorded adapter
+    assert plan_traits(shards, out, CFG)[0].action == "skip" and verified == ["joy_plus"]
+
+    time.sleep(0.02)
+    with weights.open("r+b") as fh:  # one byte of a tensor flipped in place, size unchanged
+        fh.seek(len(data) - 1)
+        fh.write(bytes([data[-1] ^ 0xFF]))
+    again = plan_traits(shards, out, CFG)[0]
+    assert (again.action, again.reason) == ("train", "installed adapter differs from the recorded one")

@@ -305,7 +305,12 @@ class Ledger:
         missing = [name for name in required if not fields.get(name)]
         if missing:
             raise LedgerError(f"record_adapter({trait!r}) is missing {', '.join(missing)}")
+        from trait_lora.core.adapter.install import installed_fingerprint
+
         record = {**fields, "trained_at": fields.get("trained_at") or utc_now()}
+        fingerprint = installed_fingerprint(self.output_dir, trait)
+        if fingerprint is not None:  # lets a rerun's skip trust adapter_sha256 while it is untouched
+            record.setdefault("adapter_stat", fingerprint)
         path = self.record_path(HASHES, trait)
         with exclusive_lock(self.lock_path):
             self._ensure_layout()

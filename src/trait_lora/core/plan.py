@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trait_lora.core.adapter import AdapterSpec, verify_installed
+from trait_lora.core.adapter import AdapterSpec, installed_fingerprint, verify_installed
 from trait_lora.core.config import TrainingConfig
 from trait_lora.core.errors import AdapterError
 from trait_lora.core.job_status import JobStatus
@@ -88,6 +88,9 @@ def _why_not_skip(
         return "shard changed since the last adapter"
     if record.get("config_hash") != config_hash:
         return "training config changed since the last adapter"
+    fingerprint = record.get("adapter_stat")
+    if fingerprint and fingerprint == installed_fingerprint(ledger.output_dir, trait):
+        return None  # untouched since it verified at install (see installed_fingerprint)
     try:
         info = verify_installed(ledger.output_dir, trait, AdapterSpec.from_config(config))
     except AdapterError as exc:

@@ -12,7 +12,12 @@ instant between the two renames, and a crash in that instant is repaired on the 
 """
 
 from trait_lora.core.adapter.archive import extract_adapter_archive
-from trait_lora.core.adapter.install import adapter_dir, install_adapter, verify_installed
+from trait_lora.core.adapter.install import (
+    adapter_dir,
+    install_adapter,
+    installed_fingerprint,
+    verify_installed,
+)
 from trait_lora.core.adapter.spec import (
     ADAPTER_FILES,
     CHECKPOINTS_DIR,
@@ -33,6 +38,7 @@ __all__ = [
     "adapter_dir",
     "extract_adapter_archive",
     "install_adapter",
+    "installed_fingerprint",
     "read_safetensors_header",
     "verify_adapter_dir",
     "verify_installed",

@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -72,6 +73,29 @@ def install_adapter(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final, info
+
+
+def installed_fingerprint(output_dir: Path, trait: str) -> dict[str, list[int]] | None:
+    """What ``stat`` says of the installed adapter's files: size, inode, mtime and ctime (ns); None
+    when there is no complete regular-file install.
+
+    Recorded in the hash ledger once the adapter verified: while it is unchanged, a rerun's skip
+    trusts the recorded sha256 instead of re-reading megabytes per trait (at a thousand traits that was
+    most of an all-skip rerun). Any write, truncation, replacement or rename of a file changes its
+    ctime, which no user call can set back, so a changed file is verified in full again. Bit rot is
+    not caught here; the hand-off to stage 3 (``hypernetwork_intake``) re-hashes every adapter.
+    """
+    final = adapter_dir(output_dir, trait)
+    found = {}
+    for name in ADAPTER_FILES:
+        try:
+            st = os.lstat(final / name)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        found[name] = [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+    return found
 
 
 def verify_installed(output_dir: Path, trait: str, spec: AdapterSpec) -> AdapterInfo | None:
