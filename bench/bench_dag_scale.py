@@ -117,6 +117,8 @@ def write_kind(path: Path, out: Path) -> str:
     if name == "hypernetwork_data.json":
         return "mapping"
     parts = path.relative_to(out).parts if path.is_relative_to(out) else ()
+    if parts[:1] and parts[0].startswith(".ledger."):
+        return "ledger import"  # the layout staged once, then renamed in as ledger/
     if parts[:1] == ("ledger",):
         return "ledger index" if name == "in_flight.json" or parts[1:2] == ("files",) else "ledger record"
     if parts[:1] == ("runs",):
