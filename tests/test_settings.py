@@ -27,6 +27,7 @@ EXPECTED_KEYS = {
     "together_pool_slots",
     "gpu_pool",
     "poll_seconds",
+    "file_poll_seconds",
     "retry_delay_seconds",
     "stagger_seconds",
     "max_jobs_in_flight",

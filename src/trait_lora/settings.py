@@ -186,6 +186,16 @@ SETTINGS: tuple[Setting, ...] = (
         example="60",
     ),
     _s(
+        "file_poll_seconds",
+        "float",
+        "5",
+        "Seconds between polls of an uploaded file Together is still validating (seconds, usually; "
+        "never slower than poll_seconds).",
+        allowed="a number > 0",
+        check=_positive,
+        example="10",
+    ),
+    _s(
         "retry_delay_seconds",
         "float",
         "30",

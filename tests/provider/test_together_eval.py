@@ -46,6 +46,8 @@ def test_the_held_out_split_goes_to_together_as_its_validation_file(airflow_db, 
         assert figures["eval_steps"][-1]["step"] == metrics["steps"][-1]["step"]
         assert figures["adapter_loss"] == figures["eval_steps"][-1]["eval_loss"]
         assert mapping["traits"][trait]["eval"] == figures == summary[trait]["eval"]
+        # The loss curve and the held-out figures come from one metrics request per job.
+        assert fake.count("GET", rf"^/v1/fine-tunes/{job['id']}/metrics$") == 1
 
     # Nothing changed: the split files are recognised in the ledger, nothing is uploaded or offered.
     posts = fake.count("POST", r"^/v1/files$")

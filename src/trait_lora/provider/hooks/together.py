@@ -342,39 +342,32 @@ class TogetherHook(BaseHook):
     def list_events(self, job_id: str) -> list[dict[str, Any]]:
         return [job_to_dict(e) for e in self.client.fine_tuning.list_events(job_id).data]
 
-    def list_metrics(self, job_id: str) -> list[dict[str, Any]]:
-        """Loss per step (events carry no loss) as ``[{"step", "loss"}]``, for the summary and the plot.
+    def training_figures(self, job_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Loss per step ``[{"step", "loss"}]`` and held-out loss per evaluation ``[{"step",
+        "eval_loss"}]``, from one ``GET /fine-tunes/{id}/metrics`` (both live in the same rows).
 
         Together answers ``{"metrics": [{"train/global_step", "train/loss", ...}]}`` (the keys the
-        SDK's own CLI plots); plain ``step``/``loss`` keys are accepted too.
+        SDK's own CLI plots); plain ``step``/``loss`` keys are accepted too. The spec only says metric
+        rows are flat dicts of numbers; evaluation rows carry ``eval/loss`` (the W&B naming of
+        ``train/loss``), which the SDK's early-stopping help calls ``eval_loss``: both are read, from
+        rows of their own or beside the training figures.
         """
         raw = job_to_dict(self.client.fine_tuning.list_metrics(job_id))
         rows = raw.get("metrics") or raw.get("data") or []
-        steps = []
+        steps: list[dict[str, Any]] = []
+        evals: list[dict[str, Any]] = []
         for i, row in enumerate(rows):
             loss = row.get("train/loss", row.get("loss"))
             step = row.get("train/global_step", row.get("step", i + 1))
             if loss is not None:
                 steps.append({"step": int(step), "loss": float(loss)})
-        return steps
-
-    def list_eval_losses(self, job_id: str) -> list[dict[str, Any]]:
-        """Held-out loss per evaluation as ``[{"step", "eval_loss"}]`` (a job with a validation file).
-
-        The spec only says metric rows are flat dicts of numbers; evaluation rows carry ``eval/loss``
-        (the W&B naming of ``train/loss``), which the SDK's early-stopping help calls ``eval_loss``:
-        both are read, from rows of their own or beside the training figures.
-        """
-        raw = job_to_dict(self.client.fine_tuning.list_metrics(job_id))
-        out = []
-        for row in raw.get("metrics") or raw.get("data") or []:
-            loss = row.get("eval/loss", row.get("eval_loss"))
-            step = row.get("train/global_step", row.get("eval/global_step", row.get("step")))
-            if isinstance(loss, int | float) and not isinstance(loss, bool):
-                out.append(
-                    {"step": int(step) if step is not None else len(out) + 1, "eval_loss": float(loss)}
+            held_out = row.get("eval/loss", row.get("eval_loss"))
+            if isinstance(held_out, int | float) and not isinstance(held_out, bool):
+                at = row.get("train/global_step", row.get("eval/global_step", row.get("step")))
+                evals.append(
+                    {"step": int(at) if at is not None else len(evals) + 1, "eval_loss": float(held_out)}
                 )
-        return out
+        return steps, evals
 
     def download_adapter(self, job_id: str, dest: Path) -> tuple[int, int | None]:
         """Stream the adapter archive to ``dest``; returns (bytes received on the wire, Content-Length).

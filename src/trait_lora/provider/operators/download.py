@@ -92,13 +92,12 @@ class TogetherDownloadOperator(TogetherStep):
 
         trait = job.trait
         try:
-            steps = self.hook.list_metrics(job_id)
-            evals = self.hook.list_eval_losses(job_id) if job.validation_file_id else []
+            steps, evals = self.hook.training_figures(job_id)
         except Exception as exc:  # metrics are for the summary; never fail an installed adapter on them
             self.log.warning("%s: could not fetch metrics of %s: %s", trait, job_id, type(exc).__name__)
             return [], None
         evaluation = None
-        if evals:
+        if evals and job.validation_file_id:
             evaluation = {
                 **({"n_held_out": int(job.num_validation)} if job.num_validation else {}),
                 "base_loss": None,

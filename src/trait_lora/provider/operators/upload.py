@@ -23,7 +23,8 @@ UPLOADS_DIR = ".uploads"  # split files (train / held-out) on their way to Toget
 class TogetherUploadOperator(TogetherStep):
     """Returns the trait's record with ``file_id`` once Together says the file is COMPLETED.
 
-    ``poll_interval`` None (default): ``[trait_lora] poll_seconds``, read when the task runs.
+    ``poll_interval`` None (default): ``[trait_lora] file_poll_seconds`` (capped by ``poll_seconds``),
+    read when the task runs: validating a file takes seconds, a job hours.
     """
 
     template_fields: Sequence[str] = ("trait_plan", "output_dir", "config")
@@ -85,6 +86,7 @@ class TogetherUploadOperator(TogetherStep):
                     "file_sha256": split.train_sha256,
                     "validation_file_id": str(held["id"]),
                     "validation_sha256": split.validation_sha256,
+                    "num_validation": split.num_validation,
                 }
         finally:
             if split is not None:  # derived from the shard: rewritten on a retry, never needed after
@@ -154,7 +156,7 @@ class TogetherUploadOperator(TogetherStep):
                     file_id=file_id,
                     trait=job.trait,
                     together_conn_id=self.together_conn_id,
-                    poll_interval=setting_or(self.poll_interval, "poll_seconds"),
+                    poll_interval=self._file_poll_seconds(),
                     deadline=time.time() + self.validation_timeout,
                     max_transient_errors=self.max_transient_errors,
                 ),
@@ -167,6 +169,11 @@ class TogetherUploadOperator(TogetherStep):
                 timeout=timedelta(seconds=self.validation_timeout + 600),
             )
         return job.to_xcom()
+
+    def _file_poll_seconds(self) -> float:
+        if self.poll_interval is not None:
+            return float(self.poll_interval)
+        return min(setting_or(None, "file_poll_seconds"), setting_or(None, "poll_seconds"))
 
     def _uploaded(
         self, event_file: str, file_id: str | None, validation_file_id: str | None, num_validation: int
@@ -182,7 +189,8 @@ class TogetherUploadOperator(TogetherStep):
             if record.get("job_key") == job.job_key:
                 file_id = record.get("file_id")
                 validation_file_id = record.get("validation_file_id")
-        if validation_file_id and not num_validation:
+                num_validation = int(record.get("num_validation") or 0)
+        if validation_file_id and not num_validation:  # a record from before num_validation was kept
             split = split_examples(
                 list(iter_examples(job.plan["shard_path"])), self.training_config.eval_fraction
             )
