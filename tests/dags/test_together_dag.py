@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 from tests.support.airflow import copy_shards, run_dag, task_states
 
@@ -19,6 +20,24 @@ def test_whole_dag_trains_publishes_and_reruns_for_free(airflow_db, together_con
         assert entry["job_id"] in fake.jobs
     states = task_states(dr)
     assert states[("trait.download", 0)] == "success"
+    # What the group maps over is one small ref per trait (every mapped task pulls the whole list):
+    # the trait, its action and its plan's file, never the plan with its settings.
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        (refs,) = [
+            x.value
+            for x in session.query(XComModel).filter(
+                XComModel.run_id == dr.run_id, XComModel.task_id == "discover"
+            )
+        ]
+    refs = json.loads(refs) if isinstance(refs, str) else refs
+    assert sorted(r["trait"] for r in refs) == sorted(TRAITS)
+    assert all(set(r) == {"trait", "action", "plan_file"} for r in refs), refs
+    for ref in refs:
+        plan = json.loads(Path(ref["plan_file"]).read_text())
+        assert plan["trait"] == ref["trait"] and plan["config"]["lora_r"] == 4
 
     # Nothing changed: zero uploads, zero creates, every trait skipped, mapping intact.
     calls_before = len(fake.calls)
@@ -103,9 +122,7 @@ def asset_events(run_id: str) -> list[tuple[str, dict]]:
         return [(uri, dict(extra or {})) for uri, extra in rows]
 
 
-def test_the_asset_event_means_changed_and_names_the_file_the_run_wrote(
-    airflow_db, together_conn, tmp_path
-):
+def test_the_asset_event_means_changed_and_names_the_file_the_run_wrote(airflow_db, together_conn, tmp_path):
     shards = str(copy_shards(tmp_path / "shards", ["joy_plus"]))
     conf = {"shards_dir": shards, "output_dir": str(tmp_path / "out")}
     first = run_dag("trait_lora_together", conf)

@@ -6,7 +6,9 @@ records its failure reason here before re-raising, and ``publish_mapping`` reads
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from trait_lora.core.shards import check_trait_name
 
 RUNS_DIR = "runs"
 FAILURES_FILE = "failures.json"
+PLANS_DIR = "plans"
 
 
 def run_dir(output_dir: str | Path, run_id: str) -> Path:
@@ -50,3 +53,42 @@ def clear_failure(output_dir: str | Path, run_id: str, trait: str) -> None:
 
 def read_failures(output_dir: str | Path, run_id: str) -> dict[str, dict[str, Any]]:
     return read_json_object(run_dir(output_dir, run_id) / FAILURES_FILE, what=FAILURES_FILE)
+
+
+def write_trait_plans(
+    output_dir: str | Path, run_id: str, plans: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each trait's plan as ``runs/<run>/plans/<trait>.json``; returns one small ref per plan to map over.
+
+    Airflow hands every mapped task instance the whole list it maps over (one XCom, pulled and
+    deserialised in full by each), so mapping over the plans themselves (~1.5 kB each, the settings
+    included) cost O(traits) per task and O(traits^2) per run: about a second per upload at a thousand
+    traits. A ref is the trait, its action and the file; ``load_trait_plan`` reads it back.
+    """
+    directory = run_dir(output_dir, run_id) / PLANS_DIR
+    refs = []
+    for plan in plans:
+        trait = check_trait_name(plan["trait"])
+        path = directory / f"{trait}.json"
+        atomic_write_json(path, plan)
+        refs.append({"trait": trait, "action": plan["action"], "plan_file": str(path)})
+    return refs
+
+
+def load_trait_plan(item: Mapping[str, Any]) -> dict[str, Any]:
+    """The whole plan behind a mapped item: a ref from ``write_trait_plans``, or a plan passed whole."""
+    if "plan_file" not in item:
+        return dict(item)
+    path = Path(item["plan_file"])
+    try:
+        plan = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path}: the plan of {item.get('trait')!r} for this run is gone (was runs/ cleaned while the "
+            "run was going?); clear the run's discover task to plan again"
+        ) from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: the plan of {item.get('trait')!r} does not parse ({exc})") from None
+    if not isinstance(plan, dict) or plan.get("trait") != item.get("trait"):
+        raise ValueError(f"{path}: holds no plan for {item.get('trait')!r}; clear the run's discover task")
+    return plan

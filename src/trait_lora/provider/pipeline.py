@@ -28,7 +28,8 @@ HYPERNETWORK_ALIAS = "trait_lora_hypernetwork_data"
 
 
 def discover(params: dict[str, Any], run_id: str, backend: str, dag_run: Any = None) -> list[dict[str, Any]]:
-    """Validate every selected shard and plan it; returns what to map over (skips and dry runs excluded).
+    """Validate every selected shard and plan it; returns what to map over (skips and dry runs excluded),
+    as one small ref per trait whose plan is in its own file (``runs.write_trait_plans``).
 
     The whole plan goes to ``runs/<run>/plan.json`` for ``publish``: Airflow can only map over a
     task's return value, so the plan cannot travel as a second XCom key.
@@ -89,7 +90,7 @@ def discover(params: dict[str, Any], run_id: str, backend: str, dag_run: Any = N
         counts,
         "\n".join(lines),
     )
-    return to_run
+    return runs.write_trait_plans(output_dir, run_id, to_run)  # small refs: see write_trait_plans
 
 
 def load_plan(params: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -113,6 +114,7 @@ def train_local(plan: dict[str, Any], run_id: str, context: Any) -> dict[str, An
     from trait_lora.local.backend import LocalTrainingError, train_trait
 
     context["trait_label"] = plan["trait"]
+    plan = runs.load_trait_plan(plan)
     output_dir = plan["output_dir"]
     try:
         if plan["action"] == "invalid":
@@ -135,6 +137,7 @@ def pod_spec(plan: dict[str, Any], context: Any) -> dict[str, Any]:
     from trait_lora.provider.kubernetes import pod_spec as build
 
     context["trait_label"] = plan["trait"]
+    plan = runs.load_trait_plan(plan)
     if plan["action"] == "invalid":
         reason = f"{plan['trait']}: shard is invalid, no pod started:\n" + "\n".join(plan["problems"])
         runs.record_failure(plan["output_dir"], context["run_id"], plan["trait"], "pod_spec", reason)
@@ -148,6 +151,7 @@ def install_pod_result(plan: dict[str, Any], pod_result: Any, run_id: str, conte
     from trait_lora.local.backend import install_trained
 
     context["trait_label"] = plan["trait"]
+    plan = runs.load_trait_plan(plan)
     try:
         if not isinstance(pod_result, dict) or not pod_result.get("adapter_dir"):
             raise AirflowFailException(

@@ -41,7 +41,9 @@ class TraitJob:
 
     @classmethod
     def from_xcom(cls, data: Mapping[str, Any] | Any) -> TraitJob:
-        data = dict(data)
+        from trait_lora.core.runs import load_trait_plan
+
+        data = load_trait_plan(data)  # the first step gets discover's ref; later ones the whole record
         if not data.get("trait"):
             raise ValueError(f"not a per-trait result (no 'trait'): keys {sorted(data)}")
         names = {f.name for f in dataclasses.fields(cls)} - {"plan"}
