@@ -21,26 +21,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+from bench_dag_scale import bench_env
+
 from tests.e2e.live import write_shards
 from tests.support.adapters import write_adapter_dir
 
 work = Path(tempfile.mkdtemp(prefix="synth-rerun-"))
 shards, out = work / "shards", work / "out"
 write_shards(shards, N, salt="-bench-scale")
-env = {
-    **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
-    "AIRFLOW_HOME": str(work / "af"),
-    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-    "AIRFLOW__CORE__MAX_MAP_LENGTH": "1024",
-    "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR",
-    "AIRFLOW__TRAIT_LORA__SHARDS_DIR": str(shards),
-    "AIRFLOW__TRAIT_LORA__POLL_SECONDS": "0.01",
-    "AIRFLOW__TRAIT_LORA__STAGGER_SECONDS": "0",
-    "AIRFLOW__TRAIT_LORA__RETRY_DELAY_SECONDS": "1",
-    "AIRFLOW__TRAIT_LORA__MAX_JOBS_IN_FLIGHT": str(N),
-}
+env = bench_env(work, shards, N)
 os.environ.update(env)
 subprocess.run(
     [str(Path(sys.executable).with_name("airflow")), "db", "migrate"],

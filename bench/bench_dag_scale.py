@@ -37,24 +37,30 @@ from tests.e2e.live import write_shards  # noqa: E402  (distinct small shards, s
 N = int(os.environ.get("BENCH_TRAITS", "200"))
 
 
-def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    shards, out = work / "shards", work / "out"
-    write_shards(shards, N, salt="-bench-scale")
-    env = {
+def bench_env(work: Path, shards: Path, n: int) -> dict[str, str]:
+    """The environment of a bench deployment under ``work`` (Airflow home, settings), shared with
+    bench_dag_rerun.py."""
+    return {
         **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
         "AIRFLOW_HOME": str(work / "af"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__MAX_MAP_LENGTH": str(max(1024, N)),
+        "AIRFLOW__CORE__MAX_MAP_LENGTH": str(max(1024, n)),
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR",
         "AIRFLOW__TRAIT_LORA__SHARDS_DIR": str(shards),
         "AIRFLOW__TRAIT_LORA__POLL_SECONDS": "0.01",
         "AIRFLOW__TRAIT_LORA__STAGGER_SECONDS": "0",
         "AIRFLOW__TRAIT_LORA__RETRY_DELAY_SECONDS": "1",
         # dag.test() runs one task at a time; the cap on jobs in flight is the live bench's to measure.
-        "AIRFLOW__TRAIT_LORA__MAX_JOBS_IN_FLIGHT": str(max(6, N)),
+        "AIRFLOW__TRAIT_LORA__MAX_JOBS_IN_FLIGHT": str(max(6, n)),
     }
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    shards, out = work / "shards", work / "out"
+    write_shards(shards, N, salt="-bench-scale")
+    env = bench_env(work, shards, N)
     subprocess.run(
         [str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
         env=env,
