@@ -116,6 +116,13 @@ def main() -> int:
         "--parallelism", type=int, default=8, help="worker slots (Celery: split over 2 workers)"
     )
     parser.add_argument("--executors", nargs="+", choices=["local", "celery"], default=["local", "celery"])
+    parser.add_argument(
+        "--tuning",
+        nargs="+",
+        choices=["tuned", "defaults"],
+        default=["tuned"],
+        help="tuned: the shipped worker settings (tests/e2e/live.py WORKER_TUNING*); defaults: Airflow's",
+    )
     parser.add_argument("--pool-slots", type=int, default=0, help="together_api size (0: the largest N)")
     parser.add_argument("--run-timeout", type=float, default=900.0)
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, outputs)")
@@ -125,8 +132,10 @@ def main() -> int:
     results: list[dict] = []
     startups: dict[str, float] = {}
     started = time.monotonic()
-    for executor in args.executors:
-        workdir = Path(tempfile.mkdtemp(prefix=f"trait-lora-bench-live-{executor}-"))
+    setups = [(executor, tuning) for tuning in args.tuning for executor in args.executors]
+    for executor, tuning in setups:
+        setup = executor if tuning == "tuned" else f"{executor}/{tuning}"
+        workdir = Path(tempfile.mkdtemp(prefix=f"trait-lora-bench-live-{executor}-{tuning}-"))
         try:
             first_shards = workdir / "shards_default"
             write_shards(first_shards, 1, salt="-default")
@@ -142,14 +151,15 @@ def main() -> int:
                 extra_env={"AIRFLOW__TRAIT_LORA__MAX_JOBS_IN_FLIGHT": str(pool)},  # the cap never binds here
                 celery_workers=CELERY_WORKERS if celery else (),
                 worker_concurrency=max(1, args.parallelism // len(CELERY_WORKERS)),
+                worker_tuning=tuning == "tuned",
             ) as dep:
                 try:
                     for n in args.n:
-                        results.append({"executor": executor, **run_once(dep, n, workdir, args)})
+                        results.append({"executor": setup, **run_once(dep, n, workdir, args)})
                 except BaseException:
                     dep.print_log_tails()
                     raise
-                startups[executor] = dep.timings.marks.get("deployment start (total)", float("nan"))
+                startups[setup] = dep.timings.marks.get("deployment start (total)", float("nan"))
         finally:
             if args.keep:
                 print(f"work dir kept: {workdir}")
@@ -165,7 +175,7 @@ def main() -> int:
     ups = ", ".join(f"{name} {secs:.1f} s" for name, secs in startups.items())
     print(f"deployment start-up: {ups}; whole benchmark {time.monotonic() - started:.0f} s")
     header = (
-        f"{'executor':<8}  {'N':>3}  {'state':<7} {'jobs':>4}  {'wall s':>7}  {'ideal s':>7}  "
+        f"{'executor':<15}  {'N':>3}  {'state':<7} {'jobs':>4}  {'wall s':>7}  {'ideal s':>7}  "
         f"{'ovh/trait s':>11}  "
         f"{'spread s':>8}  {'tail s':>6}  {'deferred':>8}  {'in flight':>9}  {'slots mid-training':>18}"
     )
@@ -176,7 +186,7 @@ def main() -> int:
             f"max {r['slots_max']} mean {r['slots_mean']:.2f}" if r["slots_max"] is not None else "no sample"
         )
         print(
-            f"{r['executor']:<8}  {r['n']:>3}  {r['state']:<7} {r['new_jobs']:>4}  {r['wall']:>7.1f}  "
+            f"{r['executor']:<15}  {r['n']:>3}  {r['state']:<7} {r['new_jobs']:>4}  {r['wall']:>7.1f}  "
             f"{r['ideal']:>7.1f}  "
             f"{r['overhead_per_trait']:>11.2f}  {r['spread']:>8.1f}  {r['tail']:>6.1f}  "
             f"{r['max_deferred']:>8}  {r['max_in_flight']:>9}  {slots:>18}"

@@ -146,6 +146,20 @@ def test_env_wiring_points_at_the_mounts_and_the_pool(compose):
         assert other == {k: v for k, v in env.items() if k != "DUMB_INIT_SETSID"}, name
 
 
+def test_compose_runs_the_worker_tuning_that_the_e2e_and_the_bench_measure(compose):
+    """The overhead figures in docs/decisions.md hold for this file only if it sets what they ran with."""
+    from tests.e2e.live import WORKER_TUNING, WORKER_TUNING_CELERY
+
+    env = compose["services"]["airflow-worker"]["environment"]
+    assert {k: env.get(k) for k in {**WORKER_TUNING, **WORKER_TUNING_CELERY}} == {
+        **WORKER_TUNING,
+        **WORKER_TUNING_CELERY,
+    }
+    module, _, name = env["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"].rpartition(".")
+    assert (REPO / "src" / Path(*module.split("."))).with_suffix(".py").is_file()
+    assert name == "CELERY_CONFIG"
+
+
 def test_together_connection_is_built_from_the_env_file_key(compose):
     template = compose["services"]["airflow-triggerer"]["environment"]["AIRFLOW_CONN_TOGETHER_DEFAULT"]
     assert "${TOGETHER_API_KEY" in template

@@ -482,6 +482,25 @@ class Timings:
         return "\n".join(f"  {name:<{width}}  {secs:7.1f} s" for name, secs in self.marks.items())
 
 
+# Worker settings of the shipped deployment (docker-compose.yaml, docs/operations.md section 4), so the
+# e2e and the benches measure what users run; tests/deploy/test_compose.py holds compose to them. Why each
+# one: docs/decisions.md "Worker tuning".
+WORKER_TUNING = {
+    # A task process that closes its sockets before it can be reaped leaves Airflow's supervisor asleep
+    # in select() for min_heartbeat_interval (default 5 s) holding the worker slot: 1 s bounds that.
+    "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
+}
+WORKER_TUNING_CELERY = {
+    # The Together SDK and our task modules imported once per worker, not once per task try.
+    "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "trait_lora.provider.celery_config.CELERY_CONFIG",
+}
+WORKER_TUNING_LOCAL = {
+    # The same for LocalExecutor: its workers fork from a server that imported them.
+    "AIRFLOW__SCHEDULER__MP_START_METHOD": "forkserver",
+    "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD": "trait_lora.provider.worker_preload",
+}
+
+
 class LiveDeployment:
     """PostgreSQL + fake Together + Airflow (api-server, scheduler, dag-processor, triggerer)."""
 
@@ -500,9 +519,11 @@ class LiveDeployment:
         extra_env: dict[str, str] | None = None,
         celery_workers: tuple[str, ...] = (),
         worker_concurrency: int = 2,
+        worker_tuning: bool = True,
     ) -> None:
         """``celery_workers`` (names) switches the executor to Celery with Redis as the broker and
-        starts one ``airflow celery worker`` per name (see ``start_worker``); else LocalExecutor."""
+        starts one ``airflow celery worker`` per name (see ``start_worker``); else LocalExecutor.
+        ``worker_tuning=False`` leaves Airflow's defaults for the settings in ``WORKER_TUNING*``."""
         self.workdir = Path(workdir)
         self.log_dir = self.workdir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -517,6 +538,7 @@ class LiveDeployment:
         self.extra_env = dict(extra_env or {})
         self.celery_workers = tuple(celery_workers)
         self.worker_concurrency = worker_concurrency
+        self.worker_tuning = worker_tuning
         self.redis: Redis | None = None
         self.traits: list[str] = sorted(p.stem for p in self.shards_dir.glob("*.jsonl"))
         self.api_port = free_port()
@@ -787,6 +809,9 @@ class LiveDeployment:
                     "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
                 }
             )
+        if self.worker_tuning:
+            env.update(WORKER_TUNING)
+            env.update(WORKER_TUNING_CELERY if self.celery_workers else WORKER_TUNING_LOCAL)
         env.update(self.extra_env)
         return env
 
