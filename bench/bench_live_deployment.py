@@ -86,6 +86,7 @@ def run_once(dep: LiveDeployment, n: int, workdir: Path, args: argparse.Namespac
     spread = (ages[-1] - ages[0]) if ages else float("nan")
     mid = watch.mid_training
     slots = [s.mid_training_slots for s in mid]
+    worst = max(mid, key=lambda s: s.mid_training_slots or 0, default=None)
     last_end = min(ages) - args.job_seconds if ages else 0.0  # seconds ago the last job ended
     end_lag = (time.monotonic() - watch.triggered_at) - watch.wall_s
     return {
@@ -103,8 +104,13 @@ def run_once(dep: LiveDeployment, n: int, workdir: Path, args: argparse.Namespac
         "slots_max": max(slots) if slots else None,
         "slots_mean": sum(slots) / len(slots) if slots else None,
         "jobs_mid_max": max((s.mid_training_jobs for s in mid), default=0),
+        "slots_worst": dict(worst.mid_training_by_task) if worst is not None else {},
         "cpu": cpu,
     }
+
+
+def _held(by_task: dict[str, int]) -> str:
+    return ", ".join(f"{key.removeprefix('trait.')} {n}" for key, n in sorted(by_task.items()))
 
 
 def main() -> int:
@@ -217,6 +223,7 @@ def main() -> int:
             f"flight >= {MID_TRAINING_AFTER:g} s) at N={r['n']}: max {r['slots_max']} "
             f"over {r['mid_samples']} "
             f"samples with up to {r['jobs_mid_max']} jobs mid-training (goal {SLOTS_GOAL})"
+            + (f"; at the max: {_held(r['slots_worst'])}" if r["slots_worst"] else "")
         )
     for r in results:
         if r["state"] != "success" or r["new_jobs"] != r["n"]:

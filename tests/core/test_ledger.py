@@ -202,3 +202,35 @@ def test_a_stale_in_flight_entry_left_by_a_dead_worker_frees_its_slot_at_the_cap
     index.write_text(left)  # as if the worker died after the record write
     assert ledger.claim_job_slot("calm_minus", job_key="k2", cap=1) == {}
     assert set(json.loads(index.read_text())) == {"calm_minus"}
+
+
+def test_the_dashboard_skips_an_unreadable_record_that_every_writer_is_told_about(tmp_path):
+    from trait_lora.core.report import trait_rows
+
+    ledger = Ledger(tmp_path)
+    ledger.update_job("joy_plus", job_id="ft-1", status="running", job_key=SHA)
+    ledger.update_job("calm_minus", job_id="ft-2", status="running", job_key=SHA)
+    broken = tmp_path / LEDGER_DIR / "jobs" / "calm_minus.json"
+    broken.write_text('{"job_id": "ft-2", "sta')  # a hand edit gone wrong
+    with pytest.raises(LedgerError, match=r"calm_minus\.json"):
+        ledger.jobs()
+    with pytest.raises(LedgerError, match=r"calm_minus\.json"):
+        ledger.update_job("calm_minus", status="completed")
+    assert list(ledger.jobs(tolerant=True)) == ["joy_plus"]
+    assert [(row.trait, row.state) for row in trait_rows(tmp_path)] == [("joy_plus", "in flight")]
+    assert broken.read_text() == '{"job_id": "ft-2", "sta'  # nothing rewrote it
+
+
+def test_the_uploaded_file_index_has_one_shape_however_it_was_written(tmp_path):
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    (seed / JOBS_FILE).write_text(json.dumps({"joy_plus": {"file_id": "file-1", "file_sha256": "b" * 64}}))
+    Ledger(seed).update_job("calm_minus", file_id="file-2", file_sha256="c" * 64, job_key=SHA)
+    entries = {
+        p.stem[:1]: json.loads(p.read_text()) for p in (seed / LEDGER_DIR / "files").glob("*.json")
+    }
+    assert entries == {
+        "b": {"file_id": "file-1", "trait": "joy_plus"},  # imported from the seed file
+        "c": {"file_id": "file-2", "trait": "calm_minus"},  # written by an upload
+    }
+    assert Ledger(seed).find_uploaded_file("b" * 64) == "file-1"

@@ -951,6 +951,9 @@ class Sample:
     # (a poke-mode sensor would hold one each; a deferred task none). None until the map is known.
     mid_training_slots: int | None = None
     mid_training_jobs: int = 0
+    # Those slots by task and state ("trait.wait queued": a wait whose first try has not started yet,
+    # "trait.wait running": one reading its job, or a poke), so a reader can tell a late start from a hold.
+    mid_training_by_task: dict[str, int] = field(default_factory=dict)
 
     def count(self, task: str | None = None, states: tuple[str, ...] = WORKER_STATES) -> int:
         tasks = [task] if task else list(self.states)
@@ -1041,14 +1044,17 @@ def watch_run(
             }
             training.discard(None)
             sample.mid_training_jobs = len(training)
-            sample.mid_training_slots = sum(
-                1
+            held = [
+                f"{task_id} {state}"
                 for task_id, map_index, state in rows
                 if task_id.startswith("trait.")
                 and 0 <= map_index < len(traits)
                 and traits[map_index] in training
                 and state in WORKER_STATES
-            )
+            ]
+            sample.mid_training_slots = len(held)
+            for key in held:
+                sample.mid_training_by_task[key] = sample.mid_training_by_task.get(key, 0) + 1
         watch.samples.append(sample)
         if on_sample is not None:
             on_sample(sample)

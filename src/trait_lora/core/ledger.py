@@ -74,6 +74,12 @@ def _uploaded_pairs(record: Record) -> list[tuple[str, str]]:
     return [(str(d), str(f)) for d, f in pairs if d and f and SHA256_RE.fullmatch(str(d))]
 
 
+def _file_entry(file_id: str, trait: str) -> Record:
+    """An uploaded-file index entry: the file, and the trait whose upload recorded it (for a person
+    reading the index; only ``file_id`` is used)."""
+    return {"file_id": file_id, "trait": trait}
+
+
 def _slot_entry(record: Record) -> Record:
     """What the in-flight index keeps of a record: enough to count it against the cap. The time is kept
     only where it matters (a ``creating`` with no job id goes stale), so most updates leave it alone."""
@@ -113,13 +119,26 @@ class Ledger:
     def _seed_path(self, kind: str) -> Path:
         return self.jobs_path if kind == JOBS else self.hashes_path
 
-    def _all(self, kind: str) -> dict[str, Record]:
+    def _all(self, kind: str, tolerant: bool = False) -> dict[str, Record]:
+        """Every record of one kind. ``tolerant``: an unreadable record (or seed file) reads as absent
+        instead of raising, for readers that only show state (the dashboard); whoever writes still
+        gets the LedgerError that says which file to fix."""
         if not self.root.is_dir():  # not imported yet: the seed-format file is the truth
-            return read_json_object(self._seed_path(kind), what=WHAT[kind])
+            try:
+                return read_json_object(self._seed_path(kind), what=WHAT[kind])
+            except LedgerError:
+                if tolerant:
+                    return {}
+                raise
         records = {}
         for path in sorted((self.root / kind).glob("*.json")):
             if TRAIT_RE.fullmatch(path.stem):  # anything else is not ours (a hand-made backup)
-                record = read_record(path, what=f"{WHAT[kind]} record")
+                try:
+                    record = read_record(path, what=f"{WHAT[kind]} record")
+                except LedgerError:
+                    if tolerant:
+                        continue
+                    raise
                 if record is not None:
                     records[path.stem] = record
         return records
@@ -129,11 +148,11 @@ class Ledger:
             return read_json_object(self._seed_path(kind), what=WHAT[kind]).get(trait)
         return read_record(self.record_path(kind, trait), what=f"{WHAT[kind]} record")
 
-    def jobs(self) -> dict[str, Record]:
-        return self._all(JOBS)
+    def jobs(self, *, tolerant: bool = False) -> dict[str, Record]:
+        return self._all(JOBS, tolerant)
 
-    def hashes(self) -> dict[str, Record]:
-        return self._all(HASHES)
+    def hashes(self, *, tolerant: bool = False) -> dict[str, Record]:
+        return self._all(HASHES, tolerant)
 
     def view(self) -> LedgerView:
         """A snapshot for read-only decisions; anything that writes reads again under the lock."""
@@ -182,9 +201,9 @@ class Ledger:
                 for trait, record in data.items():
                     atomic_write_json(staging / kind / f"{trait}.json", record)
             (staging / FILES).mkdir()
-            for record in jobs.values():
+            for trait, record in jobs.items():
                 for digest, file_id in _uploaded_pairs(record):
-                    atomic_write_json(staging / FILES / f"{digest}.json", {"file_id": file_id})
+                    atomic_write_json(staging / FILES / f"{digest}.json", _file_entry(file_id, trait))
             flying = {t: _slot_entry(r) for t, r in jobs.items() if JobStatus.of(r.get("status")).in_flight}
             atomic_write_json(staging / IN_FLIGHT_FILE, flying)
             os.chmod(staging, 0o755)  # mkdtemp's 0700 would lock out other users' workers
@@ -213,17 +232,22 @@ class Ledger:
         known = {d for d, _ in _uploaded_pairs(old or {})}
         for digest, file_id in _uploaded_pairs(new):
             if digest not in known:
-                atomic_write_json(self.root / FILES / f"{digest}.json", {"file_id": file_id, "trait": trait})
+                atomic_write_json(self.root / FILES / f"{digest}.json", _file_entry(file_id, trait))
 
     def _change_job(self, trait: str, change: Callable[[Record | None], Record | None]) -> Record | None:
-        path = self.record_path(JOBS, trait)
         with exclusive_lock(self.lock_path):
             self._ensure_layout()
-            old = read_record(path, what=f"{WHAT[JOBS]} record")
-            new = change(old)
-            if new is not None and new != old:
-                self._put_job(trait, old, new)
-            return new
+            return self._change_job_locked(trait, change)
+
+    def _change_job_locked(
+        self, trait: str, change: Callable[[Record | None], Record | None]
+    ) -> Record | None:
+        """Read the trait's job record, change it, write it if it changed; the caller holds the lock."""
+        old = read_record(self.record_path(JOBS, trait), what=f"{WHAT[JOBS]} record")
+        new = change(old)
+        if new is not None and new != old:
+            self._put_job(trait, old, new)
+        return new
 
     def update_job(self, trait: str, **fields: Any) -> Record:
         """Merge ``fields`` into the trait's job record; a new ``job_key`` starts a fresh record."""
@@ -272,7 +296,7 @@ class Ledger:
         (its worker died before the POST and nobody retried it) and holds no slot. ``run_id`` is kept
         as ``created_in_run``: a job found later by that same run is its own, not adopted.
         """
-        path = self.record_path(JOBS, trait)
+        check_trait_name(trait)
         if cap < 1:
             raise LedgerError(f"the cap on jobs in flight must be >= 1, got {cap}")
         now = datetime.now(UTC)
@@ -289,14 +313,15 @@ class Ledger:
                     atomic_write_json(self.root / IN_FLIGHT_FILE, index)
                 if len(holders) >= cap:
                     return holders
-            old = read_record(path, what=f"{WHAT[JOBS]} record")
-            base = dict(old or {})
-            if base.get("job_key") not in (None, job_key):
-                base = {}
-            base.update(job_key=job_key, status=CREATING, updated_at=utc_now())
-            if run_id is not None:
-                base["created_in_run"] = run_id
-            self._put_job(trait, old, base)
+
+            def claim(old: Record | None) -> Record:
+                base = dict(old or {}) if (old or {}).get("job_key") in (None, job_key) else {}
+                base.update(job_key=job_key, status=CREATING, updated_at=utc_now())
+                if run_id is not None:
+                    base["created_in_run"] = run_id
+                return base
+
+            self._change_job_locked(trait, claim)
             return {}
 
     def record_adapter(self, trait: str, **fields: Any) -> Record:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trait_lora.core.job_status import JobStatus
-from trait_lora.core.ledger import HASHES_FILE, JOBS_FILE, LEDGER_DIR
+from trait_lora.core.ledger import Ledger
 from trait_lora.core.mapping import MAPPING_FILE
 from trait_lora.core.runs import run_dir
 from trait_lora.core.shards import TRAIT_RE
@@ -57,14 +57,10 @@ def _read_object(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _records(out: Path, kind: str) -> dict[str, dict[str, Any]]:
-    """The ledger's records of one kind, live (the dashboard must show jobs in flight); an unreadable
-    record reads as absent here, the ledger itself reports it to whoever writes."""
-    if (out / LEDGER_DIR / kind).is_dir():
-        found = {p.stem: _read_object(p) for p in sorted((out / LEDGER_DIR / kind).glob("*.json"))}
-    else:  # not imported yet: the seed-format file
-        found = _read_object(out / (JOBS_FILE if kind == "jobs" else HASHES_FILE))
-    return {k: v for k, v in found.items() if isinstance(v, dict) and v and TRAIT_RE.fullmatch(k)}
+def _records(found: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The ledger's records as read live (the dashboard must show jobs in flight), tolerantly: an
+    unreadable record reads as absent here, the ledger itself reports it to whoever writes."""
+    return {k: v for k, v in found.items() if v}
 
 
 def _number(value: Any) -> float | None:
@@ -104,8 +100,9 @@ def _state(job: dict[str, Any], installed: bool, last: dict[str, Any]) -> str:
 def trait_rows(output_dir: str | Path) -> list[TraitRow]:
     """Every trait the output dir knows of (installed, in a job, in the last run, or failed), by name."""
     out = Path(output_dir)
-    hashes = _records(out, "hashes")
-    jobs = _records(out, "jobs")
+    ledger = Ledger(out)
+    hashes = _records(ledger.hashes(tolerant=True))
+    jobs = _records(ledger.jobs(tolerant=True))
     latest = _read_object(out / LATEST_SUMMARY)
     last_rows = {
         r["trait"]: r
