@@ -104,6 +104,46 @@ def open_plugin_tab(driver: Any, url: str, ready_text: str, timeout: float = 90.
     return {"text": text, "images": images}
 
 
+def read_trigger_form(driver: Any, dag_url: str, sections: list[str], timeout: float = 90.0) -> str:
+    """Open a DAG's page, click Trigger, open each of ``sections`` of the params form in turn; the
+    text each section shows, one after the other."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(dag_url)
+
+    def button(within: Any, text: str) -> Any:  # by its text, shown or scrolled out of the dialog's view
+        found = within.find_elements(By.XPATH, f".//button[normalize-space(.)='{text}']")
+        return found[0] if found else None
+
+    wait_until(f"the Trigger button at {dag_url}", lambda: button(driver, "Trigger"), timeout=timeout).click()
+    dialog = wait_until(
+        "the trigger form",
+        lambda: next(
+            (d for d in driver.find_elements(By.CSS_SELECTOR, "[role=dialog]") if "Trigger Dag" in d.text),
+            None,
+        ),
+    )
+
+    def opened(name: str) -> bool:
+        """Click the section open unless it is; true once it reads open (the form may re-render, and
+        close its sections, while the DAG's details load, so a click can be undone: click again)."""
+        header = button(dialog, name)
+        if header is None or header.get_attribute("aria-expanded") == "true":
+            return header is not None
+        # A real click (the accordion ignores a scripted one); opening a section moves the ones below,
+        # so a click that lands on another element raises, and the next poll tries again.
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", header)
+        header.click()
+        return False
+
+    texts = []
+    for name in sections:  # the form shows one section at a time: read each while it is open
+        wait_until(f"section {name!r} of the trigger form to open", lambda name=name: opened(name))
+        content = dialog.find_element(By.ID, button(dialog, name).get_attribute("aria-controls"))
+        texts.append(wait_until(f"section {name!r} to show its fields", lambda c=content: c.text))
+    return "\n".join(texts)
+
+
 def screenshot(driver: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(path))

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.browser import chromium_session, open_plugin_tab, screenshot
+from tests.e2e.browser import chromium_session, open_plugin_tab, read_trigger_form, screenshot
 from tests.e2e.live import (
     DAG_ID,
     REPO,
@@ -208,7 +208,8 @@ def test_run_defers_waits_and_the_cap_bounds_jobs_in_flight(live):
 
 def test_the_dashboard_in_a_real_browser(live):
     """Headless Chromium logs in to the live UI, opens the Traits tab and the first run's Training
-    summary tab, and sees every trait, its state and figures, and a loaded loss chart."""
+    summary tab, and sees every trait, its state and figures, and a loaded loss chart; then opens the
+    trigger form and sees every param with its title and help text in its section."""
     plugins = live.api("GET", "/api/v2/plugins").json()["plugins"]
     ours = [p for p in plugins if p["name"] == "trait_lora"]
     assert len(ours) == 1, [p["name"] for p in plugins]
@@ -230,7 +231,20 @@ def test_the_dashboard_in_a_real_browser(live):
             ready_text="Training summary of",
         )
         shot_summary = screenshot(driver, ARTEFACTS / "training_summary_tab.png")
+        params = live.api("GET", f"/api/v2/dags/{DAG_ID}/details").json()["params"]
+        sections = sorted({param["schema"]["section"] for param in params.values()})
+        form = read_trigger_form(driver, f"{live.api_url}/dags/{DAG_ID}", sections)
+        shot_form = screenshot(driver, ARTEFACTS / "trigger_form.png")
     log(f"screenshots: {shot_traits} (Traits tab), {shot_summary} (Training summary of e2e_first)")
+    log(f"screenshot: {shot_form} (trigger form, every section open)")
+
+    # The trigger form draws every param with its title and its help text.
+    missing = [
+        name
+        for name, param in params.items()
+        if param["schema"]["title"] not in form or (param.get("description") or "")[:40] not in form
+    ]
+    assert not missing, (missing, form[:3000])
 
     mapping = json.loads((live.output_dir / "hypernetwork_data.json").read_text())
     for trait in live.traits:
