@@ -234,3 +234,24 @@ def test_the_uploaded_file_index_has_one_shape_however_it_was_written(tmp_path):
         "c": {"file_id": "file-2", "trait": "calm_minus"},  # written by an upload
     }
     assert Ledger(seed).find_uploaded_file("b" * 64) == "file-1"
+
+
+def test_the_dashboard_reads_what_it_can_of_a_seed_file_and_skips_a_record_it_cannot_open(tmp_path):
+    from trait_lora.core.report import trait_rows
+
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    (seed / JOBS_FILE).write_text(
+        json.dumps({"joy_plus": {"job_id": "ft-1", "status": "running"}, "calm_minus": 3, "../x": {}})
+    )
+    with pytest.raises(LedgerError, match="calm_minus"):
+        Ledger(seed).jobs()  # a writer is told which entry to fix
+    assert Ledger(seed).jobs(tolerant=True) == {"joy_plus": {"job_id": "ft-1", "status": "running"}}
+    assert [row.trait for row in trait_rows(seed)] == ["joy_plus"]
+
+    ledger = Ledger(tmp_path / "out")
+    ledger.update_job("joy_plus", job_id="ft-1", status="running", job_key=SHA)
+    (tmp_path / "out" / LEDGER_DIR / "jobs" / "calm_minus.json").mkdir()  # not a file at all
+    with pytest.raises(IsADirectoryError):
+        ledger.jobs()
+    assert list(ledger.jobs(tolerant=True)) == ["joy_plus"]

@@ -112,6 +112,8 @@ def read_trigger_form(driver: Any, dag_url: str, sections: list[str], timeout: f
     driver.get(dag_url)
 
     def button(within: Any, text: str) -> Any:  # by its text, shown or scrolled out of the dialog's view
+        if "'" in text:
+            raise ValueError(f"cannot look up a button named {text!r} (an apostrophe ends the XPath string)")
         found = within.find_elements(By.XPATH, f".//button[normalize-space(.)='{text}']")
         return found[0] if found else None
 
@@ -122,14 +124,15 @@ def read_trigger_form(driver: Any, dag_url: str, sections: list[str], timeout: f
             (d for d in driver.find_elements(By.CSS_SELECTOR, "[role=dialog]") if "Trigger Dag" in d.text),
             None,
         ),
+        timeout=timeout,
     )
 
-    def opened(name: str) -> bool:
-        """Click the section open unless it is; true once it reads open (the form may re-render, and
-        close its sections, while the DAG's details load, so a click can be undone: click again)."""
+    def opened(name: str) -> Any:
+        """Click the section open unless it is; its header once it reads open (the form may re-render,
+        and close its sections, while the DAG's details load, so a click can be undone: click again)."""
         header = button(dialog, name)
         if header is None or header.get_attribute("aria-expanded") == "true":
-            return header is not None
+            return header
         # A real click (the accordion ignores a scripted one); opening a section moves the ones below,
         # so a click that lands on another element raises, and the next poll tries again.
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", header)
@@ -138,9 +141,14 @@ def read_trigger_form(driver: Any, dag_url: str, sections: list[str], timeout: f
 
     texts = []
     for name in sections:  # the form shows one section at a time: read each while it is open
-        wait_until(f"section {name!r} of the trigger form to open", lambda name=name: opened(name))
-        content = dialog.find_element(By.ID, button(dialog, name).get_attribute("aria-controls"))
-        texts.append(wait_until(f"section {name!r} to show its fields", lambda c=content: c.text))
+        header = wait_until(f"section {name!r} of the trigger form to open", lambda name=name: opened(name))
+        content_id = header.get_attribute("aria-controls")
+        texts.append(
+            wait_until(
+                f"section {name!r} to show its fields",
+                lambda content_id=content_id: dialog.find_element(By.ID, content_id).text,
+            )
+        )
     return "\n".join(texts)
 
 

@@ -17,6 +17,7 @@ only those (a seed install, or before this layout) is imported into ``ledger/`` 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -74,6 +75,18 @@ def _uploaded_pairs(record: Record) -> list[tuple[str, str]]:
     return [(str(d), str(f)) for d, f in pairs if d and f and SHA256_RE.fullmatch(str(d))]
 
 
+def _lenient_seed(path: Path) -> dict[str, Record]:
+    """A seed-format ledger file as a reader that only shows state takes it: what it can read of it
+    (each trait's object), nothing where it cannot; the import reports the rest to whoever writes."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, dict) and TRAIT_RE.fullmatch(k)}
+
+
 def _file_entry(file_id: str, trait: str) -> Record:
     """An uploaded-file index entry: the file, and the trait whose upload recorded it (for a person
     reading the index; only ``file_id`` is used)."""
@@ -124,18 +137,14 @@ class Ledger:
         instead of raising, for readers that only show state (the dashboard); whoever writes still
         gets the LedgerError that says which file to fix."""
         if not self.root.is_dir():  # not imported yet: the seed-format file is the truth
-            try:
-                return read_json_object(self._seed_path(kind), what=WHAT[kind])
-            except LedgerError:
-                if tolerant:
-                    return {}
-                raise
+            path = self._seed_path(kind)
+            return _lenient_seed(path) if tolerant else read_json_object(path, what=WHAT[kind])
         records = {}
         for path in sorted((self.root / kind).glob("*.json")):
             if TRAIT_RE.fullmatch(path.stem):  # anything else is not ours (a hand-made backup)
                 try:
                     record = read_record(path, what=f"{WHAT[kind]} record")
-                except LedgerError:
+                except (LedgerError, OSError):
                     if tolerant:
                         continue
                     raise

@@ -14,6 +14,10 @@ How it gets into the parent (docs/operations.md §4):
 * LocalExecutor: ``[scheduler] mp_start_method = forkserver`` and ``[scheduler] mp_forkserver_preload
   = trait_lora.provider.worker_preload`` (the executor's workers fork from a server that imported it).
 
+If one of ``OURS`` fails to import, Celery refuses to start the worker (a broken install shows at
+once); CPython's forkserver ignores an ImportError in its preload, so a LocalExecutor runs on without
+it, each task importing what it needs as before.
+
 Never imported by a DAG file or the DAG processor (parse time stays cheap), and it imports no torch,
 transformers, peft or Kubernetes client: local training runs in a subprocess of its own.
 """
@@ -22,14 +26,9 @@ from __future__ import annotations
 
 import importlib
 
-# The Together SDK and the two resources the hook uses (the client imports them lazily, on first use);
-# what the DAG files import (each task process parses its DAG file); what the tasks run.
+# The Together SDK, what the DAG files import (each task process parses its DAG file), what the tasks run.
 OURS = (
     "together",
-    "together.lib.resources.files",
-    "together.resources.files",
-    "together.resources.fine_tuning",
-    "together.types",
     "trait_lora.core.adapter",
     "trait_lora.core.budget",
     "trait_lora.core.intake",
@@ -50,10 +49,16 @@ OURS = (
     "trait_lora.provider.triggers.together",
 )
 
-# Airflow's side of a task process: the task runner and what it parses the DAG file with (about 110
-# modules a LocalExecutor worker forked from a forkserver would otherwise import per task try). These
-# are Airflow internals that may move between releases, so a missing one is skipped, not an error.
-AIRFLOW_TASK_RUNTIME = (
+# Internals that a release of the SDK or of Airflow may move, so a missing one is skipped, not an error
+# that would stop the worker from starting: the SDK resources the hook uses (the client imports them
+# lazily, on first use) and Airflow's side of a task process, the task runner and what it parses the
+# DAG file with (about 110 modules a LocalExecutor worker forked from a forkserver would otherwise
+# import per task try).
+OPTIONAL = (
+    "together.lib.resources.files",
+    "together.resources.files",
+    "together.resources.fine_tuning",
+    "together.types",
     "airflow.sdk.execution_time.supervisor",
     "airflow.sdk.execution_time.task_runner",
     "airflow.dag_processing.dagbag",
@@ -63,11 +68,11 @@ AIRFLOW_TASK_RUNTIME = (
 
 
 def preload() -> list[str]:
-    """Import every module above; returns the Airflow ones that this Airflow does not have."""
+    """Import every module above; returns the optional ones that this install does not have."""
     for name in OURS:
         importlib.import_module(name)  # ours and our pinned SDK: a failure here is a broken install
     missing = []
-    for name in AIRFLOW_TASK_RUNTIME:
+    for name in OPTIONAL:
         try:
             importlib.import_module(name)
         except ImportError:
