@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1053,8 +1054,7 @@ def watch_run(
                 and state in WORKER_STATES
             ]
             sample.mid_training_slots = len(held)
-            for key in held:
-                sample.mid_training_by_task[key] = sample.mid_training_by_task.get(key, 0) + 1
+            sample.mid_training_by_task = dict(Counter(held))
         watch.samples.append(sample)
         if on_sample is not None:
             on_sample(sample)

@@ -72,30 +72,25 @@ def test_a_celery_worker_imports_the_preload_before_its_pool_forks(tmp_path):
     assert found == {"before": False, "after": list(INHERITED), "defaults_kept": True}
 
 
+LOCAL_PROBE = (
+    "import json, multiprocessing as mp\n"
+    "from airflow.utils.process_utils import set_component_mp_start_method\n"
+    "from tests.support.modules import loaded\n"
+    "set_component_mp_start_method('scheduler')  # what `airflow scheduler` does first\n"
+    "with mp.Pool(1) as pool:  # a worker process, as the LocalExecutor starts them\n"
+    f"    has = pool.apply(loaded, ({INHERITED!r},))\n"
+    "print(json.dumps({'method': mp.get_start_method(), 'worker_has': has}))"
+)
+
+
 def test_local_executor_workers_fork_from_a_server_that_imported_the_preload(tmp_path):
-    found = run_probe(
-        "import json, multiprocessing as mp\n"
-        "from airflow.utils.process_utils import set_component_mp_start_method\n"
-        "from tests.support.modules import loaded\n"
-        "set_component_mp_start_method('scheduler')  # what `airflow scheduler` does first\n"
-        "with mp.Pool(1) as pool:  # a worker process, as the LocalExecutor starts them\n"
-        f"    has = pool.apply(loaded, ({INHERITED!r},))\n"
-        "print(json.dumps({'method': mp.get_start_method(), 'worker_has': has}))",
+    tuned = run_probe(
+        LOCAL_PROBE,
         tmp_path,
         AIRFLOW__SCHEDULER__MP_START_METHOD="forkserver",
         AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD=PRELOAD,
     )
-    assert found == {"method": "forkserver", "worker_has": list(INHERITED)}
-
-
-def test_without_the_setting_a_local_executor_worker_would_import_them_per_task(tmp_path):
-    """The control for the test above: the same probe, Airflow's defaults, a fresh forkserver."""
-    found = run_probe(
-        "import json, multiprocessing as mp\n"
-        "from tests.support.modules import loaded\n"
-        "mp.set_start_method('forkserver', force=True)\n"
-        "with mp.Pool(1) as pool:\n"
-        f"    print(json.dumps({{'worker_has': pool.apply(loaded, ({INHERITED!r},))}}))",
-        tmp_path,
-    )
-    assert found == {"worker_has": []}
+    assert tuned == {"method": "forkserver", "worker_has": list(INHERITED)}
+    # The same forkserver without the preload setting: each worker would import them per task.
+    untuned = run_probe(LOCAL_PROBE, tmp_path, AIRFLOW__SCHEDULER__MP_START_METHOD="forkserver")
+    assert untuned == {"method": "forkserver", "worker_has": []}

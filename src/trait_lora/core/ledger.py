@@ -17,7 +17,6 @@ only those (a seed install, or before this layout) is imported into ``ledger/`` 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -37,6 +36,7 @@ from trait_lora.core.ledger_io import (
     exclusive_lock,
     parse_utc,
     read_json_object,
+    read_object_or_empty,
     read_record,
     utc_now,
 )
@@ -78,12 +78,7 @@ def _uploaded_pairs(record: Record) -> list[tuple[str, str]]:
 def _lenient_seed(path: Path) -> dict[str, Record]:
     """A seed-format ledger file as a reader that only shows state takes it: what it can read of it
     (each trait's object), nothing where it cannot; the import reports the rest to whoever writes."""
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict):
-        return {}
+    data = read_object_or_empty(path)
     return {k: v for k, v in data.items() if isinstance(v, dict) and TRAIT_RE.fullmatch(k)}
 
 

@@ -1,7 +1,8 @@
 """Locking and strict JSON reads for the files many workers share (the ledger, per-run records).
 
 A file that does not parse is an error that names it, never an empty object: silently resetting a
-ledger would re-buy every job.
+ledger would re-buy every job. Only readers that show state and decide nothing (the dashboard) use
+``read_object_or_empty``.
 """
 
 from __future__ import annotations
@@ -81,6 +82,16 @@ def read_json_object(path: Path, *, what: str) -> dict[str, Record]:
         if not isinstance(record, dict):
             raise LedgerError(f"{path}: entry {trait!r} of {what} must be an object, got {record!r}")
     return data
+
+
+def read_object_or_empty(path: Path) -> dict[str, Any]:
+    """The file's JSON object, or an empty one when it is missing, unreadable or not an object: for a
+    reader that only shows state; whoever writes reads strictly and is told what to fix."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def read_record(path: Path, *, what: str) -> Record | None:

@@ -9,7 +9,6 @@ that is missing or damaged: a dashboard that 500s on one bad file hides the othe
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 from trait_lora.core.job_status import JobStatus
 from trait_lora.core.ledger import Ledger
+from trait_lora.core.ledger_io import read_object_or_empty
 from trait_lora.core.mapping import MAPPING_FILE
 from trait_lora.core.runs import run_dir
 from trait_lora.core.shards import TRAIT_RE
@@ -49,17 +49,8 @@ class TraitRow:
         return data
 
 
-def _read_object(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _records(found: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The ledger's records as read live (the dashboard must show jobs in flight), tolerantly: an
-    unreadable record reads as absent here, the ledger itself reports it to whoever writes."""
+    """The ledger's records as read live (the dashboard must show jobs in flight), less empty ones."""
     return {k: v for k, v in found.items() if v}
 
 
@@ -71,7 +62,7 @@ def _number(value: Any) -> float | None:
 
 def read_metrics(output_dir: str | Path, trait: str) -> dict[str, Any]:
     """``metrics/<trait>.json``: the loss curve (finite points only) and eval figures where recorded."""
-    data = _read_object(Path(output_dir) / METRICS_DIR / f"{trait}.json")
+    data = read_object_or_empty(Path(output_dir) / METRICS_DIR / f"{trait}.json")
     curve = []
     for step in data.get("steps") or []:
         if not isinstance(step, dict):
@@ -103,7 +94,7 @@ def trait_rows(output_dir: str | Path) -> list[TraitRow]:
     ledger = Ledger(out)
     hashes = _records(ledger.hashes(tolerant=True))
     jobs = _records(ledger.jobs(tolerant=True))
-    latest = _read_object(out / LATEST_SUMMARY)
+    latest = read_object_or_empty(out / LATEST_SUMMARY)
     last_rows = {
         r["trait"]: r
         for r in latest.get("traits") or []
@@ -155,7 +146,7 @@ def traits_view(output_dir: str | Path) -> dict[str, Any]:
         "output_dir": str(output_dir),
         "totals": totals(rows),
         "traits": [r.to_json() for r in rows],
-        "mapping": _read_object(Path(output_dir) / MAPPING_FILE) or None,
+        "mapping": read_object_or_empty(Path(output_dir) / MAPPING_FILE) or None,
     }
 
 
@@ -165,9 +156,9 @@ def run_view(output_dir: str | Path, run_id: str) -> dict[str, Any]:
     The mapping on disk is shown only when this run wrote it (a later run may have replaced it).
     """
     directory = run_dir(output_dir, run_id)
-    summary = _read_object(directory / SUMMARY_FILE)
-    plan = _read_object(directory / "plan.json")
-    mapping = _read_object(Path(output_dir) / MAPPING_FILE)
+    summary = read_object_or_empty(directory / SUMMARY_FILE)
+    plan = read_object_or_empty(directory / "plan.json")
+    mapping = read_object_or_empty(Path(output_dir) / MAPPING_FILE)
     rows = [r for r in summary.get("traits") or [] if isinstance(r, dict) and isinstance(r.get("trait"), str)]
     curves = {}
     for row in rows:
