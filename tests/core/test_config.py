@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import pytest
 
 from trait_lora.core.config import LOCAL_MODEL, TOGETHER_MODEL, TrainingConfig, from_mapping
@@ -74,3 +77,79 @@ def test_integer_zero_from_json_hashes_like_the_float_default():
     assert (
         from_mapping({"lora_dropout": 0, "warmup_ratio": 0}).config_hash() == TrainingConfig().config_hash()
     )
+
+
+COMPAT = json.loads((Path(__file__).parent / "data" / "config_hashes_06ddc2b.json").read_text())
+
+
+@pytest.mark.parametrize("case", COMPAT["cases"], ids=lambda c: json.dumps(c["config"], sort_keys=True))
+def test_an_upgrade_keeps_every_config_hash_written_before_the_advanced_settings(case):
+    """Hashes recorded by the release before random_seed & co. existed: unchanged, so no paid retrain."""
+    assert from_mapping(case["config"]).config_hash() == case["config_hash"]
+
+
+def test_a_ledger_of_the_previous_release_still_skips_every_unchanged_trait(tmp_path):
+    from tests.support.adapters import write_adapter_dir
+    from tests.support.airflow import copy_shards
+    from trait_lora.core.adapter import AdapterSpec, install_adapter
+    from trait_lora.core.keys import job_key, sha256_file
+    from trait_lora.core.ledger import Ledger
+    from trait_lora.core.plan import plan_traits
+    from trait_lora.core.shards import discover_shards
+
+    traits = ["joy_plus", "joy_minus", "wisdom_plus"]
+    shards = copy_shards(tmp_path / "shards", traits)
+    out = tmp_path / "out"
+    (old,) = [c for c in COMPAT["cases"] if c["config"] == {"backend": "together"}]
+    cfg = from_mapping(old["config"])
+    ledger = Ledger(out)
+    for trait, shard in discover_shards(shards).shards.items():
+        digest = sha256_file(shard.path)
+        key = job_key(digest, old["config_hash"])  # what the previous release wrote
+        _, info = install_adapter(
+            write_adapter_dir(tmp_path / "src" / trait), out, trait, AdapterSpec.from_config(cfg)
+        )
+        ledger.record_adapter(
+            trait,
+            shard_sha256=digest,
+            config_hash=old["config_hash"],
+            job_key=key,
+            adapter_sha256=info.sha256,
+            job_id=f"ft-{trait}",
+            backend="together",
+            base_model=cfg.base_model,
+            num_examples=1,
+        )
+    plans = plan_traits(shards, out, cfg)
+    assert {p.trait: p.action for p in plans} == dict.fromkeys(traits, "skip")
+    # ... while a changed advanced setting retrains (its own key, one paid job per trait).
+    changed = plan_traits(shards, out, cfg.replace(random_seed=7))
+    assert {p.action for p in changed} == {"train"}
+    assert {p.reason for p in changed} == {"training config changed since the last adapter"}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("random_seed", 7),
+        ("gradient_accumulation_steps", 4),
+        ("max_seq_length", 4096),
+        ("max_grad_norm", 0.5),
+        ("weight_decay", 0.01),
+        ("min_lr_ratio", 0.1),
+    ],
+)
+def test_each_advanced_setting_is_sent_and_changes_the_key_off_its_default(field, value):
+    base = TrainingConfig()
+    changed = base.replace(**{field: value})
+    assert changed.together_create_kwargs()[field] == value
+    assert changed.config_hash() != base.config_hash()
+    # the local trainer does not read them: a local config's key does not claim them
+    assert changed.replace(backend="local").config_hash() == base.replace(backend="local").config_hash()
+
+
+def test_cosine_cycles_count_only_with_the_cosine_schedule():
+    linear = TrainingConfig(lr_scheduler_type="linear")
+    assert linear.replace(scheduler_num_cycles=2.0).config_hash() == linear.config_hash()
+    cosine = TrainingConfig(lr_scheduler_type="cosine")
+    assert cosine.replace(scheduler_num_cycles=2.0).config_hash() != cosine.config_hash()

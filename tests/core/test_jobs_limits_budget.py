@@ -23,8 +23,11 @@ LIMITS = {
         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
     },
     "max_num_epochs": 20,
+    "max_num_evals": 100,
     "min_learning_rate": 1e-8,
     "max_learning_rate": 1.0,
+    "min_max_seq_length": 512,
+    "max_seq_length_sft": 8192,
 }
 
 
@@ -50,23 +53,43 @@ def test_limits_name_every_field_and_its_range():
     cfg = TrainingConfig(
         batch_size=256, lora_r=128, n_epochs=30, learning_rate=0.5, target_modules=("gate_proj",)
     )
-    problems = "\n".join(limit_problems(cfg, {**LIMITS, "max_learning_rate": 0.1}))
+    problems = "\n".join(limit_problems(cfg, {**LIMITS, "max_learning_rate": 0.1}, n_evals=200)[0])
     for expected in (
         "batch_size=256 is outside [8, 128]",
         "lora_r=128 is outside [1, 64]",
         "n_epochs=30 is outside [1, 20]",
         "learning_rate=0.5 is outside [1e-08, 0.1]",
         "target_modules ['gate_proj']",
+        "n_evals=200 is outside [0, 100]",
     ):
         assert expected in problems
-    assert limit_problems(TrainingConfig(), LIMITS) == []
+    assert limit_problems(TrainingConfig(), LIMITS) == ([], [])
+    long = TrainingConfig(max_seq_length=16384)
+    assert "max_seq_length=16384 is outside [512, 8192]" in limit_problems(long, LIMITS)[0][0]
     refused = r"joy_plus: .*no job was created: batch_size=256 is outside \[8, 128\]"
     with pytest.raises(ConfigError, match=refused):
         require_within_limits(TrainingConfig(batch_size=256), LIMITS, trait="joy_plus")
 
 
-def test_a_model_without_lora_limits_is_refused():
-    assert "does not support LoRA" in limit_problems(TrainingConfig(), {**LIMITS, "lora_training": None})[0]
+SPEC_REQUIRED_LIMITS = {  # all Together's OpenAPI spec promises in a model limits answer
+    "model_name": LIMITS["model_name"],
+    "max_num_epochs": 20,
+    "max_num_evals": 100,
+    "max_learning_rate": 1.0,
+    "min_learning_rate": 1e-8,
+    "supports_vision": False,
+    "supports_tools": True,
+    "supports_reasoning": False,
+    "merge_output_lora": True,
+}
+
+
+def test_limits_the_answer_leaves_out_are_not_checked_and_said():
+    problems, unchecked = limit_problems(TrainingConfig(batch_size=4096, lora_r=1024), SPEC_REQUIRED_LIMITS)
+    assert problems == []  # not guessed: Together's server decides what it did not tell us
+    assert unchecked == ["lora_training", "min_max_seq_length", "max_seq_length_sft"]
+    with pytest.raises(ConfigError, match="n_epochs=30"):  # what is present is still checked
+        require_within_limits(TrainingConfig(n_epochs=30), SPEC_REQUIRED_LIMITS, trait="t")
 
 
 def test_an_estimate_without_estimation_available_is_a_price():

@@ -10,7 +10,7 @@ from airflow.sdk.exceptions import ParamValidationError
 from tests.support.airflow import get_dag
 
 DAGS = ("trait_lora_together", "trait_lora_local", "trait_lora_kubernetes")
-SECTIONS = {"Selection", "Paths", "Training", "Evaluation", "Budget"}
+SECTIONS = {"Selection", "Paths", "Training", "Evaluation", "Advanced", "Budget"}
 
 
 @pytest.mark.parametrize("dag_id", DAGS)

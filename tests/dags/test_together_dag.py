@@ -1,17 +1,28 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.support.airflow import copy_shards, run_dag, task_states
 
 TRAITS = ["joy_plus", "joy_minus", "wisdom_plus"]
 
 
-def test_whole_dag_trains_publishes_and_reruns_for_free(airflow_db, together_conn, tmp_path):
+@pytest.mark.parametrize("answers", ["full", "spec-minimal"])
+def test_whole_dag_trains_publishes_and_reruns_for_free(airflow_db, together_conn, tmp_path, answers):
+    """Also with only what Together's spec promises in each answer (no processing_status, limits
+    without lora_training, unknown extra fields): the same run, the same adapters."""
     fake = together_conn
+    fake.answers = answers
     conf = {"shards_dir": str(copy_shards(tmp_path / "shards", TRAITS)), "output_dir": str(tmp_path / "out")}
     dr = run_dag("trait_lora_together", conf)
     assert str(dr.state) == "success"
     assert (fake.creates, fake.uploads) == (3, 3)
+    assert [use for use in fake.unvalidated_uses if use[0] == "/v1/fine-tunes"] == []  # never early
+    if answers == "spec-minimal":  # no status on the file: the estimate said when it was validated
+        assert fake.unvalidated_uses and {p for p, _ in fake.unvalidated_uses} == {
+            "/v1/fine-tunes/estimate-price"
+        }
     mapping = json.loads((tmp_path / "out" / "hypernetwork_data.json").read_text())
     assert sorted(mapping["traits"]) == sorted(TRAITS)
     assert mapping["failed"] == {}

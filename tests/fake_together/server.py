@@ -46,6 +46,7 @@ import hmac
 import io
 import json
 import math
+import os
 import pickle
 import random
 import re
@@ -64,6 +65,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.fake_together import shapes
 from tests.support.adapters import LLAMA_8B_SHAPES, adapter_archive, adapter_files, zstd_bytes
 
 TERMINAL_STATUSES = frozenset({"completed", "cancelled", "error", "user_error"})
@@ -509,7 +511,7 @@ class FakeTogether:
     dicts and lists are safe to read once the client calls that changed them have returned.
     """
 
-    def __init__(self, *, job_polls: int = 3) -> None:
+    def __init__(self, *, job_polls: int = 3, answers: str | None = None) -> None:
         self.api_key: str = f"tgp_fake_{secrets.token_hex(16)}"
         self.account: str = "fake-account"
         self.user_id: str = f"fake-user-{secrets.token_hex(6)}"
@@ -522,7 +524,15 @@ class FakeTogether:
         self.estimates: list[dict[str, Any]] = []  # bodies of POST /v1/fine-tunes/estimate-price
         self.bugs: list[str] = []  # tracebacks of exceptions inside the fake (answered 500, not retried)
         # --- behaviour knobs (plain attributes: set them before the calls they should affect) ---
+        # "full": every field SDK 3.1.1's types declare; "spec-minimal": only what Together's OpenAPI
+        # spec requires, plus unknown fields (tests/fake_together/shapes.py). Default from the
+        # environment (FAKE_TOGETHER_ANSWERS), so a live deployment's fake can run either way.
+        self.answers: str = answers or os.environ.get("FAKE_TOGETHER_ANSWERS") or "full"
+        if self.answers not in shapes.MODES:
+            raise ValueError(f"answers must be one of {shapes.MODES}, got {self.answers!r}")
         self.job_polls: int = job_polls
+        # The metric key of a held-out loss row: not documented by the spec, so tests vary it.
+        self.eval_metric_key: str = "eval/loss"
         self.min_total_steps: int = 4
         self.known_models: set[str] | None = None  # None: any model name has limits; a set: others 404
         self.model_limits: Callable[[str], dict[str, Any]] = default_model_limits
@@ -854,17 +864,29 @@ class FakeTogether:
             if match:
                 path_matched = True
                 if method == req.method:
-                    return handler(req, **match.groupdict())
+                    return self._shaped(handler.__name__, handler(req, **match.groupdict()))
         if path_matched:
             return _error(405, f"{req.method} is not allowed on {req.path}")
         return _error(404, f"no route for {req.method} {req.path}", code="not_found")
+
+    def _shaped(self, handler: str, reply: _Reply) -> _Reply:
+        """In spec-minimal mode, cut a JSON answer down to what the spec promises."""
+        if self.answers != "spec-minimal" or not reply.body or reply.body_factory is not None:
+            return reply
+        if not reply.headers.get("Content-Type", "").startswith("application/json"):
+            return reply
+        body = shapes.shape(handler, reply.status, json.loads(reply.body))
+        return _Reply(reply.status, json.dumps(body).encode(), reply.headers, reply.action)
 
     # ----------------------------------------------------------------------------------------------
     # Files
     # ----------------------------------------------------------------------------------------------
 
     def _file_view(self, record: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in record.items() if k not in ("checksum", "content") and not k.startswith("_")}
+        view = {k: v for k, v in record.items() if k not in ("checksum", "content") and not k.startswith("_")}
+        # the spec's flag beside the SDK's status: both shapes in one answer
+        view["Processed"] = record.get("processing_status") in shapes.FILE_VERDICTS
+        return view
 
     def _file(self, file_id: str) -> dict[str, Any]:
         record = self.files.get(file_id)
@@ -1142,10 +1164,18 @@ class FakeTogether:
                 not _is_number(value) or value < low or (high is not None and value > high)
             ):
                 raise _BadRequest(f"{name} is out of range")
-        for name in ("n_checkpoints", "n_evals"):
+        for name in ("n_checkpoints", "n_evals", "gradient_accumulation_steps", "random_seed"):
             value = body.get(name)
             if value is not None and (not _is_int(value) or value < 0):
                 raise _BadRequest(f"{name} must be a non-negative integer")
+        seq = body.get("max_seq_length")
+        if seq is not None and (
+            not _is_int(seq) or not limits["min_max_seq_length"] <= seq <= limits["max_seq_length_sft"]
+        ):
+            raise _BadRequest(
+                f"max_seq_length must be within [{limits['min_max_seq_length']}, "
+                f"{limits['max_seq_length_sft']}]"
+            )
         for name in ("packing", "early_stopping_enabled"):
             if body.get(name) is not None and not isinstance(body.get(name), bool):
                 raise _BadRequest(f"{name} must be a boolean")
@@ -1299,7 +1329,7 @@ class FakeTogether:
                 rows.append(
                     {
                         "train/global_step": float(step),
-                        "eval/loss": round(0.5 + 1.6 * math.exp(-2.0 * step / run.total_steps), 6),
+                        self.eval_metric_key: round(0.5 + 1.6 * math.exp(-2.0 * step / run.total_steps), 6),
                     }
                 )
         if bounds.get("resolution") and len(rows) > bounds["resolution"]:
@@ -1409,6 +1439,15 @@ class FakeTogether:
             "level": level,
             "message": message,
             "hash": secrets.token_hex(8),
+            # required by the spec's FineTuneEvent; Together fills them with zeros and "" when unset
+            "param_count": LLAMA_8B_PARAM_COUNT,
+            "token_count": int(job.get("token_count") or 0),
+            "total_steps": run.total_steps if (run := self._runs.get(job["id"])) else 0,
+            "step": run.step if run else 0,
+            "wandb_url": "",
+            "checkpoint_path": "",
+            "model_path": "",
+            "training_offset": 0,
             **{k: v for k, v in extra.items() if v is not None},
         }
         job["events"].append(event)

@@ -68,3 +68,28 @@ def test_without_a_split_nothing_changes(airflow_db, together_conn, tmp_path):
     assert not job["validation_file"] and not job["n_evals"]
     assert fake.count("POST", r"^/v1/files$") == 1
     assert read_json(tmp_path / "out" / "metrics" / "joy_plus.json")["eval"] is None
+
+
+def test_held_out_loss_under_another_known_name_and_a_named_gap_for_an_unknown_one(
+    airflow_db, together_conn, tmp_path
+):
+    """The spec does not name the held-out metric: other known spellings are read; an unknown one is
+    reported with the keys Together sent (a silent null would read as "no evaluation asked for")."""
+    from trait_lora.core.summary import eval_cell
+
+    fake = together_conn
+    fake.eval_metric_key = "validation/loss"
+    conf = conf_for(tmp_path, ["joy_plus"], eval_fraction=0.2)
+    assert str(run_dag(DAG_ID, conf).state) == "success"
+    figures = read_json(tmp_path / "out" / "metrics" / "joy_plus.json")["eval"]
+    assert isinstance(figures["adapter_loss"], float) and figures["eval_steps"]
+    assert eval_cell(figures) == f"held-out {figures['adapter_loss']:.3f}"
+
+    fake.eval_metric_key = "eval/perplexity_of_holdout"
+    assert str(run_dag(DAG_ID, {**conf, "force_retrain": True}).state) == "success"
+    summary = {r["trait"]: r for r in read_json(tmp_path / "out" / "run_summary.json")["traits"]}
+    figures = summary["joy_plus"]["eval"]
+    assert figures["adapter_loss"] is None
+    assert "eval/perplexity_of_holdout" in figures["metric_keys"] and "train/loss" in figures["metric_keys"]
+    assert "none with a held-out loss this version knows" in figures["missing"]
+    assert eval_cell(figures).startswith("no held-out loss in Together's metrics")

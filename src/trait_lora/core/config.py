@@ -23,7 +23,16 @@ KNOWN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 SCHEDULERS = ("linear", "cosine")
 DEFAULT_EVAL_FRACTION = 0.1  # the local form's default; Together's is 0 (a held-out part costs a retrain)
 MAX_EVAL_FRACTION = 0.5
-FLOAT_FIELDS = ("lora_dropout", "learning_rate", "warmup_ratio", "eval_fraction")
+FLOAT_FIELDS = (
+    "lora_dropout",
+    "learning_rate",
+    "warmup_ratio",
+    "eval_fraction",
+    "max_grad_norm",
+    "weight_decay",
+    "min_lr_ratio",
+    "scheduler_num_cycles",
+)
 
 # Hashed fields: changing any of these changes the adapter, so it changes the job key.
 HASHED_FIELDS = (
@@ -45,6 +54,20 @@ HASHED_FIELDS = (
 # Hashed only when set: a config without a held-out split keeps the hash (and the adapters) it had
 # before the field existed.
 HASHED_WHEN_SET = ("eval_fraction",)
+# ``fine_tuning.create`` arguments that change the trained weights and were once left to Together's
+# server (seed, accumulation, sequence length) or to the SDK's client defaults (the rest). Each is now
+# sent explicitly, and hashed only when it differs from the default here: adapters trained before
+# these fields existed keep their job keys (no paid retrain for an upgrade), while any change retrains.
+# Together-only: the local trainer does not read them, so they are not in a local config's hash.
+TOGETHER_ADVANCED = {
+    "random_seed": 42,  # the spec: "If omitted or null, the server applies its default seed (e.g. 42)"
+    "gradient_accumulation_steps": 1,
+    "max_seq_length": 8192,
+    "max_grad_norm": 1.0,
+    "weight_decay": 0.0,
+    "min_lr_ratio": 0.0,
+    "scheduler_num_cycles": 0.5,  # cosine only: sent, and hashed, only with lr_scheduler_type cosine
+}
 
 
 @dataclass(frozen=True)
@@ -65,6 +88,14 @@ class TrainingConfig:
     train_on_inputs: bool = False
     # Share of each shard held out to evaluate the adapter (trait_lora.core.split); 0 = train on all.
     eval_fraction: float = 0.0
+    # Together's advanced settings (TOGETHER_ADVANCED has why and the defaults).
+    random_seed: int = 42
+    gradient_accumulation_steps: int = 1
+    max_seq_length: int = 8192
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    min_lr_ratio: float = 0.0
+    scheduler_num_cycles: float = 0.5
 
     def __post_init__(self) -> None:
         _check(self)
@@ -86,6 +117,14 @@ class TrainingConfig:
             elif name in FLOAT_FIELDS:
                 value = repr(float(value))  # 0 and 0.0 from JSON must hash alike: a new hash = a paid retrain
             out[name] = value
+        if self.backend == "together":
+            for name, default in TOGETHER_ADVANCED.items():
+                value = getattr(self, name)
+                if name == "scheduler_num_cycles" and self.lr_scheduler_type != "cosine":
+                    continue
+                if value == default:
+                    continue
+                out[name] = repr(float(value)) if name in FLOAT_FIELDS else value
         return out
 
     def config_hash(self) -> str:
@@ -116,6 +155,18 @@ class TrainingConfig:
             "warmup_ratio": self.warmup_ratio,
             "packing": self.packing,
             "train_on_inputs": self.train_on_inputs,
+            "random_seed": self.random_seed,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "max_seq_length": self.max_seq_length,
+            "max_grad_norm": self.max_grad_norm,
+            "weight_decay": self.weight_decay,
+            "min_lr_ratio": self.min_lr_ratio,
+            "scheduler_num_cycles": self.scheduler_num_cycles,
+            # Not weight-changing, but never left to a default that an SDK upgrade may move.
+            "n_checkpoints": 1,
+            "training_method": "sft",
+            "train_vision": False,
+            "early_stopping_enabled": False,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,3 +249,16 @@ def _check(cfg: TrainingConfig) -> None:
     for name in ("packing", "train_on_inputs"):
         if not isinstance(getattr(cfg, name), bool):
             raise bad(name, "true or false")
+    if not _is_int(cfg.random_seed) or not 0 <= cfg.random_seed < 2**31:
+        raise bad("random_seed", "an integer in 0..2147483647")
+    if not _is_int(cfg.gradient_accumulation_steps) or not 1 <= cfg.gradient_accumulation_steps <= 1024:
+        raise bad("gradient_accumulation_steps", "an integer in 1..1024")
+    if not _is_int(cfg.max_seq_length) or not 64 <= cfg.max_seq_length <= 1_048_576:
+        raise bad("max_seq_length", "an integer in 64..1048576 (Together checks the model's own range)")
+    for name in ("max_grad_norm", "weight_decay"):
+        if not _is_number(getattr(cfg, name)) or getattr(cfg, name) < 0:
+            raise bad(name, "a number >= 0 (max_grad_norm 0 turns clipping off)")
+    if not _is_number(cfg.min_lr_ratio) or not 0.0 <= cfg.min_lr_ratio <= 1.0:
+        raise bad("min_lr_ratio", "a number in [0, 1]")
+    if not _is_number(cfg.scheduler_num_cycles) or cfg.scheduler_num_cycles <= 0:
+        raise bad("scheduler_num_cycles", "a number > 0")

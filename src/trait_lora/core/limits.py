@@ -24,10 +24,19 @@ def _num(limits: Mapping[str, Any], *path: str) -> float | None:
     return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def limit_problems(cfg: TrainingConfig, limits: Mapping[str, Any]) -> list[str]:
-    """Each parameter of ``cfg`` outside ``limits`` (a FinetuneModelLimits body), with its range."""
+def limit_problems(
+    cfg: TrainingConfig, limits: Mapping[str, Any], *, n_evals: int = 0
+) -> tuple[list[str], list[str]]:
+    """``(problems, unchecked)``: each parameter of ``cfg`` outside ``limits`` (a model limits answer),
+    with its range; and each limit we would check that the answer did not give.
+
+    Together's spec requires only nine fields of this answer (not ``lora_training``, the sequence
+    lengths or the checkpoint count), so a missing limit is reported as unchecked, never guessed and
+    never a refusal: Together's server still refuses a value out of its range, with its own message.
+    """
     model = limits.get("model_name") or cfg.together_model
     problems: list[str] = []
+    unchecked: list[str] = []
 
     def outside(field: str, value: float, low: float | None, high: float | None) -> None:
         if (low is not None and value < low) or (high is not None and value > high):
@@ -37,17 +46,23 @@ def limit_problems(cfg: TrainingConfig, limits: Mapping[str, Any]) -> list[str]:
                 f"{field}={value:g} is outside [{lo}, {hi}], the range Together allows for {model}"
             )
 
+    def bound(*path: str) -> float | None:
+        value = _num(limits, *path)
+        if value is None:
+            unchecked.append(".".join(path))
+        return value
+
     lora = ("lora_training",)
-    if limits.get("lora_training") is None:
-        problems.append(f"{model} does not support LoRA fine-tuning on Together (no lora_training limits)")
+    if not isinstance(limits.get("lora_training"), Mapping):
+        unchecked.append("lora_training")
     else:
         outside(
             "batch_size",
             cfg.batch_size,
-            _num(limits, *lora, "min_batch_size"),
-            _num(limits, *lora, "max_batch_size"),
+            bound(*lora, "min_batch_size"),
+            bound(*lora, "max_batch_size"),
         )
-        outside("lora_r", cfg.lora_r, 1, _num(limits, *lora, "max_rank"))
+        outside("lora_r", cfg.lora_r, 1, bound(*lora, "max_rank"))
         modules = limits["lora_training"].get("target_modules")
         if isinstance(modules, list) and modules:
             unknown = [m for m in cfg.target_modules if m not in modules]
@@ -55,22 +70,36 @@ def limit_problems(cfg: TrainingConfig, limits: Mapping[str, Any]) -> list[str]:
                 problems.append(
                     f"target_modules {unknown} are not trainable on {model} (allowed: {', '.join(modules)})"
                 )
-    outside("n_epochs", cfg.n_epochs, 1, _num(limits, "max_num_epochs"))
+        else:
+            unchecked.append("lora_training.target_modules")
+    outside("n_epochs", cfg.n_epochs, 1, bound("max_num_epochs"))
     outside(
         "learning_rate",
         cfg.learning_rate,
-        _num(limits, "min_learning_rate"),
-        _num(limits, "max_learning_rate"),
+        bound("min_learning_rate"),
+        bound("max_learning_rate"),
     )
-    return problems
+    if n_evals:
+        outside("n_evals", n_evals, 0, bound("max_num_evals"))
+    outside(
+        "max_seq_length",
+        cfg.max_seq_length,
+        bound("min_max_seq_length"),
+        bound("max_seq_length_sft"),
+    )
+    return problems, unchecked
 
 
-def require_within_limits(cfg: TrainingConfig, limits: Mapping[str, Any], *, trait: str) -> None:
-    """Raise ConfigError listing every out-of-limit parameter; nothing was sent to Together yet."""
-    problems = limit_problems(cfg, limits)
+def require_within_limits(
+    cfg: TrainingConfig, limits: Mapping[str, Any], *, trait: str, n_evals: int = 0
+) -> list[str]:
+    """Raise ConfigError listing every out-of-limit parameter (nothing was sent to Together yet);
+    return the limits the answer did not give, for the caller to log."""
+    problems, unchecked = limit_problems(cfg, limits, n_evals=n_evals)
     if problems:
         raise ConfigError(
             f"{trait}: the training parameters exceed the model's limits, so no job was created: "
             + "; ".join(problems)
             + ". Change the run's parameters (or pick another base_model) and trigger again"
         )
+    return unchecked

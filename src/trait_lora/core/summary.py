@@ -94,8 +94,15 @@ def text_table(rows: list[list[Any]], headers: list[str] | tuple[str, ...]) -> s
 
 
 def eval_cell(figures: Any) -> str:
-    """``7.85->7.11 (own pole +0.54)``: held-out loss of the base model, then of the adapter."""
-    if not isinstance(figures, dict) or None in (figures.get("base_loss"), figures.get("adapter_loss")):
+    """``7.85->7.11 (own pole +0.54)``: held-out loss of the base model, then of the adapter; Together
+    reports the adapter's alone; with metrics but no held-out loss we know, it says so."""
+    if not isinstance(figures, dict):
+        return "-"
+    if figures.get("missing"):
+        return "no held-out loss in Together's metrics (see the trait's metric_keys)"
+    if figures.get("base_loss") is None and isinstance(figures.get("adapter_loss"), int | float):
+        return f"held-out {figures['adapter_loss']:.3f}"
+    if None in (figures.get("base_loss"), figures.get("adapter_loss")):
         return "-"
     cell = f"{figures['base_loss']:.3f}->{figures['adapter_loss']:.3f}"
     if isinstance(figures.get("own_pole_margin"), int | float):

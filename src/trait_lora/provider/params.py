@@ -41,7 +41,7 @@ def available_traits(shards_dir: Path) -> list[str]:
 
 
 SELECTION, PATHS, TRAINING, BUDGET = "Selection", "Paths", "Training", "Budget"
-EVALUATION = "Evaluation"
+EVALUATION, ADVANCED = "Evaluation", "Advanced"
 
 # Airflow checks every param's schema against its metaschema at each parse; the 2020-12 metaschema
 # (jsonschema's default) costs ~3x draft-07's (0.66 vs 0.22 ms per param, 18 params per DAG). Every
@@ -238,6 +238,7 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
             section=EVALUATION,
         )
     if backend == "together":
+        params.update(advanced_params(d))
         params["max_job_price_usd"] = form_field(
             None,
             type=["null", "number"],
@@ -257,6 +258,80 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
             section=BUDGET,
         )
     return params
+
+
+def advanced_params(d: TrainingConfig) -> dict[str, Param]:
+    """Together's settings that change the weights and were once left to its defaults: now sent
+    explicitly. At these defaults they leave a trait's job key as it was, so upgrading retrains
+    nothing; changing one retrains every trait it applies to (one paid job each)."""
+    note = "Changing it retrains (one paid job per trait)."
+    return {
+        "random_seed": form_field(
+            d.random_seed,
+            type="integer",
+            minimum=0,
+            maximum=2**31 - 1,
+            title="Random seed",
+            description="Seed for data order and adapter init, integer >= 0. "
+            f"{note} Default: {d.random_seed}.",
+            section=ADVANCED,
+        ),
+        "gradient_accumulation_steps": form_field(
+            d.gradient_accumulation_steps,
+            type="integer",
+            minimum=1,
+            maximum=1024,
+            title="Gradient accumulation steps",
+            description="Batches summed per optimizer step, integer 1-1024 (the effective batch is batch "
+            f"size x this). {note} Default: {d.gradient_accumulation_steps}.",
+            section=ADVANCED,
+        ),
+        "max_seq_length": form_field(
+            d.max_seq_length,
+            type="integer",
+            minimum=64,
+            maximum=1_048_576,
+            title="Maximum sequence length",
+            description="Tokens per example before truncation, integer (Together's range per model is "
+            f"checked before any job is created). {note} Default: {d.max_seq_length}.",
+            section=ADVANCED,
+        ),
+        "max_grad_norm": form_field(
+            d.max_grad_norm,
+            type="number",
+            minimum=0,
+            title="Gradient clipping (max norm)",
+            description=f"Number >= 0; 0 turns clipping off. {note} Default: {d.max_grad_norm}.",
+            section=ADVANCED,
+        ),
+        "weight_decay": form_field(
+            d.weight_decay,
+            type="number",
+            minimum=0,
+            title="Weight decay",
+            description=f"Number >= 0. {note} Default: {d.weight_decay}.",
+            section=ADVANCED,
+        ),
+        "min_lr_ratio": form_field(
+            d.min_lr_ratio,
+            type="number",
+            minimum=0,
+            maximum=1,
+            title="Final learning-rate ratio",
+            description="Where the schedule ends, as a share of the learning rate, number in [0, 1]. "
+            f"{note} Default: {d.min_lr_ratio}.",
+            section=ADVANCED,
+        ),
+        "scheduler_num_cycles": form_field(
+            d.scheduler_num_cycles,
+            type="number",
+            exclusiveMinimum=0,
+            title="Cosine cycles",
+            description="Cycles of the cosine schedule, number > 0 (read only with the cosine schedule). "
+            f"{note} Default: {d.scheduler_num_cycles}.",
+            section=ADVANCED,
+        ),
+    }
 
 
 def config_values(params: dict[str, Any], backend: str) -> dict[str, Any]:

@@ -15,6 +15,11 @@ from typing import Any
 
 from trait_lora.core.job_status import JobStatus
 
+# Together's ``processing_status`` of an uploaded file once its (asynchronous) validation has ended.
+from trait_lora.provider.hooks.answers import FILE_DONE as FILE_DONE
+from trait_lora.provider.hooks.answers import FILE_OK as FILE_OK
+from trait_lora.provider.hooks.answers import FILE_REJECTED as FILE_REJECTED
+
 NANODOLLARS = 1e9  # a job's ``total_price`` is integer nano-USD
 
 
@@ -73,11 +78,6 @@ class TraitJob:
     def job_status(self) -> JobStatus:
         return JobStatus.of(self.status)
 
-
-# Together's ``processing_status`` of an uploaded file once its (asynchronous) validation has ended.
-FILE_OK = "COMPLETED"
-FILE_REJECTED = frozenset({"FAILED", "INVALID_FORMAT"})
-FILE_DONE = FILE_REJECTED | {FILE_OK}
 
 # What a trigger's wait ended with (besides the job's own terminal status).
 TIMEOUT = "timeout"

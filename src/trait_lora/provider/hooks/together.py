@@ -242,20 +242,44 @@ class TogetherHook(BaseHook):
             file_id = exc.file_id
             self.log.info("Together already holds these bytes as %s; reusing it", file_id)
         found = self.get_file(file_id)
-        if str(found.get("processing_status") or "").upper() == "PENDING":
+        # PENDING, or the spec's shape not yet processed: preprocessing again is harmless
+        if str(found.get("processing_status") or "").upper() == "PENDING" or (
+            "processing_status" not in found and found.get("Processed") is False
+        ):
             from together.types import FileResponse
 
             found = job_to_dict(self.client.post(f"/v1/files/{file_id}/preprocess", cast_to=FileResponse))
         return found
 
     def get_file(self, file_id: str) -> dict[str, Any]:
-        """The file object; its ``processing_status`` says whether Together has validated it yet."""
+        """The file object; its ``processing_status`` (where sent) says whether Together validated it."""
         return job_to_dict(self.client.files.retrieve(file_id))
+
+    def file_verdict(self, file_id: str, model: str) -> str:
+        """COMPLETED / INVALID_FORMAT / "" (not validated yet) from a price estimate for the file alone:
+        the one answer that says so when the file object has only the spec's ``Processed`` flag."""
+        from trait_lora.provider.hooks.answers import estimate_verdict
+
+        estimate = self.client.fine_tuning.estimate_price(training_file=file_id, model=model)
+        return estimate_verdict(job_to_dict(estimate))
 
     # -- jobs ---------------------------------------------------------------------------------
     def model_limits(self, model: str) -> dict[str, Any]:
-        """Together's per-model limits (batch size range, max rank, epochs, learning rate)."""
-        return job_to_dict(self.client.fine_tuning.model_limits(model_name=model))
+        """Together's per-model limits exactly as sent (batch sizes, max rank, epochs, learning rate).
+
+        The raw JSON, not the SDK's model: the spec promises fewer fields than SDK 3.1.1 declares, and
+        ``core.limits`` checks only the ones present (``answers`` has why).
+        """
+        from trait_lora.provider.hooks.answers import LIMITS_ENDPOINT, UnreadableAnswer
+
+        raw = self.client.fine_tuning.with_raw_response.model_limits(model_name=model)
+        try:
+            body = raw.http_response.json()
+        except ValueError:
+            raise UnreadableAnswer(LIMITS_ENDPOINT, "body", "not JSON") from None
+        if not isinstance(body, dict):
+            raise UnreadableAnswer(LIMITS_ENDPOINT, "body", f"a JSON {type(body).__name__}, not an object")
+        return body
 
     def estimate_price(self, *, training_file: str, params: dict[str, Any]) -> dict[str, Any]:
         """What Together would charge for ``create(**params)``; the cost gate reads it before any create."""
@@ -279,13 +303,17 @@ class TogetherHook(BaseHook):
     def create_job(
         self, *, training_file: str, suffix: str, model_limits: dict[str, Any], **params: Any
     ) -> dict[str, Any]:
-        """One POST, never retried by the SDK: the caller reconciles by listing after any failure."""
-        from together.types import FinetuneModelLimits
+        """One POST, never retried by the SDK: the caller reconciles by listing after any failure.
+
+        ``model_limits`` is the raw answer of ``model_limits()``, handed to the SDK as it is (never
+        re-validated: see ``answers.sdk_model_limits``), which also saves the SDK a second request.
+        """
+        from trait_lora.provider.hooks.answers import sdk_model_limits
 
         job = self.no_retry_client.fine_tuning.create(
             training_file=training_file,
             suffix=suffix,
-            model_limits=FinetuneModelLimits.model_validate(model_limits),
+            model_limits=sdk_model_limits(model_limits, lora_r=int(params.get("lora_r") or 0)),
             **params,
         )
         return job_to_dict(job)
@@ -294,8 +322,17 @@ class TogetherHook(BaseHook):
         return [job_to_dict(j) for j in self.client.fine_tuning.list().data]
 
     def find_jobs(self, tag: str) -> list[dict[str, Any]]:
-        """Together's jobs whose suffix carries ``tag``, newest first (the duplicate-job guard)."""
-        jobs = [j for j in self.list_jobs() if job_matches_tag(j, tag)]
+        """Together's jobs whose suffix carries ``tag``, newest first (the duplicate-job guard).
+
+        The spec's list entries promise only id, status and timestamps: an entry that shows neither a
+        suffix nor an output name is read whole once, never assumed to be someone else's job.
+        """
+        jobs = []
+        for job in self.list_jobs():
+            if not (job.get("suffix") or output_name(job)) and job.get("id"):
+                job = {**job, **self.get_job(str(job["id"]))}
+            if job_matches_tag(job, tag):
+                jobs.append(job)
         return sorted(jobs, key=lambda j: str(j.get("created_at") or ""), reverse=True)
 
     def get_job(self, job_id: str) -> dict[str, Any]:
@@ -342,32 +379,33 @@ class TogetherHook(BaseHook):
     def list_events(self, job_id: str) -> list[dict[str, Any]]:
         return [job_to_dict(e) for e in self.client.fine_tuning.list_events(job_id).data]
 
-    def training_figures(self, job_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Loss per step ``[{"step", "loss"}]`` and held-out loss per evaluation ``[{"step",
-        "eval_loss"}]``, from one ``GET /fine-tunes/{id}/metrics`` (both live in the same rows).
+    def training_figures(self, job_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+        """Loss per step ``[{"step", "loss"}]``, held-out loss per evaluation ``[{"step",
+        "eval_loss"}]`` and every metric key seen, from one ``GET /fine-tunes/{id}/metrics``.
 
-        Together answers ``{"metrics": [{"train/global_step", "train/loss", ...}]}`` (the keys the
-        SDK's own CLI plots); plain ``step``/``loss`` keys are accepted too. The spec only says metric
-        rows are flat dicts of numbers; evaluation rows carry ``eval/loss`` (the W&B naming of
-        ``train/loss``), which the SDK's early-stopping help calls ``eval_loss``: both are read, from
-        rows of their own or beside the training figures.
+        The spec documents only ``train/*`` keys (``train/loss``, ``train/global_step``); the held-out
+        key is not documented, so the names Together's W&B-style logging and the SDK's early-stopping
+        help use are all read (``answers.HELD_OUT_KEYS``). The keys seen let the caller say so when
+        rows came back but none held a held-out loss we know, instead of a silent null.
         """
+        from trait_lora.provider.hooks.answers import held_out_loss
+
         raw = job_to_dict(self.client.fine_tuning.list_metrics(job_id))
         rows = raw.get("metrics") or raw.get("data") or []
         steps: list[dict[str, Any]] = []
         evals: list[dict[str, Any]] = []
-        for i, row in enumerate(rows):
+        keys: set[str] = set()
+        for i, row in enumerate(r for r in rows if isinstance(r, dict)):
+            keys.update(map(str, row))
             loss = row.get("train/loss", row.get("loss"))
             step = row.get("train/global_step", row.get("step", i + 1))
-            if loss is not None:
+            if isinstance(loss, int | float) and not isinstance(loss, bool):
                 steps.append({"step": int(step), "loss": float(loss)})
-            held_out = row.get("eval/loss", row.get("eval_loss"))
-            if isinstance(held_out, int | float) and not isinstance(held_out, bool):
+            held_out = held_out_loss(row)
+            if held_out is not None:
                 at = row.get("train/global_step", row.get("eval/global_step", row.get("step")))
-                evals.append(
-                    {"step": int(at) if at is not None else len(evals) + 1, "eval_loss": float(held_out)}
-                )
-        return steps, evals
+                evals.append({"step": int(at) if at is not None else len(evals) + 1, "eval_loss": held_out})
+        return steps, evals, sorted(keys)
 
     def download_adapter(self, job_id: str, dest: Path) -> tuple[int, int | None]:
         """Stream the adapter archive to ``dest``; returns (bytes received on the wire, Content-Length).
@@ -400,6 +438,12 @@ class TogetherHook(BaseHook):
 
     async def aget_file(self, client: AsyncTogether, file_id: str) -> dict[str, Any]:
         return job_to_dict(await client.files.retrieve(file_id))
+
+    async def afile_verdict(self, client: AsyncTogether, file_id: str, model: str) -> str:
+        from trait_lora.provider.hooks.answers import estimate_verdict
+
+        estimate = await client.fine_tuning.estimate_price(training_file=file_id, model=model)
+        return estimate_verdict(job_to_dict(estimate))
 
 
 def _conflict_is_final(response: Any) -> None:

@@ -92,11 +92,26 @@ class TogetherDownloadOperator(TogetherStep):
 
         trait = job.trait
         try:
-            steps, evals = self.hook.training_figures(job_id)
+            steps, evals, keys = self.hook.training_figures(job_id)
         except Exception as exc:  # metrics are for the summary; never fail an installed adapter on them
             self.log.warning("%s: could not fetch metrics of %s: %s", trait, job_id, type(exc).__name__)
             return [], None
         evaluation = None
+        if job.validation_file_id and not evals and keys:
+            note = (
+                "Together returned metrics but none with a held-out loss this version knows; keys seen: "
+                + ", ".join(keys)
+            )
+            self.log.warning("%s: %s", trait, note)
+            evaluation = {
+                **({"n_held_out": int(job.num_validation)} if job.num_validation else {}),
+                "base_loss": None,
+                "adapter_loss": None,
+                "improvement": None,
+                "source": "together n_evals",
+                "missing": note,
+                "metric_keys": keys,
+            }
         if evals and job.validation_file_id:
             evaluation = {
                 **({"n_held_out": int(job.num_validation)} if job.num_validation else {}),

@@ -118,13 +118,17 @@ class TogetherLaunchOperator(TogetherStep):
     def _check_limits(self, job: TraitJob) -> None:
         from trait_lora.core.errors import ConfigError
         from trait_lora.core.limits import require_within_limits
+        from trait_lora.provider.hooks.answers import warn_unchecked
 
         cfg = self.training_config
         self._limits = self.hook.model_limits(cfg.together_model)
         try:
-            require_within_limits(cfg, self._limits, trait=job.trait)
+            unchecked = require_within_limits(
+                cfg, self._limits, trait=job.trait, n_evals=N_EVALS if job.validation_file_id else 0
+            )
         except ConfigError as exc:
             raise AirflowFailException(str(exc)) from None
+        warn_unchecked(cfg.together_model, unchecked)
 
     def _cost_gate(self, context: Any, job: TraitJob) -> float | None:
         from trait_lora.core import budget
@@ -213,6 +217,7 @@ class TogetherLaunchOperator(TogetherStep):
         from together import APIConnectionError, APIStatusError
 
         from trait_lora.core.keys import job_tag
+        from trait_lora.provider.hooks.answers import UnreadableAnswer
 
         cfg = self.training_config
         stagger = setting_or(self.stagger_seconds, "stagger_seconds")
@@ -227,9 +232,11 @@ class TogetherLaunchOperator(TogetherStep):
                     **cfg.together_create_kwargs(),
                     **evaluation_kwargs(job),
                 )
+            except UnreadableAnswer:
+                raise  # nothing was posted (the SDK reads the limits first): the try is retried
             except ValueError as exc:  # the SDK's own parameter checks: a retry would repeat them
                 self._release_slot(job)
-                raise AirflowFailException(f"{job.trait}: the Together SDK refused the job: {exc}") from None
+                raise AirflowFailException(sdk_refusal(job.trait, exc)) from None
             except (APIConnectionError, APIStatusError) as exc:
                 if is_permanent(exc):
                     self._release_slot(job)
@@ -251,10 +258,42 @@ class TogetherLaunchOperator(TogetherStep):
                     raise
                 time.sleep(backoff_delay(attempt, exc, base=0.5))
                 continue
+            if not created.get("id"):  # a job may exist: find it by its tag, never post again blindly
+                self.log.warning("%s: Together's create answer has no job id; reconciling", job.trait)
+                found = self.hook.find_existing_job(job_tag(job.job_key))
+                if found is None:
+                    raise UnreadableAnswer("POST /v1/fine-tunes", "id", "and no job carries the key's tag")
+                created = found
             if store is not None:
                 store.set(STATE_JOB_ID, created["id"])
             return created
         raise AssertionError("unreachable")
+
+
+# The SDK's ValueError messages for our parameters (lib/resources/fine_tuning.py), by the parameter
+# they are about: the message then names our run parameter, not only the SDK's words.
+_SDK_CHECKS = (
+    ("batch size", "batch_size"),
+    ("warmup ratio", "warmup_ratio"),
+    ("min learning rate ratio", "min_lr_ratio"),
+    ("gradient norm", "max_grad_norm"),
+    ("weight decay", "weight_decay"),
+    ("sequence length", "max_seq_length"),
+    ("lora dropout", "lora_dropout"),
+    ("number of cycles", "scheduler_num_cycles"),
+    ("early stopping", "eval_fraction"),
+)
+
+
+def sdk_refusal(trait: str, exc: ValueError) -> str:
+    """Our parameter refused by the SDK's own checks: which one, and the SDK's words (with the range)."""
+    text = str(exc)
+    names = [name for words, name in _SDK_CHECKS if words in text.lower()]
+    which = f"parameter {names[0]}" if names else "a parameter"
+    return (
+        f"{trait}: the Together SDK refused {which} before anything was sent: {text}. Change it in "
+        "the run's parameters and trigger again"
+    )
 
 
 def _as_float(*values: Any) -> float | None:

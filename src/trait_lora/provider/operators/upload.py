@@ -133,28 +133,37 @@ class TogetherUploadOperator(TogetherStep):
             return None
         return found  # checked like a new upload: a file Together rejected fails the trait with its report
 
-    def _await_files(self, job: TraitJob, known: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def _await_files(
+        self, job: TraitJob, known: dict[str, dict[str, Any]], fresh: frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
         """Hand on once every file is COMPLETED; fail with Together's report on a rejected one; else
-        defer until the first one still being validated ends (then come back here for the next)."""
+        defer until the first one still being validated ends (then come back here for the next).
+        ``fresh``: ids whose verdict in ``known`` was just read (by the trigger): not asked again."""
+        from trait_lora.provider.hooks.answers import file_status
         from trait_lora.provider.records import FILE_OK, FILE_REJECTED
         from trait_lora.provider.triggers.together import TogetherFileTrigger
 
+        model = self.training_config.together_model
         for file_id in [f for f in (job.validation_file_id, job.file_id) if f]:
             found = known.get(file_id) or {}
-            if not found.get("processing_status"):  # not in this answer: ask for the file itself
+            status = file_status(found)
+            if not status and file_id not in fresh:  # not in this answer: ask for the file itself
                 found = self.hook.get_file(file_id)
-            status = str(found.get("processing_status") or FILE_OK).upper()  # none: not validated
+                status = file_status(found)
+            if not status:  # the spec's file object (``Processed``, no status): the estimate says
+                status = self.hook.file_verdict(file_id, model)
             if status == FILE_OK:
                 continue
             if status in FILE_REJECTED:
-                raise AirflowFailException(
-                    _rejection(job, file_id, status, found.get("validation_report") or {})
-                )
-            self.log.info("%s: Together is validating file %s (%s); waiting", job.trait, file_id, status)
+                raise AirflowFailException(self._rejection(job, file_id, status, found))
+            self.log.info(
+                "%s: Together is validating file %s (%s); waiting", job.trait, file_id, status or "no status"
+            )
             self.defer(
                 trigger=TogetherFileTrigger(
                     file_id=file_id,
                     trait=job.trait,
+                    model=model,
                     together_conn_id=self.together_conn_id,
                     poll_interval=self._file_poll_seconds(),
                     deadline=time.time() + self.validation_timeout,
@@ -217,17 +226,28 @@ class TogetherUploadOperator(TogetherStep):
             if done.outcome != ENDED:  # retried: the retry finds the file in the ledger and waits again
                 raise AirflowException(f"{job.trait}: {done.message}")
             if done.status in FILE_REJECTED:
-                raise AirflowFailException(_rejection(job, done.file_id, done.status, done.report))
+                found = {"validation_report": done.report} if done.report else {}
+                raise AirflowFailException(self._rejection(job, done.file_id, done.status, found))
             self.log.info("%s: Together validated file %s", job.trait, done.file_id)
-            return self._await_files(job, {done.file_id: {"processing_status": done.status}})
+            return self._await_files(
+                job, {done.file_id: {"processing_status": done.status}}, frozenset({done.file_id})
+            )
 
         return self.guard(context, complete)
 
+    def _rejection(self, job: TraitJob, file_id: str | None, status: str, found: dict[str, Any]) -> str:
+        """Together's own reason, re-read from the file when the answer at hand had none (the SDK's
+        upload result drops ``validation_report``), with the shard to fix."""
+        from trait_lora.provider.hooks.answers import rejection_detail
 
-def _rejection(job: TraitJob, file_id: str | None, status: str, report: dict[str, Any]) -> str:
-    detail = report.get("error") or report.get("message") or "no report from Together"
-    part = " (the held-out part)" if file_id and file_id == job.validation_file_id else ""
-    return (
-        f"{job.trait}: Together rejected file {file_id}{part} ({status}): {detail}. Fix "
-        f"{job.plan.get('shard_path')} (trait-lora validate checks it locally) and trigger again"
-    )
+        report = found.get("validation_report")
+        if not report and file_id:
+            try:
+                report = self.hook.get_file(file_id).get("validation_report")
+            except Exception as exc:  # the reason is for the message; the rejection stands
+                self.log.warning("%s: could not re-read file %s: %s", job.trait, file_id, type(exc).__name__)
+        part = " (the held-out part)" if file_id and file_id == job.validation_file_id else ""
+        return (
+            f"{job.trait}: Together rejected file {file_id}{part} ({status}): {rejection_detail(report)}. "
+            f"Fix {job.plan.get('shard_path')} (trait-lora validate checks it locally) and trigger again"
+        )

@@ -19,6 +19,7 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from trait_lora.core.job_status import JobStatus
+from trait_lora.provider.hooks.answers import file_status
 from trait_lora.provider.hooks.together import TogetherHook, first_error_message
 from trait_lora.provider.records import (
     ENDED,
@@ -252,6 +253,7 @@ class TogetherFileTrigger(_PollingTrigger):
         poll_interval: float = 5.0,
         deadline: float | None = None,
         max_transient_errors: int = 10,
+        model: str | None = None,
     ) -> None:
         if not file_id or not isinstance(file_id, str):
             raise ValueError(f"file_id must be a non-empty string, got {file_id!r}")
@@ -263,9 +265,25 @@ class TogetherFileTrigger(_PollingTrigger):
             max_transient_errors=max_transient_errors,
         )
         self.file_id = file_id
+        self.model = model  # asked in the price estimate when the file object carries no status
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (FILE_CLASSPATH, {"file_id": self.file_id, **self._common()})
+        return (FILE_CLASSPATH, {"file_id": self.file_id, **self._common(), "model": self.model})
+
+    async def _status(self, hook: TogetherHook, client: Any, found: dict[str, Any]) -> str | None:
+        """The file's verdict: its ``processing_status`` where sent, else what the price estimate says
+        (the spec's file object has only ``Processed``, which a rejected file has too); None: the
+        estimate kept failing (a poll_error)."""
+        status = file_status(found)
+        if status:
+            return status
+        if not self.model:  # a trigger serialized before ``model`` existed: trust ``Processed``
+            return FILE_OK if found.get("Processed") is True else ""
+        model = self.model
+        verdict = await self._poll(
+            f"the estimate for file {self.file_id}", lambda: hook.afile_verdict(client, self.file_id, model)
+        )
+        return verdict if verdict in ("", *FILE_DONE) else None
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = TogetherHook(together_conn_id=self.together_conn_id)
@@ -285,17 +303,21 @@ class TogetherFileTrigger(_PollingTrigger):
                         FileEvent(POLL_ERROR, self.file_id, self.trait, status, found).payload()
                     )
                     return
-                new = str(found.get("processing_status") or "").upper()
-                if new != status:
-                    self.log.info("%s: file %s is %s", self.trait, self.file_id, new or "(no status)")
-                    status = new
-                if status in FILE_DONE or not status:  # no status: a file that bypassed validation
-                    report = found.get("validation_report") or {}
-                    message = f"file {self.file_id} {status or 'has no processing status'}"
+                new = await self._status(hook, client, found)
+                if new is None:
+                    message = f"the price estimate for file {self.file_id} kept failing"
                     yield TriggerEvent(
-                        FileEvent(
-                            ENDED, self.file_id, self.trait, status or FILE_OK, message, report
-                        ).payload()
+                        FileEvent(POLL_ERROR, self.file_id, self.trait, status, message).payload()
+                    )
+                    return
+                if new != status:
+                    self.log.info("%s: file %s is %s", self.trait, self.file_id, new or "not validated yet")
+                    status = new
+                if status in FILE_DONE:
+                    report = found.get("validation_report") or {}
+                    message = f"file {self.file_id} {status}"
+                    yield TriggerEvent(
+                        FileEvent(ENDED, self.file_id, self.trait, status, message, report).payload()
                     )
                     return
                 await asyncio.sleep(self.poll_interval)
