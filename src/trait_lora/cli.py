@@ -1,4 +1,4 @@
-"""``trait-lora``: the seed's ``train_trait_loras.py`` options as subcommands.
+"""``trait-lora``: the seed's ``train_trait_loras.py`` options as subcommands (help text: ``HELP``).
 
 ``list``, ``validate`` and ``plan`` touch only the core (fast, no Airflow import); ``train`` runs one
 DAG run in-process on the embedded Airflow, with the same conf a UI trigger sends.
@@ -170,8 +170,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
 
 
+HELP = """Train one LoRA adapter per personality-trait shard and publish the trait -> adapter mapping.
+
+list, validate and plan read only your shards and the output folder (fast, no Airflow); train runs
+one training DAG run here, with the same settings a run triggered from the Airflow UI takes;
+download installs the adapter of a finished Together job without paying for a new one."""
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    """One Together DAG run in-process that downloads a named job instead of training."""
+    from trait_lora.embedded import run_training
+
+    conf: dict[str, Any] = {
+        "traits": [args.trait],
+        "download_job_ids": {args.trait: args.job_id},
+        "shards_dir": str(Path(args.shards_dir).resolve()),
+        "output_dir": str(Path(args.output_dir).resolve()),
+    }
+    if args.config:
+        conf.update(json.loads(Path(args.config).read_text()))
+    return run_training(
+        backend="together",
+        conf=conf,
+        tiny_model=False,
+        dags_folder=Path(args.dags_folder).resolve(),
+        airflow_home=Path(args.airflow_home).resolve(),
+        verbose=args.verbose,
+    )
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="trait-lora", description=__doc__)
+    root = argparse.ArgumentParser(prog="trait-lora", description=HELP)
     sub = root.add_subparsers(dest="command", required=True)
 
     shards_default, output_default = default_dirs()
@@ -212,7 +241,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="run one training DAG run in-process (embedded Airflow, SQLite) and print the summary",
-        description="The seed's train_trait_loras.py: the same conf a UI trigger sends, run here.",
+        description="Train the named traits (or all) in one run here, with the settings a run "
+        "triggered from the Airflow UI takes; unchanged traits are skipped.",
     )
     dirs(p, output=True)
     p.add_argument("traits", nargs="*", help="traits to train (default: all)")
@@ -239,6 +269,22 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="show Airflow's task logs")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "download",
+        help="install the adapter of a finished Together job (after a refused or lost download)",
+        description="Download a finished Together job's adapter again, verify it and install it for "
+        "the trait, if the job was trained on the trait's current shard and settings. No new job is "
+        "created. A refused archive is kept under <output-dir>/quarantine/<trait>/<job-id>/.",
+    )
+    dirs(p, output=True)
+    p.add_argument("trait", help="the trait whose adapter to install, e.g. joy_plus")
+    p.add_argument("--job-id", required=True, help="the Together job id (ft-...)")
+    p.add_argument("--config", help="JSON file of the settings the job was trained with (DAG param names)")
+    p.add_argument("--dags-folder", default=settings.dags_folder_default())
+    p.add_argument("--airflow-home", default=settings.airflow_home_default(), help="embedded Airflow home")
+    p.add_argument("-v", "--verbose", action="store_true", help="show Airflow's task logs")
+    p.set_defaults(func=cmd_download)
     return root
 
 

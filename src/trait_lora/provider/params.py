@@ -49,6 +49,9 @@ EVALUATION, ADVANCED = "Evaluation", "Advanced"
 SCHEMA_DIALECT = "http://json-schema.org/draft-07/schema#"
 
 
+JOB_ID_PATTERN = r"^ft-[A-Za-z0-9_-]{1,100}$"  # "A string that starts with ft-" (Together's spec)
+
+
 def form_field(default: Any, **schema: Any) -> Param:
     """One form field, its schema checked under draft-07 (see SCHEMA_DIALECT)."""
     return Param(default, **{"$schema": SCHEMA_DIALECT}, **schema)
@@ -238,6 +241,18 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
             section=EVALUATION,
         )
     if backend == "together":
+        params["download_job_ids"] = form_field(
+            None,
+            type=["null", "object"],
+            propertyNames={"pattern": TRAIT_PATTERN},
+            additionalProperties={"type": "string", "pattern": JOB_ID_PATTERN},
+            title="Recover finished jobs",
+            description='Trait -> Together job id, e.g. {"joy_plus": "ft-..."}: download that finished '
+            "job's adapter instead of training (after a refused or lost download; no new job is paid "
+            "for). The job must have been trained on the trait's current shard and settings. "
+            "Default: empty.",
+            section=SELECTION,
+        )
         params.update(advanced_params(d))
         params["max_job_price_usd"] = form_field(
             None,

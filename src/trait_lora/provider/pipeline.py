@@ -53,6 +53,7 @@ def discover(params: dict[str, Any], run_id: str, backend: str, dag_run: Any = N
                 run_id, getattr(dag_run, "run_type", None), getattr(dag_run, "conf", None)
             ),
         )
+        recover = recovery_plans(plans, params.get("download_job_ids") or {}, backend)
     except (TraitLoraError, FileNotFoundError) as exc:
         raise AirflowFailException(str(exc)) from None
     planned_at = utc_now()
@@ -64,7 +65,7 @@ def discover(params: dict[str, Any], run_id: str, backend: str, dag_run: Any = N
         "max_run_price_usd": params.get("max_run_price_usd"),
         "min_eval_improvement": params.get("min_eval_improvement"),
     }
-    all_plans = [{**p.to_dict(), **extra} for p in plans]
+    all_plans = [{**p.to_dict(), **extra, **recover.get(p.trait, {})} for p in plans]
     dry_run = bool(params.get("dry_run"))
     to_run = [] if dry_run else [p for p in all_plans if p["action"] != "skip"]
     atomic_write_json(
@@ -91,6 +92,38 @@ def discover(params: dict[str, Any], run_id: str, backend: str, dag_run: Any = N
         "\n".join(lines),
     )
     return runs.write_trait_plans(output_dir, run_id, to_run)  # small refs: see write_trait_plans
+
+
+def recovery_plans(plans: list[Any], job_ids: dict[str, str], backend: str) -> dict[str, dict[str, Any]]:
+    """``download_job_ids`` (trait -> Together job id): fetch that finished job's adapter instead of
+    training, so a refused or lost download is recovered without paying for a new job. Launch checks
+    that the job was trained under the trait's current key (its suffix tag) before anything is
+    installed. A trait whose current adapter is installed is left skipped (nothing to recover)."""
+    from trait_lora.core.errors import ConfigError
+
+    if not job_ids:
+        return {}
+    if backend != "together":
+        raise ConfigError("download_job_ids: only the Together DAG downloads jobs; remove it from the conf")
+    by_trait = {p.trait: p for p in plans}
+    unknown = sorted(set(job_ids) - set(by_trait))
+    if unknown:
+        raise ConfigError(
+            f"download_job_ids names {', '.join(unknown)}, not among this run's traits; add them to "
+            "traits (or leave traits empty for all)"
+        )
+    out: dict[str, dict[str, Any]] = {}
+    for trait, job_id in job_ids.items():
+        plan = by_trait[trait]
+        if plan.action in ("train", "resume"):
+            out[trait] = {
+                "action": "resume",
+                "reason": f"download of Together job {job_id} asked for (download_job_ids)",
+                "recover_job_id": job_id,
+            }
+        else:
+            log.info("%s: %s; job %s not downloaded", trait, plan.reason, job_id)
+    return out
 
 
 def load_plan(params: dict[str, Any], run_id: str) -> dict[str, Any]:

@@ -33,6 +33,7 @@ class TogetherDownloadOperator(TogetherStep):
 
         from trait_lora.core import runs
         from trait_lora.core.adapter import AdapterSpec, install_adapter
+        from trait_lora.core.adapter.quarantine import quarantine_archive
         from trait_lora.core.errors import AdapterError
 
         trait, job_id = job.trait, str(job.job_id)
@@ -55,7 +56,12 @@ class TogetherDownloadOperator(TogetherStep):
             try:
                 path, info = install_adapter(part, Path(self.out_dir), trait, AdapterSpec.from_config(cfg))
             except AdapterError as exc:
-                raise AirflowFailException(f"{trait}: adapter of job {job_id} rejected: {exc}") from None
+                kept = quarantine_archive(self.out_dir, trait, job_id, part, str(exc))
+                raise AirflowFailException(
+                    f"{trait}: adapter of job {job_id} rejected: {exc}. The archive is kept in {kept} "
+                    f"(not installed); after fixing the cause, `trait-lora download {trait} --job-id "
+                    f"{job_id}` installs it without a new job"
+                ) from None
         finally:
             part.unlink(missing_ok=True)
         metrics, evaluation = self._metrics(job, job_id)

@@ -78,6 +78,8 @@ class TogetherLaunchOperator(TogetherStep):
         from trait_lora.core.job_status import JobStatus
         from trait_lora.core.keys import job_tag
 
+        if job.plan.get("recover_job_id"):
+            return self._recover(context, job)
         store = context.get("task_state_store")
         record = self.ledger.job(job.trait) or {}
         known = [record["job_id"]] if record.get("job_key") == job.job_key and record.get("job_id") else []
@@ -114,6 +116,42 @@ class TogetherLaunchOperator(TogetherStep):
         return job.but(
             job_id=job_id, status=status.value, adopted=adopted, estimated_price=estimate
         ).to_xcom()
+
+    def _recover(self, context: Any, job: TraitJob) -> dict[str, Any]:
+        """Hand on a finished (or still running) job the user named, after checking it was trained
+        under this trait's current key: its suffix carries the key's tag. Nothing is created."""
+        from together import NotFoundError
+
+        from trait_lora.core.job_status import JobStatus
+        from trait_lora.core.keys import job_tag
+        from trait_lora.provider.hooks.together import job_matches_tag
+
+        job_id = str(job.plan["recover_job_id"])
+        try:
+            found = self.hook.get_job(job_id)
+        except NotFoundError:
+            raise AirflowFailException(
+                f"{job.trait}: Together has no job {job_id} (download_job_ids); check the id in "
+                "Together's dashboard"
+            ) from None
+        tag = job_tag(job.job_key)
+        if not job_matches_tag(found, tag):
+            raise AirflowFailException(
+                f"{job.trait}: job {job_id} was not trained on this trait's current shard and settings "
+                f"(its suffix {found.get('suffix')!r} does not end with the current key's tag {tag}); "
+                "nothing installed. Trigger with the settings it was trained with, or train anew"
+            )
+        status = JobStatus.of(found.get("status"))
+        if status.is_ending:
+            raise AirflowFailException(
+                f"{job.trait}: job {job_id} is {status}; it has no adapter to download"
+            )
+        self.ledger.update_job(
+            job.trait, job_key=job.job_key, job_id=job_id, status=status.value, output_name=output_name(found)
+        )
+        context["ti"].xcom_push(key=JOB_URL_XCOM_KEY, value=dashboard_url(job_id))
+        self.log.info("%s: recovering job %s (%s); no new job", job.trait, job_id, status)
+        return job.but(job_id=job_id, status=status.value, adopted=True).to_xcom()
 
     def _check_limits(self, job: TraitJob) -> None:
         from trait_lora.core.errors import ConfigError

@@ -57,6 +57,9 @@ class TogetherUploadOperator(TogetherStep):
             raise AirflowFailException(
                 f"{trait}: shard is invalid, nothing sent to Together:\n" + "\n".join(plan["problems"])
             )
+        if plan.get("recover_job_id"):
+            self.log.info("%s: recovering job %s; nothing to upload", trait, plan["recover_job_id"])
+            return job.to_xcom()
         try:
             report = require_valid(plan["shard_path"])
         except ShardError as exc:
