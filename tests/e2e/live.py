@@ -422,9 +422,10 @@ class Redis:
 class FakeProcess:
     """``python -m tests.fake_together`` as a process; ``state()`` reads its ``/_fake/state``."""
 
-    def __init__(self, log_dir: Path, job_seconds: float) -> None:
+    def __init__(self, log_dir: Path, job_seconds: float, answers: str = "full") -> None:
         self.log_dir = log_dir
         self.job_seconds = job_seconds
+        self.answers = answers
         self.proc: Proc | None = None
         self.base_url = ""
         self.api_key = ""
@@ -432,7 +433,15 @@ class FakeProcess:
     def start(self) -> None:
         self.proc = start_proc(
             "fake_together",
-            [sys.executable, "-m", "tests.fake_together", "--job-seconds", str(self.job_seconds)],
+            [
+                sys.executable,
+                "-m",
+                "tests.fake_together",
+                "--job-seconds",
+                str(self.job_seconds),
+                "--answers",
+                self.answers,
+            ],
             self.log_dir,
             env={**os.environ, "PYTHONPATH": str(REPO)},
             stdout=subprocess.PIPE,
@@ -521,10 +530,12 @@ class LiveDeployment:
         celery_workers: tuple[str, ...] = (),
         worker_concurrency: int = 2,
         worker_tuning: bool = True,
+        answers: str = "full",
     ) -> None:
         """``celery_workers`` (names) switches the executor to Celery with Redis as the broker and
         starts one ``airflow celery worker`` per name (see ``start_worker``); else LocalExecutor.
-        ``worker_tuning=False`` leaves Airflow's defaults for the settings in ``WORKER_TUNING*``."""
+        ``worker_tuning=False`` leaves Airflow's defaults for the settings in ``WORKER_TUNING*``.
+        ``answers``: the fake's answer shapes ("full" or "spec-minimal", tests/fake_together/shapes.py)."""
         self.workdir = Path(workdir)
         self.log_dir = self.workdir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -540,6 +551,7 @@ class LiveDeployment:
         self.celery_workers = tuple(celery_workers)
         self.worker_concurrency = worker_concurrency
         self.worker_tuning = worker_tuning
+        self.answers = answers
         self.redis: Redis | None = None
         self.traits: list[str] = sorted(p.stem for p in self.shards_dir.glob("*.jsonl"))
         self.api_port = free_port()
@@ -577,7 +589,7 @@ class LiveDeployment:
                 self.redis = Redis(self.log_dir)
                 self.redis.start()
         with self.timings.measure("fake Together start"):
-            self.fake = FakeProcess(self.log_dir, self.job_seconds)
+            self.fake = FakeProcess(self.log_dir, self.job_seconds, self.answers)
             self.fake.start()
         self.env = self._airflow_env()
         with self.timings.measure("airflow-init.sh (db migrate + pool)"):

@@ -72,6 +72,7 @@ def live(tmp_path_factory, request):
     write_shards(shards, N_TRAITS)
     dep = LiveDeployment(
         workdir,
+        answers="spec-minimal",  # the least Together promises; the Celery e2e runs the full answers
         job_seconds=JOB_SECONDS,
         pool_slots=POOL_SLOTS,
         parallelism=PARALLELISM,

@@ -24,9 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.fake_together", description=__doc__.split("\n")[0])
     parser.add_argument("--job-seconds", type=float, default=10.0, help="time from create to completed")
     parser.add_argument("--api-key", default=None, help="the key clients must send (default: random)")
+    parser.add_argument(
+        "--answers",
+        choices=("full", "spec-minimal"),
+        default=os.environ.get("FAKE_TOGETHER_ANSWERS") or "full",
+        help="full: every field the SDK declares; spec-minimal: only what Together's spec requires",
+    )
     args = parser.parse_args(argv)
 
     fake = TimedFakeTogether(job_seconds=args.job_seconds)
+    fake.answers = args.answers
     if args.api_key:
         fake.api_key = args.api_key
     stop = threading.Event()
@@ -39,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                 "base_url": fake.base_url,
                 "api_key": fake.api_key,
                 "job_seconds": fake.job_seconds,
+                "answers": fake.answers,
                 "pid": os.getpid(),
             }
         ),

@@ -557,6 +557,11 @@ class FakeTogether:
         self.unvalidated_uses: list[tuple[str, str]] = []  # (path, file id) of estimates/creates too early
         self.max_in_flight: int = 0  # the most jobs not yet ended at any create (poll-driven clock)
         self.download_accept_encodings: list[str] = []  # Accept-Encoding of every adapter download
+        # Downloads answered with a 302 to signed storage on another host name ("localhost" instead of
+        # 127.0.0.1), as a download served from object storage is; what each storage GET carried.
+        self.download_redirect: bool = False
+        self.storage_downloads: list[tuple[str, str | None]] = []  # (Host, Authorization) per GET
+        self._signed_downloads: dict[str, tuple[Callable[[], bytes], dict[str, str]]] = {}
         self._downloads: list[tuple[str, str, str]] = []
         self._creates = 0
         self._uploads = 0
@@ -854,6 +859,8 @@ class FakeTogether:
         return _error(status, f"injected fault: HTTP {status}", type_=kind, headers=headers)
 
     def _route(self, req: _Request) -> _Reply:
+        if req.path.startswith("/storage/downloads/"):
+            return self._storage_get(req)
         if req.path.startswith("/storage/"):
             return self._storage_put(req)
         if req.headers.get("Authorization") != f"Bearer {self.api_key}":
@@ -1418,12 +1425,35 @@ class FakeTogether:
         )
         if encode:
             headers["Content-Encoding"] = "gzip"
+        factory = lambda: _encoded(build_download(kind, r, alpha, modules, prefix), encode)  # noqa: E731
+        if self.download_redirect:
+            token = secrets.token_hex(12)
+            self._signed_downloads[token] = (factory, headers)
+            port = urlsplit(self.base_url).port
+            location = f"http://localhost:{port}/storage/downloads/{token}?sig={self._sign(token)}"
+            return _Reply(302, b"", {"Location": location})
         return _Reply(
             200,
             headers=headers,
             action="truncate" if kind == "truncated" else "send",
-            body_factory=lambda: _encoded(build_download(kind, r, alpha, modules, prefix), encode),
+            body_factory=factory,
         )
+
+    def _storage_get(self, req: _Request) -> _Reply:
+        """Signed storage for downloads: like S3, a second credential (our API key) is refused."""
+        token = req.path.rsplit("/", 1)[-1]
+        self.storage_downloads.append((str(req.headers.get("Host")), req.headers.get("Authorization")))
+        if req.method != "GET":
+            return _error(405, "storage serves GET only")
+        if not hmac.compare_digest(req.arg("sig") or "", self._sign(token)):
+            return _error(403, "download URL signature does not match")
+        if req.headers.get("Authorization") is not None:
+            return _error(400, "Only one auth mechanism allowed: presigned URL and an Authorization header")
+        signed = self._signed_downloads.get(token)
+        if signed is None:
+            return _error(404, "no such storage object")
+        factory, headers = signed
+        return _Reply(200, headers=dict(headers), body_factory=factory)
 
     # ----------------------------------------------------------------------------------------------
     # Simulation

@@ -11,6 +11,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from trait_lora.provider.hooks.together import TogetherHook, is_permanent
+from trait_lora.provider.retry import TogetherRetryPolicy
 
 if TYPE_CHECKING:
     from trait_lora.core.config import TrainingConfig
@@ -41,9 +42,13 @@ def setting_or(value: float | None, key: str) -> float:
     return float(value) if value is not None else settings.get_float(key)
 
 
-def guarded(context: Any, output_dir: str, trait: str, step: str, body: Callable[[], T]) -> T:
+def guarded(
+    context: Any, output_dir: str, trait: str, step: str, body: Callable[[], T], conn_id: str = ""
+) -> T:
     """Run one step; on failure record why (a failed task has no XCom for the fan-in) and re-raise.
 
+    A refusal a retry cannot change fails at once: 401/403 naming the connection to fix (never the
+    key), other 4xx with Together's message. What may pass is left to ``TogetherRetryPolicy``.
     ``TaskDeferred`` is a BaseException and passes through untouched.
     """
     try:
@@ -52,7 +57,16 @@ def guarded(context: Any, output_dir: str, trait: str, step: str, body: Callable
         raise
     except Exception as exc:
         from trait_lora.core import runs
+        from trait_lora.provider.retry import together_status
 
+        status = together_status(exc)
+        if status in (401, 403):
+            message = (
+                f"{trait}: Together refused the API key of connection {conn_id or 'together_default'!r} "
+                f"(HTTP {status}): put a valid Together API key in that connection's password"
+            )
+            runs.record_failure(output_dir, context["run_id"], trait, step, f"{step}: {message}")
+            raise AirflowFailException(message) from None
         runs.record_failure(output_dir, context["run_id"], trait, step, f"{step}: {exc}")
         if is_permanent(exc):
             raise AirflowFailException(f"{trait}: Together refused the request: {exc}") from exc
@@ -78,6 +92,7 @@ class TogetherStep(BaseOperator):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("map_index_template", map_index_template(self.input_field))
+        kwargs.setdefault("retry_policy", TogetherRetryPolicy())
         super().__init__(**kwargs)
         self.output_dir = output_dir
         self.config = config
@@ -111,7 +126,7 @@ class TogetherStep(BaseOperator):
         return from_mapping({**values, "backend": "together"}, source="DAG params")
 
     def guard(self, context: Any, body: Callable[[], T]) -> T:
-        return guarded(context, self.out_dir, self.incoming.trait, self.task_id, body)
+        return guarded(context, self.out_dir, self.incoming.trait, self.task_id, body, self.together_conn_id)
 
     def execute(self, context: Any) -> Any:
         job = self.incoming

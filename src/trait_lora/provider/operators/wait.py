@@ -15,6 +15,7 @@ from airflow.sdk.exceptions import AirflowException
 from trait_lora.provider.hooks.together import TogetherHook, first_error_message, output_name
 from trait_lora.provider.links import JOB_URL_XCOM_KEY, TogetherJobLink, dashboard_url
 from trait_lora.provider.operators.base import TogetherJobFailed, guarded, map_index_template, setting_or
+from trait_lora.provider.retry import TogetherRetryPolicy
 
 if TYPE_CHECKING:
     from trait_lora.provider.records import TraitJob
@@ -50,6 +51,7 @@ class TogetherFineTuneSensor(BaseSensorOperator):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("map_index_template", map_index_template("launch_result"))
+        kwargs.setdefault("retry_policy", TogetherRetryPolicy())
         if not deferrable:
             kwargs.setdefault("mode", "reschedule")
             kwargs.setdefault("poke_interval", setting_or(poll_interval, "poll_seconds"))
@@ -79,7 +81,7 @@ class TogetherFineTuneSensor(BaseSensorOperator):
         return str(self.output_dir or self.incoming.output_dir)
 
     def _guard(self, context: Any, body: Any) -> Any:
-        return guarded(context, self.out_dir, self.incoming.trait, self.task_id, body)
+        return guarded(context, self.out_dir, self.incoming.trait, self.task_id, body, self.together_conn_id)
 
     def execute(self, context: Any) -> Any:
         from trait_lora.core.job_status import JobStatus

@@ -20,7 +20,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from trait_lora.core.job_status import JobStatus
 from trait_lora.provider.hooks.answers import file_status
-from trait_lora.provider.hooks.together import TogetherHook, first_error_message
+from trait_lora.provider.hooks.together import TogetherHook, first_error_message, is_permanent
 from trait_lora.provider.records import (
     ENDED,
     FILE_DONE,
@@ -89,6 +89,9 @@ class _PollingTrigger(BaseTrigger):
             try:
                 return await call()
             except Exception as exc:  # transient: network, 429, 5xx after the SDK's own retries
+                status = getattr(exc, "status_code", None)
+                if is_permanent(exc):  # 401/403/404...: polling again cannot change the answer
+                    return f"polling {what} was refused by Together (HTTP {status}): {exc}"
                 errors += 1
                 self.log.warning(
                     "%s: polling %s failed (%d/%d tolerated): %s",
