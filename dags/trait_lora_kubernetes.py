@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import dag, task, task_group
+from airflow.sdk import DAG, task, task_group
 
 from trait_lora import settings
 from trait_lora.provider import kubernetes, pipeline, tasks
@@ -20,7 +20,7 @@ from trait_lora.provider.deployment import dag_args, params_handed_over_once
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
-@dag(
+with DAG(
     dag_id="trait_lora_kubernetes",
     start_date=datetime(2026, 1, 1),
     catchup=False,
@@ -30,34 +30,29 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
     tags=["trait-lora", "kubernetes", "gpu"],
     description="Train one LoRA adapter per trait shard in a GPU pod per trait (KubernetesPodOperator)",
     doc_md=__doc__ + tasks.RUN_DOC,
-)
-def trait_lora_kubernetes():
-    with params_handed_over_once():  # the DAG's params, not a copy per task (parse time)
+) as dag, params_handed_over_once(dag):  # the DAG's params, not a copy per task
 
-        @task_group(group_id="trait")
-        def per_trait(trait_plan):
-            @task(multiple_outputs=True, map_index_template="{{ trait_label | default('') }}")
-            def pod_spec(trait_plan, **context):
-                return pipeline.pod_spec(trait_plan, context)
+    @task_group(group_id="trait")
+    def per_trait(trait_plan):
+        @task(multiple_outputs=True, map_index_template="{{ trait_label | default('') }}")
+        def pod_spec(trait_plan, **context):
+            return pipeline.pod_spec(trait_plan, context)
 
-            spec = pod_spec(trait_plan)
-            pod = kubernetes.TrainingPodOperator(
-                task_id="train_pod",
-                name=spec["name"],
-                arguments=spec["arguments"],
-                labels=spec["labels"],
-                pool=settings.get_str("gpu_pool"),
-            )
+        spec = pod_spec(trait_plan)
+        pod = kubernetes.TrainingPodOperator(
+            task_id="train_pod",
+            name=spec["name"],
+            arguments=spec["arguments"],
+            labels=spec["labels"],
+            pool=settings.get_str("gpu_pool"),
+        )
 
-            @task(map_index_template="{{ trait_label | default('') }}")
-            def install(trait_plan, pod_result, run_id=None, **context):
-                return pipeline.install_pod_result(trait_plan, pod_result, run_id, context)
+        @task(map_index_template="{{ trait_label | default('') }}")
+        def install(trait_plan, pod_result, run_id=None, **context):
+            return pipeline.install_pod_result(trait_plan, pod_result, run_id, context)
 
-            return install(trait_plan, pod.output)
+        return install(trait_plan, pod.output)
 
-        plans = tasks.discover_task("local")
-        results = per_trait.expand(trait_plan=plans)
-        tasks.publish_and_check(plans, results, "local")
-
-
-trait_lora_kubernetes()
+    plans = tasks.discover_task("local")
+    results = per_trait.expand(trait_plan=plans)
+    tasks.publish_and_check(plans, results, "local")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from airflow.sdk import dag, task
+from airflow.sdk import DAG, task
 
 from trait_lora import settings
 from trait_lora.provider import pipeline, tasks
@@ -21,7 +21,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 CONCURRENCY = settings.get_int("local_concurrency")
 
 
-@dag(
+with DAG(
     dag_id="trait_lora_local",
     start_date=datetime(2026, 1, 1),
     catchup=False,
@@ -30,17 +30,12 @@ CONCURRENCY = settings.get_int("local_concurrency")
     tags=["trait-lora", "local"],
     description="Train one LoRA adapter per trait shard on this machine (transformers + peft)",
     doc_md=__doc__ + tasks.RUN_DOC,
-)
-def trait_lora_local():
-    with params_handed_over_once():  # the DAG's params, not a copy per task (parse time)
+) as dag, params_handed_over_once(dag):  # the DAG's params, not a copy per task
 
-        @task(map_index_template="{{ trait_label | default('') }}", max_active_tis_per_dagrun=CONCURRENCY)
-        def train(trait_plan, run_id=None, **context):
-            return pipeline.train_local(trait_plan, run_id, context)
+    @task(map_index_template="{{ trait_label | default('') }}", max_active_tis_per_dagrun=CONCURRENCY)
+    def train(trait_plan, run_id=None, **context):
+        return pipeline.train_local(trait_plan, run_id, context)
 
-        plans = tasks.discover_task("local")
-        results = train.expand(trait_plan=plans)
-        tasks.publish_and_check(plans, results, "local")
-
-
-trait_lora_local()
+    plans = tasks.discover_task("local")
+    results = train.expand(trait_plan=plans)
+    tasks.publish_and_check(plans, results, "local")

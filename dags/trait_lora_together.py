@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from airflow.sdk import dag, task_group
+from airflow.sdk import DAG, task_group
 
 from trait_lora import settings
 from trait_lora.provider import tasks
@@ -28,7 +28,7 @@ from trait_lora.provider.operators import (
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
-@dag(
+with DAG(
     dag_id="trait_lora_together",
     start_date=datetime(2026, 1, 1),
     catchup=False,
@@ -37,29 +37,24 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
     tags=["trait-lora", "together"],
     description="One LoRA adapter per trait shard on Together AI; publishes the trait -> adapter mapping",
     doc_md=__doc__ + tasks.RUN_DOC,
-)
-def trait_lora_together():
-    with params_handed_over_once():  # the DAG's params, not a copy per task (parse time)
+) as dag, params_handed_over_once(dag):  # the DAG's params, not a copy per task
 
-        @task_group(group_id="trait")
-        def per_trait(trait_plan):
-            # Poll interval, stagger and the cap are [trait_lora] settings read by each task when it runs.
-            upload = TogetherUploadOperator(task_id="upload", trait_plan=trait_plan)
-            # launch ends once the job exists. Jobs in flight are bounded by max_jobs_in_flight, counted in
-            # the ledger under its lock before each create (at the cap launch defers on a timer); the
-            # together_api pool only paces the submissions themselves.
-            launch = TogetherLaunchOperator(
-                task_id="launch",
-                upload_result=upload.output,
-                pool=settings.get_str("together_pool"),
-            )
-            # The sensor: deferred (no worker slot) while Together trains, Together's events in its log.
-            wait = TogetherFineTuneSensor(task_id="wait", launch_result=launch.output)
-            return TogetherDownloadOperator(task_id="download", wait_result=wait.output).output
+    @task_group(group_id="trait")
+    def per_trait(trait_plan):
+        # Poll interval, stagger and the cap are [trait_lora] settings read by each task when it runs.
+        upload = TogetherUploadOperator(task_id="upload", trait_plan=trait_plan)
+        # launch ends once the job exists. Jobs in flight are bounded by max_jobs_in_flight, counted in
+        # the ledger under its lock before each create (at the cap launch defers on a timer); the
+        # together_api pool only paces the submissions themselves.
+        launch = TogetherLaunchOperator(
+            task_id="launch",
+            upload_result=upload.output,
+            pool=settings.get_str("together_pool"),
+        )
+        # The sensor: deferred (no worker slot) while Together trains, Together's events in its log.
+        wait = TogetherFineTuneSensor(task_id="wait", launch_result=launch.output)
+        return TogetherDownloadOperator(task_id="download", wait_result=wait.output).output
 
-        plans = tasks.discover_task("together")
-        results = per_trait.expand(trait_plan=plans)
-        tasks.publish_and_check(plans, results, "together")
-
-
-trait_lora_together()
+    plans = tasks.discover_task("together")
+    results = per_trait.expand(trait_plan=plans)
+    tasks.publish_and_check(plans, results, "together")

@@ -8,7 +8,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-_home = tempfile.mkdtemp(prefix="trait-lora-airflow-")
+_worker = os.environ.get("PYTEST_XDIST_WORKER")  # pytest -n: each worker its own metadata DB
+_home = tempfile.mkdtemp(prefix=f"trait-lora-airflow-{_worker or 'main'}-")
+if _worker:  # the controller's AIRFLOW_HOME is inherited: never share its SQLite file
+    os.environ["AIRFLOW_HOME"] = _home
 os.environ.setdefault("AIRFLOW_HOME", _home)
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")

@@ -1,7 +1,7 @@
 """The form's params live on the DAG once, not copied into every task, and a run sees the same params.
 
 Airflow copies a DAG's params into each operator it builds (once per ``__init__`` level); the training
-DAGs build their tasks inside ``params_handed_over_once()`` to skip that, which halves their parse time.
+DAGs build their tasks inside ``params_handed_over_once(dag)`` to skip that, which halves their parse time.
 """
 
 from __future__ import annotations
@@ -37,32 +37,32 @@ def test_a_task_sees_the_dags_params_its_own_and_the_conf():
     as the task runner builds them) are the DAG's, then the task's own ``params=``, then the run's
     conf, and a bad conf is refused. Whole runs of the real DAGs with conf go through the same path in
     tests/provider and tests/local."""
-    from airflow.sdk import Param, dag, task
+    from airflow.sdk import DAG, Param, task
     from airflow.sdk.definitions.param import process_params
     from airflow.sdk.exceptions import ParamValidationError
 
     from trait_lora.provider.deployment import params_handed_over_once
     from trait_lora.provider.params import form_field
 
-    @dag(
-        dag_id="params_handover_probe",
-        schedule=None,
-        start_date=datetime(2026, 1, 1),
-        params={
-            "lora_r": form_field(4, type="integer", minimum=1),
-            "note": form_field("dag", type="string"),
-        },
-    )
-    def probe():
-        with params_handed_over_once():
+    with (
+        DAG(
+            dag_id="params_handover_probe",
+            schedule=None,
+            start_date=datetime(2026, 1, 1),
+            params={
+                "lora_r": form_field(4, type="integer", minimum=1),
+                "note": form_field("dag", type="string"),
+            },
+        ) as built,
+        params_handed_over_once(built),
+    ):
 
-            @task(params={"note": Param("task", type="string"), "own": Param(7, type="integer")})
-            def show(params=None):
-                return params
+        @task(params={"note": Param("task", type="string"), "own": Param(7, type="integer")})
+        def show(params=None):
+            return params
 
-            show()
+        show()
 
-    built = probe()
     assert set(built.params) == {"lora_r", "note"}  # put back untouched
     show = built.get_task("show")
     assert set(show.params) == {"note", "own"}  # the task's own params only
@@ -77,8 +77,9 @@ def test_a_task_sees_the_dags_params_its_own_and_the_conf():
         run_params({"lora_r": 0})
 
 
-def test_handing_over_outside_a_dag_says_where_it_belongs():
+def test_handing_over_something_else_than_a_dag_says_what_it_takes():
     from trait_lora.provider.deployment import params_handed_over_once
 
-    with pytest.raises(RuntimeError, match="inside a @dag function"), params_handed_over_once():
+    expected = r"with DAG\(\.\.\.\) as dag, params_handed_over_once\(dag\)"
+    with pytest.raises(TypeError, match=expected), params_handed_over_once("trait_lora_together"):
         pass

@@ -32,7 +32,7 @@ def dag_args(
 
 
 @contextmanager
-def params_handed_over_once() -> Iterator[None]:
+def params_handed_over_once(dag: Any) -> Iterator[None]:
     """Build the tasks inside this block so that they do not each carry a copy of the DAG's params.
 
     Airflow deep-copies the DAG's params into every operator once per ``__init__`` level of its class
@@ -42,13 +42,16 @@ def params_handed_over_once() -> Iterator[None]:
     params are set aside while its tasks are built and put back untouched: the form, the validation of
     a run's conf and every task's ``params`` are unchanged, and a task's own ``params=`` still counts.
     ``object.__setattr__`` as Airflow's own converter does: the DAG's validator already ran on them.
+    The DAG is passed in (``with DAG(...) as dag, params_handed_over_once(dag):``): Airflow has no
+    public way to ask for the DAG being built.
     """
-    from airflow.sdk.definitions._internal.contextmanager import DagContext
-    from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk import DAG, ParamsDict
 
-    dag = DagContext.get_current()
-    if dag is None:
-        raise RuntimeError("params_handed_over_once() belongs inside a @dag function")
+    if not isinstance(dag, DAG):
+        raise TypeError(
+            "params_handed_over_once(dag) takes the DAG being built: "
+            f"with DAG(...) as dag, params_handed_over_once(dag): ... (got {type(dag).__name__})"
+        )
     params = dag.params
     object.__setattr__(dag, "params", ParamsDict())
     try:
