@@ -43,8 +43,8 @@ from airflow.dag_processing.dagbag import DagBag
 
 from trait_lora.core.adapter import AdapterSpec, install_adapter
 from trait_lora.core.config import from_mapping
-from trait_lora.core.ledger import Ledger
-from trait_lora.core.plan import plan_traits
+from trait_lora.core.jobs.ledger import Ledger
+from trait_lora.core.jobs.plan import plan_traits
 from trait_lora.provider.params import config_values
 
 dag = DagBag(dag_folder=str(REPO / "dags" / "trait_lora_together.py")).dags["trait_lora_together"]

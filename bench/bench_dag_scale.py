@@ -137,7 +137,8 @@ def write_kind(path: Path, out: Path) -> str:
 def count_io(out: Path) -> tuple[dict[str, list[float]], list[float]]:
     """Count our atomic writes (every file the pipeline writes goes through ``atomic_writer``) and
     the ledger reads (records, indexes, seed-format files), in this process."""
-    from trait_lora.core import atomic, ledger
+    from trait_lora.core.jobs import ledger
+    from trait_lora.core.storage import atomic
 
     writes: dict[str, list[float]] = {}
     reads = [0, 0, 0.0]

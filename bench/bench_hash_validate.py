@@ -223,7 +223,7 @@ def measure_python(module: str, func: str, path: Path) -> Result:
 
 def child_rss(path: Path) -> int | None:
     """Peak RSS of the child process ``validate_shard`` starts, run alone on the same part of the file."""
-    from trait_lora.core import validation
+    from trait_lora.core.shards import validation
 
     if not os.access(TIME_BIN, os.X_OK):
         return None
@@ -231,7 +231,7 @@ def child_rss(path: Path) -> int | None:
         split = validation._split_point(fh, path.stat().st_size, validation.MAX_LINE_BYTES)
     if split is None:
         return None
-    argv = [sys.executable, "-m", "trait_lora.core.validation_child", str(path), str(split), "50"]
+    argv = [sys.executable, "-m", "trait_lora.core.shards.validation_child", str(path), str(split), "50"]
     _, _, err = _run([TIME_BIN, "-f", "%M", *argv, str(validation.MAX_LINE_BYTES)])
     return int(err.strip().splitlines()[-1]) * 1024
 
@@ -292,16 +292,16 @@ def main(argv: list[str] | None = None) -> int:
             while fh.read(8 << 20):
                 pass
 
-        base = measure_python("trait_lora.core.validation", "", path)  # interpreter + imports only
+        base = measure_python("trait_lora.core.shards.validation", "", path)  # interpreter + imports only
         ref = best_of(args.repeat, lambda: measure_tool(["sha256sum", str(path)]))
         ossl = (
             best_of(args.repeat, lambda: measure_tool(["openssl", "dgst", "-sha256", str(path)]))
             if shutil.which("openssl")
             else None
         )
-        hashed = best_of(args.repeat, lambda: measure_python("trait_lora.core.keys", "sha256_file", path))
+        hashed = best_of(args.repeat, lambda: measure_python("trait_lora.core.hashing", "sha256_file", path))
         valid = best_of(
-            args.repeat, lambda: measure_python("trait_lora.core.validation", "validate_shard", path)
+            args.repeat, lambda: measure_python("trait_lora.core.shards.validation", "validate_shard", path)
         )
         # validate_shard hands the second part of a large shard to a child process; its own peak RSS
         # counts too (it streams like the parent).

@@ -294,7 +294,7 @@ def naive_worker(args: argparse.Namespace) -> int:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, Trainer, TrainingArguments
 
-    from trait_lora.core.validation import iter_examples
+    from trait_lora.core.shards.validation import iter_examples
     from trait_lora.train.data import IGNORE_INDEX, encode_records
 
     transformers.utils.logging.set_verbosity_error()

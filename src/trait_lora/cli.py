@@ -15,7 +15,7 @@ from typing import Any
 
 from trait_lora import settings
 from trait_lora.core.errors import TraitLoraError
-from trait_lora.core.summary import text_table
+from trait_lora.core.handoff.summary import text_table
 
 
 def default_dirs() -> tuple[str, str]:
@@ -26,8 +26,8 @@ def default_dirs() -> tuple[str, str]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from trait_lora.core.shards import discover_shards
-    from trait_lora.core.validation import validate_shard
+    from trait_lora.core.shards.catalog import discover_shards
+    from trait_lora.core.shards.validation import validate_shard
 
     found = discover_shards(args.shards_dir)
     rows = []
@@ -77,8 +77,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from trait_lora.core.shards import discover_shards
-    from trait_lora.core.validation import validate_shard
+    from trait_lora.core.shards.catalog import discover_shards
+    from trait_lora.core.shards.validation import validate_shard
 
     paths = [Path(p) for p in args.files] or [
         s.path for _, s in sorted(discover_shards(args.shards_dir).shards.items())
@@ -119,7 +119,7 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from trait_lora.core.plan import plan_traits
+    from trait_lora.core.jobs.plan import plan_traits
 
     config = build_config(args)
     plans = plan_traits(

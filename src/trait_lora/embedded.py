@@ -88,7 +88,7 @@ def run_training(
     airflow_home: Path,
     verbose: bool = False,
 ) -> int:
-    from trait_lora.core.summary import format_table
+    from trait_lora.core.handoff.summary import format_table
     from trait_lora.train.smollm2 import MODEL_NAME as SMOLLM2
 
     configure_airflow(airflow_home, dags_folder, conf["shards_dir"], verbose)

@@ -2,7 +2,7 @@ import multiprocessing as mp
 
 import pytest
 
-from trait_lora.core.budget import BudgetError, release, reserve, run_dir
+from trait_lora.core.jobs.budget import BudgetError, release, reserve, run_dir
 
 
 def test_per_job_budget_refuses_before_reserving(tmp_path):

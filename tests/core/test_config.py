@@ -92,10 +92,11 @@ def test_a_ledger_of_the_previous_release_still_skips_every_unchanged_trait(tmp_
     from tests.support.adapters import write_adapter_dir
     from tests.support.airflow import copy_shards
     from trait_lora.core.adapter import AdapterSpec, install_adapter
-    from trait_lora.core.keys import job_key, sha256_file
-    from trait_lora.core.ledger import Ledger
-    from trait_lora.core.plan import plan_traits
-    from trait_lora.core.shards import discover_shards
+    from trait_lora.core.hashing import sha256_file
+    from trait_lora.core.jobs.keys import job_key
+    from trait_lora.core.jobs.ledger import Ledger
+    from trait_lora.core.jobs.plan import plan_traits
+    from trait_lora.core.shards.catalog import discover_shards
 
     traits = ["joy_plus", "joy_minus", "wisdom_plus"]
     shards = copy_shards(tmp_path / "shards", traits)

@@ -58,5 +58,5 @@ def test_probe_detects_a_forbidden_import():
         result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         return json.loads(result.stdout)
 
-    assert loaded("trait_lora.core.keys") == ["hashlib"]
+    assert loaded("trait_lora.core.jobs.keys") == ["hashlib"]
     assert loaded("trait_lora.core.errors") == []

@@ -11,11 +11,11 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from tests.support.published import CFG, TRAITS, install, publish, weights
-from trait_lora.core import intake as intake_module
 from trait_lora.core.adapter import read_safetensors_header
 from trait_lora.core.errors import IntakeError
-from trait_lora.core.intake import DATASET_DIR, INDEX_FILE, STACK_FILE, build_intake
-from trait_lora.core.mapping import mapping_sha256, write_mapping
+from trait_lora.core.handoff import intake as intake_module
+from trait_lora.core.handoff.intake import DATASET_DIR, INDEX_FILE, STACK_FILE, build_intake
+from trait_lora.core.handoff.mapping import mapping_sha256, write_mapping
 
 
 def snapshot(out: Path) -> dict[str, bytes]:

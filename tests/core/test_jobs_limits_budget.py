@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from trait_lora.core.budget import decide_cost, estimated_price
 from trait_lora.core.config import TrainingConfig
 from trait_lora.core.errors import ConfigError
-from trait_lora.core.job_status import JobStatus
-from trait_lora.core.ledger import Ledger
-from trait_lora.core.limits import limit_problems, require_within_limits
+from trait_lora.core.jobs.budget import decide_cost, estimated_price
+from trait_lora.core.jobs.job_status import JobStatus
+from trait_lora.core.jobs.ledger import Ledger
+from trait_lora.core.jobs.limits import limit_problems, require_within_limits
 
 LIMITS = {
     "model_name": "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference",

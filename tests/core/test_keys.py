@@ -1,6 +1,7 @@
 import hashlib
 
-from trait_lora.core.keys import SUFFIX_MAX, job_key, job_suffix, job_tag, sha256_file
+from trait_lora.core.hashing import sha256_file
+from trait_lora.core.jobs.keys import SUFFIX_MAX, job_key, job_suffix, job_tag
 
 
 def test_sha256_file_matches_hashlib_across_chunk_boundaries(tmp_path):

@@ -4,7 +4,7 @@ import multiprocessing as mp
 import pytest
 
 from trait_lora.core.errors import LedgerError
-from trait_lora.core.ledger import HASHES_FILE, JOBS_FILE, LEDGER_DIR, Ledger
+from trait_lora.core.jobs.ledger import HASHES_FILE, JOBS_FILE, LEDGER_DIR, Ledger
 
 SHA = "a" * 64
 
@@ -205,7 +205,7 @@ def test_a_stale_in_flight_entry_left_by_a_dead_worker_frees_its_slot_at_the_cap
 
 
 def test_the_dashboard_skips_an_unreadable_record_that_every_writer_is_told_about(tmp_path):
-    from trait_lora.core.report import trait_rows
+    from trait_lora.core.handoff.report import trait_rows
 
     ledger = Ledger(tmp_path)
     ledger.update_job("joy_plus", job_id="ft-1", status="running", job_key=SHA)
@@ -237,7 +237,7 @@ def test_the_uploaded_file_index_has_one_shape_however_it_was_written(tmp_path):
 
 
 def test_the_dashboard_reads_what_it_can_of_a_seed_file_and_skips_a_record_it_cannot_open(tmp_path):
-    from trait_lora.core.report import trait_rows
+    from trait_lora.core.handoff.report import trait_rows
 
     seed = tmp_path / "seed"
     seed.mkdir()

@@ -8,9 +8,9 @@ from tests.support.airflow import copy_shards
 from trait_lora.core.adapter import AdapterSpec, install_adapter
 from trait_lora.core.config import TrainingConfig
 from trait_lora.core.errors import MappingError, TraitNameError
-from trait_lora.core.ledger import Ledger
-from trait_lora.core.mapping import MAPPING_FILE, build_mapping, validate_mapping, write_mapping
-from trait_lora.core.plan import plan_traits
+from trait_lora.core.handoff.mapping import MAPPING_FILE, build_mapping, validate_mapping, write_mapping
+from trait_lora.core.jobs.ledger import Ledger
+from trait_lora.core.jobs.plan import plan_traits
 
 CFG = TrainingConfig()
 
@@ -120,7 +120,7 @@ def test_schema_rejects_a_mapping_stage_3_could_not_use(tmp_path):
 
 
 def test_every_run_of_a_forced_backfill_shares_one_key_and_pays_once(tmp_path):
-    from trait_lora.core.plan import forced_nonce
+    from trait_lora.core.jobs.plan import forced_nonce
 
     shards = copy_shards(tmp_path / "shards", ["joy_plus"])
     conf = {"traits": ["joy_plus"], "force_retrain": True}
@@ -146,7 +146,7 @@ def test_planning_many_traits_reads_each_ledger_record_once(tmp_path, monkeypatc
     """A thousand-trait plan re-reading the ledger per trait parsed O(N^2) bytes (9 s at 1,000
     traits); it reads each trait's records once, whatever the number of traits."""
     from tests.e2e.live import write_shards
-    from trait_lora.core import ledger as ledger_module
+    from trait_lora.core.jobs import ledger as ledger_module
 
     traits = write_shards(tmp_path / "shards", 30)
     out = tmp_path / "out"

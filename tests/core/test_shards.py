@@ -8,7 +8,7 @@ import re
 import pytest
 
 from trait_lora.core.errors import TraitNameError
-from trait_lora.core.shards import check_trait_name, discover_shards, parse_trait
+from trait_lora.core.shards.catalog import check_trait_name, discover_shards, parse_trait
 
 LINE = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
 

@@ -2,7 +2,7 @@
 
 import random
 
-from trait_lora.core.split import MIN_TRAIN_EXAMPLES, eval_count, split_examples
+from trait_lora.core.shards.split import MIN_TRAIN_EXAMPLES, eval_count, split_examples
 
 
 def records(n: int, tag: str = "") -> list[dict]:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from trait_lora.core.errors import ShardError
-from trait_lora.core.record_rules import FORMATS
-from trait_lora.core.shards import discover_shards
-from trait_lora.core.validation import (
+from trait_lora.core.shards.catalog import discover_shards
+from trait_lora.core.shards.record_rules import FORMATS
+from trait_lora.core.shards.validation import (
     Problem,
     iter_examples,
     require_valid,
@@ -378,7 +378,7 @@ def test_the_msgspec_fast_path_reports_exactly_what_the_json_path_reports(tmp_pa
     """Every bad record of the corpus, plus edge cases only a second parser could disagree on, in one
     shard: the report (every path:line: message, format, count, sha256) is identical with msgspec's
     fast path and with plain ``json`` alone."""
-    from trait_lora.core import validation
+    from trait_lora.core.shards import scan
 
     extra = [
         '{"text": "x\tliteral tab"}'.replace("\\t", "\t"),
@@ -394,7 +394,7 @@ def test_the_msgspec_fast_path_reports_exactly_what_the_json_path_reports(tmp_pa
     path = tmp_path / "joy_plus.jsonl"
     path.write_bytes("\n".join(lines).encode() + b"\n\xff\xfe\n")
     fast = validate_shard(path, max_problems=1000)
-    monkeypatch.setattr(validation, "_FAST_DECODE", None)
+    monkeypatch.setattr(scan, "_FAST_DECODE", None)
     slow = validate_shard(path, max_problems=1000)
     assert [str(p) for p in fast.problems] == [str(p) for p in slow.problems]
     assert (fast.format, fast.num_examples, fast.sha256, fast.size) == (
@@ -440,7 +440,7 @@ def test_a_split_check_reports_exactly_what_one_pass_reports_wherever_it_splits(
 
 
 def test_a_large_shard_is_checked_by_two_processes_and_a_failed_child_costs_nothing(tmp_path, monkeypatch):
-    from trait_lora.core import validation, validation_child
+    from trait_lora.core.shards import validation, validation_child
 
     path = tmp_path / "joy_plus.jsonl"
     path.write_text("\n".join([GOOD] * 400) + "\n")

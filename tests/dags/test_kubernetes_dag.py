@@ -9,8 +9,8 @@ import pytest
 from tests.support.airflow import copy_shards, get_dag
 from trait_lora.core.config import TrainingConfig
 from trait_lora.core.errors import TraitNameError
-from trait_lora.core.ledger import Ledger
-from trait_lora.core.plan import plan_traits
+from trait_lora.core.jobs.ledger import Ledger
+from trait_lora.core.jobs.plan import plan_traits
 from trait_lora.provider import kubernetes
 from trait_lora.provider.pipeline import install_pod_result
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from tests.dags.test_local_dag import train
 from tests.support.airflow import copy_shards
-from trait_lora.core.split import split_examples
-from trait_lora.core.validation import iter_examples
+from trait_lora.core.shards.split import split_examples
+from trait_lora.core.shards.validation import iter_examples
 
 PAIR = ["joy_minus", "joy_plus"]
 

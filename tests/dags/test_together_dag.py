@@ -142,7 +142,7 @@ def test_the_asset_event_means_changed_and_names_the_file_the_run_wrote(airflow_
     assert uri == mapping_file.as_uri()
     assert extra["counts"] == {"trained": 1} and extra["total_price_usd"] > 0
     published = json.loads(mapping_file.read_text())
-    from trait_lora.core.mapping import mapping_sha256
+    from trait_lora.core.handoff.mapping import mapping_sha256
 
     assert extra["mapping_sha256"] == mapping_sha256(published)
 

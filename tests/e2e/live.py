@@ -1084,7 +1084,7 @@ def watch_run(
 
 
 def trait_of_suffix(suffix: str, traits: list[str]) -> str | None:
-    """Job suffixes are ``<trait with '-' for '_'>-<tag>`` (trait_lora.core.keys.job_suffix)."""
+    """Job suffixes are ``<trait with '-' for '_'>-<tag>`` (trait_lora.core.jobs.keys.job_suffix)."""
     readable = suffix.rsplit("-", 1)[0]
     return next((t for t in traits if t.replace("_", "-") == readable), None)
 

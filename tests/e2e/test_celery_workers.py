@@ -24,7 +24,7 @@ from collections import Counter
 import pytest
 
 from tests.e2e.live import DAG_ID, LiveDeployment, log, trait_of_suffix, watch_run, write_shards
-from trait_lora.core.ledger import HASHES_FILE, JOBS_FILE, Ledger
+from trait_lora.core.jobs.ledger import HASHES_FILE, JOBS_FILE, Ledger
 
 pytestmark = pytest.mark.e2e
 

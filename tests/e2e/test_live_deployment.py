@@ -48,7 +48,7 @@ from tests.e2e.live import (
     watch_run,
     write_shards,
 )
-from trait_lora.core.runs import run_dir
+from trait_lora.core.handoff.runs import run_dir
 
 pytestmark = pytest.mark.e2e
 

@@ -185,7 +185,7 @@ def test_a_hostile_trait_name_in_a_summary_is_escaped_and_never_read_as_a_path(c
             }
         )
     )
-    from trait_lora.core import report
+    from trait_lora.core.handoff import report
     from trait_lora.provider.dashboard import pages
 
     html = pages.run_page("trait_lora_together", report.run_view(out, "forged"), lambda job: "")

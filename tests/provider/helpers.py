@@ -22,7 +22,7 @@ def conf_for(tmp_path: Path, traits: list[str], **extra: Any) -> dict[str, Any]:
 def plans_for(conf: dict[str, Any]) -> dict[str, Any]:
     """What ``discover`` will plan for this conf (same config, same keys, same suffixes)."""
     from trait_lora.core.config import from_mapping
-    from trait_lora.core.plan import plan_traits
+    from trait_lora.core.jobs.plan import plan_traits
     from trait_lora.provider.params import config_values
 
     params = {**get_dag(DAG_ID).params.dump(), **conf}

@@ -12,8 +12,8 @@ from typing import Any
 
 from tests.provider.helpers import DAG_ID, conf_for, plans_for, read_json
 from tests.support.airflow import run_dag, task_states
-from trait_lora.core.keys import job_tag
-from trait_lora.core.ledger import Ledger
+from trait_lora.core.jobs.keys import job_tag
+from trait_lora.core.jobs.ledger import Ledger
 
 TRAITS = ["joy_minus", "joy_plus"]
 

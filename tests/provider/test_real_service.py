@@ -18,7 +18,7 @@ from tests.fake_together.server import default_model_limits
 from tests.provider.helpers import DAG_ID, conf_for, plans_for, read_json, suffix_part
 from tests.support.adapters import adapter_files
 from tests.support.airflow import run_dag, task_states
-from trait_lora.core.runs import run_dir
+from trait_lora.core.handoff.runs import run_dir
 
 TRAITS = ["joy_minus", "joy_plus", "wisdom_plus"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trait_lora.core.ledger import Ledger
+from trait_lora.core.jobs.ledger import Ledger
 from trait_lora.provider.operators import TogetherFineTuneSensor, TogetherJobFailed
 
 KEY = "ab" * 32

@@ -8,8 +8,8 @@ import json
 
 from tests.provider.helpers import DAG_ID, conf_for, read_json
 from tests.support.airflow import run_dag
-from trait_lora.core.split import split_examples
-from trait_lora.core.validation import iter_examples
+from trait_lora.core.shards.split import split_examples
+from trait_lora.core.shards.validation import iter_examples
 from trait_lora.provider.operators.launch import N_EVALS
 
 TRAITS = ["joy_minus", "joy_plus"]
@@ -75,7 +75,7 @@ def test_held_out_loss_under_another_known_name_and_a_named_gap_for_an_unknown_o
 ):
     """The spec does not name the held-out metric: other known spellings are read; an unknown one is
     reported with the keys Together sent (a silent null would read as "no evaluation asked for")."""
-    from trait_lora.core.summary import eval_cell
+    from trait_lora.core.handoff.summary import eval_cell
 
     fake = together_conn
     fake.eval_metric_key = "validation/loss"

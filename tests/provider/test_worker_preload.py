@@ -24,7 +24,7 @@ INHERITED = (
     "together.resources.fine_tuning",
     "together.resources.files",
     "trait_lora.provider.hooks.together",
-    "trait_lora.core.ledger",
+    "trait_lora.core.jobs.ledger",
     "airflow.sdk.execution_time.task_runner",
     "airflow.dag_processing.dagbag",
 )

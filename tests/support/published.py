@@ -11,8 +11,8 @@ from safetensors.numpy import save as st_save
 from tests.support.adapters import adapter_config, adapter_tensors
 from trait_lora.core.adapter import AdapterSpec, install_adapter
 from trait_lora.core.config import TrainingConfig
-from trait_lora.core.ledger import Ledger
-from trait_lora.core.mapping import write_mapping
+from trait_lora.core.handoff.mapping import write_mapping
+from trait_lora.core.jobs.ledger import Ledger
 
 CFG = TrainingConfig()
 SHAPES = {"q_proj": (48, 40), "v_proj": (48, 24)}  # small, unequal in/out: a transposed row would show

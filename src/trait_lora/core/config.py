@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trait_lora.core.errors import ConfigError
-from trait_lora.core.keys import sha256_json
+from trait_lora.core.hashing import sha256_json
 
 TOGETHER_MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference"
 LOCAL_MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct"
@@ -86,7 +86,7 @@ class TrainingConfig:
     warmup_ratio: float = 0.0
     packing: bool = False
     train_on_inputs: bool = False
-    # Share of each shard held out to evaluate the adapter (trait_lora.core.split); 0 = train on all.
+    # Share of each shard held out to evaluate the adapter (trait_lora.core.shards.split); 0 = train on all.
     eval_fraction: float = 0.0
     # Together's advanced settings (TOGETHER_ADVANCED has why and the defaults).
     random_seed: int = 42

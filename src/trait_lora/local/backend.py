@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from trait_lora.core.adapter import AdapterSpec, install_adapter
-from trait_lora.core.atomic import atomic_write_json
 from trait_lora.core.config import from_mapping
 from trait_lora.core.errors import TraitLoraError
-from trait_lora.core.ledger import Ledger
-from trait_lora.core.shards import check_trait_name
+from trait_lora.core.jobs.ledger import Ledger
+from trait_lora.core.shards.catalog import check_trait_name
+from trait_lora.core.storage.atomic import atomic_write_json
 
 EXIT_MEANINGS = {
     1: "the trainer crashed (see the log above)",

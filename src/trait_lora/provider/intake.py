@@ -2,7 +2,7 @@
 
 A run starts from an Asset event (a training DAG's ``publish_mapping`` names the file it wrote, in the
 event's extra and as the Asset's ``file://`` URI) or by hand with the ``mapping_path`` param. The rules
-live in ``trait_lora.core.intake``; this module only turns Airflow's context into a path and a core
+live in ``trait_lora.core.handoff.intake``; this module only turns Airflow's context into a path and a core
 error into a failed task whose message names the bad adapter.
 """
 
@@ -91,7 +91,7 @@ def run_intake(
 ) -> dict[str, Any]:
     """Verify and stack the adapters of the mapping this run is about; returns a small JSON summary."""
     from trait_lora.core.errors import IntakeError
-    from trait_lora.core.intake import build_intake
+    from trait_lora.core.handoff.intake import build_intake
 
     path, event = pick_mapping(params, triggering)
     source = "param mapping_path" if event is None else f"Asset event of run {event.source_run_id}"

@@ -18,7 +18,7 @@ from airflow.sdk import BaseOperator
 
 from trait_lora import settings
 from trait_lora.core.config import from_mapping
-from trait_lora.core.shards import check_trait_name
+from trait_lora.core.shards.catalog import check_trait_name
 
 
 def variable_template(variable: str) -> str:

@@ -22,7 +22,7 @@ from trait_lora.core.config import (
     TOGETHER_MODEL,
     TrainingConfig,
 )
-from trait_lora.core.shards import TRAIT_PATTERN, discover_shards
+from trait_lora.core.shards.catalog import TRAIT_PATTERN, discover_shards
 
 
 def default_dirs(project_dir: Path) -> tuple[Path, Path]:

@@ -34,10 +34,10 @@ def discover(params: dict[str, Any], run_id: str, backend: str, dag_run: Any = N
     The whole plan goes to ``runs/<run>/plan.json`` for ``publish``: Airflow can only map over a
     task's return value, so the plan cannot travel as a second XCom key.
     """
-    from trait_lora.core import runs
-    from trait_lora.core.atomic import atomic_write_json
-    from trait_lora.core.ledger_io import utc_now
-    from trait_lora.core.plan import forced_nonce, plan_traits
+    from trait_lora.core.handoff import runs
+    from trait_lora.core.jobs.plan import forced_nonce, plan_traits
+    from trait_lora.core.storage.atomic import atomic_write_json
+    from trait_lora.core.storage.ledger_io import utc_now
 
     try:
         config = from_mapping(config_values(params, backend), source="DAG params")
@@ -128,7 +128,7 @@ def recovery_plans(plans: list[Any], job_ids: dict[str, str], backend: str) -> d
 
 def load_plan(params: dict[str, Any], run_id: str) -> dict[str, Any]:
     """The plan ``discover`` wrote; none means discover failed, and there is nothing to publish."""
-    from trait_lora.core import runs
+    from trait_lora.core.handoff import runs
 
     output_dir = Path(params["output_dir"]).resolve()
     path = runs.run_dir(output_dir, run_id) / "plan.json"
@@ -143,7 +143,7 @@ def load_plan(params: dict[str, Any], run_id: str) -> dict[str, Any]:
 
 def train_local(plan: dict[str, Any], run_id: str, context: Any) -> dict[str, Any]:
     """One trait on the local backend; a bad shard or a trainer failure fails only this trait."""
-    from trait_lora.core import runs
+    from trait_lora.core.handoff import runs
     from trait_lora.local.backend import LocalTrainingError, train_trait
 
     context["trait_label"] = plan["trait"]
@@ -166,7 +166,7 @@ def train_local(plan: dict[str, Any], run_id: str, context: Any) -> dict[str, An
 
 def pod_spec(plan: dict[str, Any], context: Any) -> dict[str, Any]:
     """The pod's per-trait values; an invalid shard fails here, before any pod is scheduled."""
-    from trait_lora.core import runs
+    from trait_lora.core.handoff import runs
     from trait_lora.provider.kubernetes import pod_spec as build
 
     context["trait_label"] = plan["trait"]
@@ -180,7 +180,7 @@ def pod_spec(plan: dict[str, Any], context: Any) -> dict[str, Any]:
 
 def install_pod_result(plan: dict[str, Any], pod_result: Any, run_id: str, context: Any) -> dict[str, Any]:
     """Verify and install what the pod wrote on the PVC, like any other adapter."""
-    from trait_lora.core import runs
+    from trait_lora.core.handoff import runs
     from trait_lora.local.backend import install_trained
 
     context["trait_label"] = plan["trait"]
@@ -223,9 +223,9 @@ def publish(
 ) -> dict[str, Any]:
     """Write the mapping (even when some traits failed) and the run summary; announce the mapping as an
     Asset event only when its content changed (an all-skipped run emits none)."""
-    from trait_lora.core import runs
-    from trait_lora.core.mapping import mapping_sha256, published_sha256, write_mapping
-    from trait_lora.core.summary import build_summary, format_table, write_summary
+    from trait_lora.core.handoff import runs
+    from trait_lora.core.handoff.mapping import mapping_sha256, published_sha256, write_mapping
+    from trait_lora.core.handoff.summary import build_summary, format_table, write_summary
 
     discovered = load_plan(params, run_id)
     output_dir = discovered["output_dir"]
@@ -283,7 +283,7 @@ def publish(
 
 def check(published: dict[str, Any] | None) -> None:
     """The leaf that turns a partial success into a failed run, after the good traits were published."""
-    from trait_lora.core.mapping import MAPPING_FILE
+    from trait_lora.core.handoff.mapping import MAPPING_FILE
 
     if not published:
         return

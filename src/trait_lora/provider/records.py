@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trait_lora.core.job_status import JobStatus
+from trait_lora.core.jobs.job_status import JobStatus
 
 # Together's ``processing_status`` of an uploaded file once its (asynchronous) validation has ended.
 from trait_lora.provider.hooks.answers import FILE_DONE as FILE_DONE
@@ -46,7 +46,7 @@ class TraitJob:
 
     @classmethod
     def from_xcom(cls, data: Mapping[str, Any] | Any) -> TraitJob:
-        from trait_lora.core.runs import load_trait_plan
+        from trait_lora.core.handoff.runs import load_trait_plan
 
         data = load_trait_plan(data)  # the first step gets discover's ref; later ones the whole record
         if not data.get("trait"):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from trait_lora.core.config import from_mapping
 from trait_lora.core.errors import ConfigError, ShardError
-from trait_lora.core.validation import require_valid
+from trait_lora.core.shards.validation import require_valid
 from trait_lora.train import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from trait_lora.core.shards import opposite_trait
-from trait_lora.core.split import split_examples
-from trait_lora.core.validation import iter_examples, require_valid
+from trait_lora.core.shards.catalog import opposite_trait
+from trait_lora.core.shards.split import split_examples
+from trait_lora.core.shards.validation import iter_examples, require_valid
 from trait_lora.train.data import DynamicPaddingCollator, Encoded, encode_records
 
 

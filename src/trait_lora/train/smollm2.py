@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trait_lora.core.keys import sha256_file
+from trait_lora.core.hashing import sha256_file
 from trait_lora.train.tiny_model import cached_model_dir, publish_model_dir
 
 MODEL_NAME = "smollm2"  # the `trait-lora train --model` value that selects this model

@@ -41,11 +41,11 @@ from transformers import (
     TrainingArguments,
 )
 
-from trait_lora.core.atomic import fsync_dir
 from trait_lora.core.config import TrainingConfig
-from trait_lora.core.keys import sha256_file
-from trait_lora.core.split import split_examples
-from trait_lora.core.validation import ShardReport, iter_examples, require_valid
+from trait_lora.core.hashing import sha256_file
+from trait_lora.core.shards.split import split_examples
+from trait_lora.core.shards.validation import ShardReport, iter_examples, require_valid
+from trait_lora.core.storage.atomic import fsync_dir
 from trait_lora.train import ModelLoadError, TrainInputError
 from trait_lora.train.data import DynamicPaddingCollator, LengthGroupedOrder, encode_records
 from trait_lora.train.evaluate import eval_figures, opposite_held_out

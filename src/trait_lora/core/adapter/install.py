@@ -24,9 +24,9 @@ from trait_lora.core.adapter.spec import (
     AdapterSpec,
 )
 from trait_lora.core.adapter.verify import require_regular_file, verify_adapter_dir
-from trait_lora.core.atomic import fsync_dir
 from trait_lora.core.errors import AdapterError
-from trait_lora.core.shards import check_trait_name
+from trait_lora.core.shards.catalog import check_trait_name
+from trait_lora.core.storage.atomic import fsync_dir
 
 
 def adapter_dir(output_dir: Path, trait: str) -> Path:

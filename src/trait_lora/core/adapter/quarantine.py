@@ -12,9 +12,9 @@ import os
 import re
 from pathlib import Path
 
-from trait_lora.core.atomic import atomic_write_bytes, fsync_dir
-from trait_lora.core.ledger_io import utc_now
-from trait_lora.core.shards import check_trait_name
+from trait_lora.core.shards.catalog import check_trait_name
+from trait_lora.core.storage.atomic import atomic_write_bytes, fsync_dir
+from trait_lora.core.storage.ledger_io import utc_now
 
 QUARANTINE_DIR = "quarantine"
 JOB_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")

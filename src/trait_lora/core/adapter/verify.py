@@ -26,7 +26,7 @@ from trait_lora.core.adapter.spec import (
     TensorInfo,
 )
 from trait_lora.core.errors import AdapterError
-from trait_lora.core.keys import sha256_file
+from trait_lora.core.hashing import sha256_file
 
 # Verification
 

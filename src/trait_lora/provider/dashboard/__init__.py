@@ -1,1 +1,2 @@
-"""The trait dashboard served by the plugin: data from ``trait_lora.core.report``, HTML and SVG here."""
+"""The trait dashboard served by the plugin: data from ``trait_lora.core.handoff.report``, HTML and
+SVG here."""

@@ -17,7 +17,7 @@ from airflow.api_fastapi.core_api.security import requires_access_dag
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import HTMLResponse
 
-from trait_lora.core import report
+from trait_lora.core.handoff import report
 from trait_lora.provider.dashboard import pages
 
 app = FastAPI(

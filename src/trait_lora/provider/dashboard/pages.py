@@ -12,7 +12,7 @@ from html import escape
 from typing import Any
 from urllib.parse import urlsplit
 
-from trait_lora.core.budget import usd
+from trait_lora.core.jobs.budget import usd
 from trait_lora.provider.dashboard.charts import data_uri, loss_svg
 
 STYLE = """

@@ -362,7 +362,7 @@ class TogetherHook(BaseHook):
         return None
 
     def _adoptable(self, job: dict[str, Any]) -> bool:
-        from trait_lora.core.job_status import JobStatus
+        from trait_lora.core.jobs.job_status import JobStatus
 
         status = JobStatus.of(job.get("status"))
         if not status.is_known:

@@ -15,7 +15,7 @@ from trait_lora.provider.retry import TogetherRetryPolicy
 
 if TYPE_CHECKING:
     from trait_lora.core.config import TrainingConfig
-    from trait_lora.core.ledger import Ledger
+    from trait_lora.core.jobs.ledger import Ledger
     from trait_lora.provider.records import TraitJob
 
 # The ledger, the run records and the trait record are imported where a task uses them: the DAG
@@ -56,7 +56,7 @@ def guarded(
     except AirflowSkipException:
         raise
     except Exception as exc:
-        from trait_lora.core import runs
+        from trait_lora.core.handoff import runs
         from trait_lora.provider.retry import together_status
 
         status = together_status(exc)
@@ -114,7 +114,7 @@ class TogetherStep(BaseOperator):
 
     @property
     def ledger(self) -> Ledger:
-        from trait_lora.core.ledger import Ledger
+        from trait_lora.core.jobs.ledger import Ledger
 
         return Ledger(self.out_dir)
 

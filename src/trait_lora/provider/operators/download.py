@@ -31,10 +31,10 @@ class TogetherDownloadOperator(TogetherStep):
     def run_step(self, context: Any, job: TraitJob) -> dict[str, Any]:
         import httpx
 
-        from trait_lora.core import runs
         from trait_lora.core.adapter import AdapterSpec, install_adapter
         from trait_lora.core.adapter.quarantine import quarantine_archive
         from trait_lora.core.errors import AdapterError
+        from trait_lora.core.handoff import runs
 
         trait, job_id = job.trait, str(job.job_id)
         cfg = self.training_config
@@ -94,7 +94,7 @@ class TogetherDownloadOperator(TogetherStep):
     def _metrics(self, job: Any, job_id: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         """Loss per step and, with a validation file, Together's held-out figures (the last evaluation
         is the adapter's; Together evaluates no base model, so there is no base figure)."""
-        from trait_lora.core.atomic import atomic_write_json
+        from trait_lora.core.storage.atomic import atomic_write_json
 
         trait = job.trait
         try:
@@ -136,7 +136,7 @@ class TogetherDownloadOperator(TogetherStep):
 
 def _seconds_since(stamp: str | None) -> float | None:
     """Wall time from the run's plan to the installed adapter (what a user waited for)."""
-    from trait_lora.core.ledger_io import parse_utc
+    from trait_lora.core.storage.ledger_io import parse_utc
 
     if not stamp:
         return None

@@ -75,8 +75,8 @@ class TogetherLaunchOperator(TogetherStep):
         return self.execute(context)
 
     def run_step(self, context: Any, job: TraitJob) -> dict[str, Any]:
-        from trait_lora.core.job_status import JobStatus
-        from trait_lora.core.keys import job_tag
+        from trait_lora.core.jobs.job_status import JobStatus
+        from trait_lora.core.jobs.keys import job_tag
 
         if job.plan.get("recover_job_id"):
             return self._recover(context, job)
@@ -122,8 +122,8 @@ class TogetherLaunchOperator(TogetherStep):
         under this trait's current key: its suffix carries the key's tag. Nothing is created."""
         from together import NotFoundError
 
-        from trait_lora.core.job_status import JobStatus
-        from trait_lora.core.keys import job_tag
+        from trait_lora.core.jobs.job_status import JobStatus
+        from trait_lora.core.jobs.keys import job_tag
         from trait_lora.provider.hooks.together import job_matches_tag
 
         job_id = str(job.plan["recover_job_id"])
@@ -155,7 +155,7 @@ class TogetherLaunchOperator(TogetherStep):
 
     def _check_limits(self, job: TraitJob) -> None:
         from trait_lora.core.errors import ConfigError
-        from trait_lora.core.limits import require_within_limits
+        from trait_lora.core.jobs.limits import require_within_limits
         from trait_lora.provider.hooks.answers import warn_unchecked
 
         cfg = self.training_config
@@ -169,7 +169,7 @@ class TogetherLaunchOperator(TogetherStep):
         warn_unchecked(cfg.together_model, unchecked)
 
     def _cost_gate(self, context: Any, job: TraitJob) -> float | None:
-        from trait_lora.core import budget
+        from trait_lora.core.jobs import budget
 
         cfg = self.training_config
         estimate = self.hook.estimate_price(
@@ -232,14 +232,14 @@ class TogetherLaunchOperator(TogetherStep):
 
     def _release_slot(self, job: TraitJob) -> None:
         """A definite refusal: nothing was created, so the claimed slot is given back at once."""
-        from trait_lora.core.job_status import NOT_CREATED
+        from trait_lora.core.jobs.job_status import NOT_CREATED
 
         self.ledger.update_job(job.trait, job_key=job.job_key, status=NOT_CREATED)
 
     def _refresh(self, holders: dict[str, dict[str, Any]]) -> None:
         from together import NotFoundError
 
-        from trait_lora.core.job_status import JobStatus
+        from trait_lora.core.jobs.job_status import JobStatus
 
         for trait, record in holders.items():
             if not record.get("job_id"):
@@ -254,7 +254,7 @@ class TogetherLaunchOperator(TogetherStep):
     def _create(self, job: TraitJob, store: Any) -> dict[str, Any]:
         from together import APIConnectionError, APIStatusError
 
-        from trait_lora.core.keys import job_tag
+        from trait_lora.core.jobs.keys import job_tag
         from trait_lora.provider.hooks.answers import UnreadableAnswer
 
         cfg = self.training_config

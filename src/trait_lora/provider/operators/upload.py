@@ -47,8 +47,8 @@ class TogetherUploadOperator(TogetherStep):
 
     def run_step(self, context: Any, job: TraitJob) -> dict[str, Any]:
         from trait_lora.core.errors import ShardError
-        from trait_lora.core.split import write_split_files
-        from trait_lora.core.validation import require_valid
+        from trait_lora.core.shards.split import write_split_files
+        from trait_lora.core.shards.validation import require_valid
 
         plan, trait = job.plan, job.trait
         if plan["action"] == "skip":
@@ -192,8 +192,8 @@ class TogetherUploadOperator(TogetherStep):
     ) -> TraitJob:
         """The trait's record with its file ids after a deferral: from the defer kwargs, else from the
         ledger, where run_step recorded them before deferring (``dag.test`` drops defer kwargs)."""
-        from trait_lora.core.split import split_examples
-        from trait_lora.core.validation import iter_examples
+        from trait_lora.core.shards.split import split_examples
+        from trait_lora.core.shards.validation import iter_examples
 
         job = self.incoming
         if not file_id:

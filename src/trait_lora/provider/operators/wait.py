@@ -84,7 +84,7 @@ class TogetherFineTuneSensor(BaseSensorOperator):
         return guarded(context, self.out_dir, self.incoming.trait, self.task_id, body, self.together_conn_id)
 
     def execute(self, context: Any) -> Any:
-        from trait_lora.core.job_status import JobStatus
+        from trait_lora.core.jobs.job_status import JobStatus
 
         job = self.incoming
         context["ti"].xcom_push(key=JOB_URL_XCOM_KEY, value=dashboard_url(str(job.job_id)))
@@ -122,7 +122,7 @@ class TogetherFineTuneSensor(BaseSensorOperator):
     def poke(self, context: Any) -> Any:
         from airflow.sdk import PokeReturnValue
 
-        from trait_lora.core.job_status import JobStatus
+        from trait_lora.core.jobs.job_status import JobStatus
 
         job = self.incoming
         current = self.hook.get_job(str(job.job_id))
@@ -133,7 +133,7 @@ class TogetherFineTuneSensor(BaseSensorOperator):
         return PokeReturnValue(is_done=True, xcom_value=self._finish(current))
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
-        from trait_lora.core.job_status import JobStatus
+        from trait_lora.core.jobs.job_status import JobStatus
         from trait_lora.provider.records import ENDED, JobEvent
 
         def complete() -> dict[str, Any]:
@@ -159,8 +159,8 @@ class TogetherFineTuneSensor(BaseSensorOperator):
         return self._guard(context, complete)
 
     def _finish(self, current: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
-        from trait_lora.core.job_status import JobStatus
-        from trait_lora.core.ledger import Ledger
+        from trait_lora.core.jobs.job_status import JobStatus
+        from trait_lora.core.jobs.ledger import Ledger
         from trait_lora.provider.records import usd_from_nano
 
         job = self.incoming

@@ -18,7 +18,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from trait_lora.core.job_status import JobStatus
+from trait_lora.core.jobs.job_status import JobStatus
 from trait_lora.provider.hooks.answers import file_status
 from trait_lora.provider.hooks.together import TogetherHook, first_error_message, is_permanent
 from trait_lora.provider.records import (

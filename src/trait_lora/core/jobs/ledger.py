@@ -27,10 +27,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from trait_lora.core.atomic import atomic_write_json, fsync_dir
 from trait_lora.core.errors import LedgerError
-from trait_lora.core.job_status import CREATING, JobStatus
-from trait_lora.core.ledger_io import (
+from trait_lora.core.jobs.job_status import CREATING, JobStatus
+from trait_lora.core.shards.catalog import TRAIT_RE, check_trait_name
+from trait_lora.core.storage.atomic import atomic_write_json, fsync_dir
+from trait_lora.core.storage.ledger_io import (
     LOCK_FILE,
     Record,
     exclusive_lock,
@@ -40,7 +41,6 @@ from trait_lora.core.ledger_io import (
     read_record,
     utc_now,
 )
-from trait_lora.core.shards import TRAIT_RE, check_trait_name
 
 JOBS_FILE = "lora_job_ids.json"
 HASHES_FILE = "file_hashes.json"

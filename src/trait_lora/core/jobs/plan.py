@@ -13,11 +13,12 @@ from typing import Any
 from trait_lora.core.adapter import AdapterSpec, installed_fingerprint, verify_installed
 from trait_lora.core.config import TrainingConfig
 from trait_lora.core.errors import AdapterError
-from trait_lora.core.job_status import JobStatus
-from trait_lora.core.keys import job_key, job_suffix, sha256_json
-from trait_lora.core.ledger import Ledger, LedgerView
-from trait_lora.core.shards import Discovery, discover_shards
-from trait_lora.core.validation import validate_shard
+from trait_lora.core.hashing import sha256_json
+from trait_lora.core.jobs.job_status import JobStatus
+from trait_lora.core.jobs.keys import job_key, job_suffix
+from trait_lora.core.jobs.ledger import Ledger, LedgerView
+from trait_lora.core.shards.catalog import Discovery, discover_shards
+from trait_lora.core.shards.validation import validate_shard
 
 ACTIONS = ("skip", "resume", "train", "invalid")
 

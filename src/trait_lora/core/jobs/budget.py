@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trait_lora.core.atomic import atomic_write_json
 from trait_lora.core.errors import TraitLoraError
-from trait_lora.core.ledger_io import LOCK_FILE, exclusive_lock, read_json_object
-from trait_lora.core.runs import run_dir
-from trait_lora.core.shards import check_trait_name
+from trait_lora.core.shards.catalog import check_trait_name
+from trait_lora.core.storage.atomic import atomic_write_json
+from trait_lora.core.storage.layout import run_dir
+from trait_lora.core.storage.ledger_io import LOCK_FILE, exclusive_lock, read_json_object
 
 
 class BudgetError(TraitLoraError):

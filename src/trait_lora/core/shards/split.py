@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trait_lora.core.atomic import atomic_writer
-from trait_lora.core.keys import sha256_json
+from trait_lora.core.hashing import sha256_json
+from trait_lora.core.storage.atomic import atomic_writer
 
 MIN_EVAL_EXAMPLES = 2  # a held-out loss over one example is noise
 MIN_TRAIN_EXAMPLES = 8  # below this a shard trains on everything: learning comes first

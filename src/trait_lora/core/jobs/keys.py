@@ -7,30 +7,9 @@ The job key is the identity of one paid training job. Its short tag rides in Tog
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-from pathlib import Path
-from typing import Any
 
-CHUNK = 1 << 20
 SUFFIX_MAX = 40
 TAG_HEX = 16  # 64 bits of the job key: the part that is never shortened
-
-
-def sha256_json(obj: Any) -> str:
-    """sha256 of a JSON value in canonical form (sorted keys, no whitespace): equal content, equal digest."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = CHUNK) -> str:
-    """Streaming sha256 of a file's bytes (constant memory, any size)."""
-    digest = hashlib.sha256()
-    buf = bytearray(chunk)
-    view = memoryview(buf)
-    with open(Path(path), "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            digest.update(view[:n])
-    return digest.hexdigest()
 
 
 def job_key(shard_sha256: str, config_hash: str, nonce: str = "") -> str:

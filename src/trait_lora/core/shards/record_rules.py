@@ -1,6 +1,6 @@
 """The rules a fine-tuning record must follow, per format: what Together's server would refuse.
 
-Kept apart from the streaming pass in :mod:`trait_lora.core.validation`: these run once per record of a
+Kept apart from the streaming pass in :mod:`trait_lora.core.shards.validation`: these run once per record of a
 possibly huge file, so the well-formed path does no string building.
 """
 

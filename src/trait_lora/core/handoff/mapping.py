@@ -14,12 +14,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from trait_lora.core.atomic import atomic_write_json
 from trait_lora.core.config import TrainingConfig
 from trait_lora.core.errors import MappingError
-from trait_lora.core.keys import sha256_json
-from trait_lora.core.ledger import Ledger
-from trait_lora.core.shards import TRAIT_RE, parse_trait
+from trait_lora.core.hashing import sha256_json
+from trait_lora.core.jobs.ledger import Ledger
+from trait_lora.core.shards.catalog import TRAIT_RE, parse_trait
+from trait_lora.core.storage.atomic import atomic_write_json
 
 MAPPING_FILE = "hypernetwork_data.json"
 MAPPING_VERSION = 2  # 2: per-trait held-out eval figures ("eval", null without a split)

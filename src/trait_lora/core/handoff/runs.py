@@ -7,24 +7,18 @@ records its failure reason here before re-raising, and ``publish_mapping`` reads
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from trait_lora.core.atomic import atomic_write_json
-from trait_lora.core.ledger_io import LOCK_FILE, exclusive_lock, read_json_object, utc_now
-from trait_lora.core.shards import check_trait_name
+from trait_lora.core.shards.catalog import check_trait_name
+from trait_lora.core.storage.atomic import atomic_write_json
+from trait_lora.core.storage.layout import RUNS_DIR as RUNS_DIR
+from trait_lora.core.storage.layout import run_dir as run_dir
+from trait_lora.core.storage.ledger_io import LOCK_FILE, exclusive_lock, read_json_object, utc_now
 
-RUNS_DIR = "runs"
 FAILURES_FILE = "failures.json"
 PLANS_DIR = "plans"
-
-
-def run_dir(output_dir: str | Path, run_id: str) -> Path:
-    """A filesystem-safe per-run directory (run ids carry ':' and '+')."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", run_id).strip("._") or "run"
-    return Path(output_dir) / RUNS_DIR / safe
 
 
 def update_run_file(output_dir: str | Path, run_id: str, name: str, key: str, value: Any) -> None:

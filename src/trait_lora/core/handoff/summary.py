@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trait_lora.core.atomic import atomic_write_bytes, atomic_write_json
-from trait_lora.core.budget import usd
-from trait_lora.core.ledger_io import utc_now
-from trait_lora.core.runs import run_dir
+from trait_lora.core.handoff.runs import run_dir
+from trait_lora.core.jobs.budget import usd
+from trait_lora.core.storage.atomic import atomic_write_bytes, atomic_write_json
+from trait_lora.core.storage.ledger_io import utc_now
 
 SUMMARY_FILE = "summary.json"
 LATEST_SUMMARY = "run_summary.json"

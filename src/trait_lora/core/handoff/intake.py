@@ -29,9 +29,9 @@ from typing import Any
 from trait_lora.core.adapter.spec import STALE_STAGING_SECONDS, WEIGHTS_FILE, AdapterSpec, TensorInfo
 from trait_lora.core.adapter.stack import CHUNK, StackSource, source_from_fd, write_stacked
 from trait_lora.core.adapter.verify import read_safetensors_header, verify_adapter_dir
-from trait_lora.core.atomic import fsync_dir
 from trait_lora.core.errors import AdapterError, IntakeError, MappingError
-from trait_lora.core.mapping import mapping_sha256, validate_mapping
+from trait_lora.core.handoff.mapping import mapping_sha256, validate_mapping
+from trait_lora.core.storage.atomic import fsync_dir
 
 DATASET_DIR = "hypernetwork_dataset"
 STACK_FILE = "adapters.safetensors"

@@ -1,10 +1,10 @@
-"""The second process of a parallel shard check: ``python -m trait_lora.core.validation_child``.
+"""The second process of a parallel shard check: ``python -m trait_lora.core.shards.validation_child``.
 
 A subprocess of our own interpreter, not ``multiprocessing``: validation runs inside Airflow task
 processes and Celery workers, where a forked pool is unsafe (threads) or refused (daemonic workers).
-It prints one JSON object (see :func:`trait_lora.core.validation.scan_range`); anything else, or a child
-that cannot start, makes the caller check the rest itself, so a failure here costs time, never a wrong
-report.
+It prints one JSON object (see :func:`trait_lora.core.shards.scan.scan_range`); anything else, or a
+child that cannot start, makes the caller check the rest itself, so a failure here costs time, never
+a wrong report. It imports only ``scan``, never ``validation`` (which starts it): no import circle.
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ class Child:
 
 
 def start_child(path: Path, start: int, max_problems: int, max_line_bytes: int) -> Child:
-    package_root = str(Path(__file__).resolve().parents[2])  # the child imports this very copy
+    package_root = str(Path(__file__).resolve().parents[3])  # the child imports this very copy
     bootstrap = (
         "import sys; sys.path.insert(0, sys.argv.pop(1)); "
-        "from trait_lora.core.validation_child import main; raise SystemExit(main(sys.argv[1:]))"
+        "from trait_lora.core.shards.validation_child import main; raise SystemExit(main(sys.argv[1:]))"
     )
     argv = [sys.executable, "-c", bootstrap, package_root, str(path), str(start), str(max_problems)]
     try:
@@ -60,7 +60,7 @@ def start_child(path: Path, start: int, max_problems: int, max_line_bytes: int) 
 
 
 def main(argv: list[str]) -> int:
-    from trait_lora.core.validation import scan_range
+    from trait_lora.core.shards.scan import scan_range
 
     path, start, max_problems, max_line_bytes = argv
     result = scan_range(Path(path), int(start), int(max_problems), int(max_line_bytes))

@@ -14,13 +14,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trait_lora.core.job_status import JobStatus
-from trait_lora.core.ledger import Ledger
-from trait_lora.core.ledger_io import read_object_or_empty
-from trait_lora.core.mapping import MAPPING_FILE
-from trait_lora.core.runs import run_dir
-from trait_lora.core.shards import TRAIT_RE
-from trait_lora.core.summary import LATEST_SUMMARY, SUMMARY_FILE
+from trait_lora.core.handoff.mapping import MAPPING_FILE
+from trait_lora.core.handoff.runs import run_dir
+from trait_lora.core.handoff.summary import LATEST_SUMMARY, SUMMARY_FILE
+from trait_lora.core.jobs.job_status import JobStatus
+from trait_lora.core.jobs.ledger import Ledger
+from trait_lora.core.shards.catalog import TRAIT_RE
+from trait_lora.core.storage.ledger_io import read_object_or_empty
 
 METRICS_DIR = "metrics"
 MAX_CURVE_POINTS = 2000  # a curve is drawn, not analysed: a huge metrics file must not stall a page
