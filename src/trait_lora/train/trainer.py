@@ -33,8 +33,6 @@ import torch
 import transformers
 from peft import LoraConfig, get_peft_model
 from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
     PrinterCallback,
     Trainer,
     TrainerCallback,
@@ -49,12 +47,12 @@ from trait_lora.core.storage.atomic import fsync_dir
 from trait_lora.train import ModelLoadError, TrainInputError
 from trait_lora.train.data import DynamicPaddingCollator, LengthGroupedOrder, encode_records
 from trait_lora.train.evaluate import eval_figures, opposite_held_out
+from trait_lora.train.model import load_base_model, pad_token_id
 
 DEFAULT_MICRO_BATCH_CPU = 8
 DEFAULT_MICRO_BATCH_GPU = 4  # 128k-vocab logits dominate GPU memory; accumulate up to the batch
 DEFAULT_MAX_LENGTH = 4096
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
-PAD_FALLBACK = "<|finetune_right_pad_id|>"  # Llama-3.1 ships this token but sets no pad_token
 
 
 @dataclass(frozen=True)
@@ -92,58 +90,6 @@ def plan_batches(batch_size: int, micro_batch: int) -> tuple[int, int]:
         raise TrainInputError(f"--micro-batch must be at least 1, got {micro_batch}")
     micro = max(d for d in range(1, min(batch_size, micro_batch) + 1) if batch_size % d == 0)
     return micro, batch_size // micro
-
-
-def _is_path_like(ref: str) -> bool:
-    """A filesystem path rather than a hub id (``org/name``), so a miss needs no cache lookup."""
-    return ref.startswith(("/", ".", "~")) or Path(ref).expanduser().exists()
-
-
-def load_base_model(model_ref: str, *, gpu: bool) -> tuple[Any, Any]:
-    """Tokenizer and model from a local directory or the local Hugging Face cache, never the network.
-
-    Training must be reproducible against a pinned copy, and the machines that run it often have no
-    internet: a miss is a ``ModelLoadError`` telling the user how to provide the model, not a hang.
-    """
-    path = Path(model_ref).expanduser()
-    if _is_path_like(model_ref) and not path.is_dir():
-        raise ModelLoadError(
-            f"base model {model_ref!r} is not a directory. Set local_model in the training config to a "
-            "local model directory (config.json, weights, tokenizer) or to a model id already in the "
-            "Hugging Face cache; the trainer runs offline and never downloads."
-        )
-    ref = str(path) if path.is_dir() else model_ref
-    kwargs: dict[str, Any] = {"local_files_only": True}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
-        if gpu:
-            kwargs.update(dtype=torch.bfloat16, attn_implementation="sdpa")
-        else:
-            kwargs.update(dtype=torch.float32)
-        model = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"cannot load base model {model_ref!r} offline ({type(exc).__name__}: {_first_line(exc)}). "
-            "Pass a local model directory as local_model, or pre-download it on a machine with internet "
-            f"(`hf download {model_ref}`) into this machine's Hugging Face cache; the trainer never "
-            "downloads."
-        ) from None
-    return tokenizer, model
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
-
-
-def _pad_token_id(tokenizer: Any) -> int:
-    if isinstance(tokenizer.pad_token_id, int):
-        return tokenizer.pad_token_id
-    fallback = tokenizer.convert_tokens_to_ids(PAD_FALLBACK)
-    if isinstance(fallback, int) and fallback != tokenizer.unk_token_id:
-        return fallback
-    # Any id works: padding is masked out of attention and labels.
-    return tokenizer.eos_token_id if isinstance(tokenizer.eos_token_id, int) else 0
 
 
 class _LengthGroupedTrainer(Trainer):
@@ -304,7 +250,7 @@ def train_adapter(
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         model = get_peft_model(model, lora)
     model.config.use_cache = False  # the KV cache is for generation; training would only pay for it
-    collator = DynamicPaddingCollator(_pad_token_id(tokenizer), pad_to_multiple_of=8 if gpu else None)
+    collator = DynamicPaddingCollator(pad_token_id(tokenizer), pad_to_multiple_of=8 if gpu else None)
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent))
@@ -361,7 +307,7 @@ def train_adapter(
         with contextlib.redirect_stdout(stream):
             output = trainer.train()
         wall = time.perf_counter() - started
-        pad_id = _pad_token_id(tokenizer)
+        pad_id = pad_token_id(tokenizer)
         evaluation = eval_figures(model, held_out, pad_token_id=pad_id, micro=micro, opposite=opposite)
         if evaluation:
             print(f"held-out eval: {json.dumps(evaluation, sort_keys=True)}", file=stream, flush=True)

@@ -10,8 +10,7 @@ The SDK is imported lazily so that importing this module (e.g. from a DAG file) 
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,14 +27,18 @@ from trait_lora.provider.connection import (
     hook_field_behaviour,
 )
 
+# Reading Together's answers lives in ``answers``; re-exported here, where callers always found them.
+from trait_lora.provider.hooks.answers import backoff_delay as backoff_delay
+from trait_lora.provider.hooks.answers import conflict_is_final
+from trait_lora.provider.hooks.answers import first_error_message as first_error_message
+from trait_lora.provider.hooks.answers import is_permanent as is_permanent
+from trait_lora.provider.hooks.answers import job_matches_tag as job_matches_tag
+from trait_lora.provider.hooks.answers import job_to_dict as job_to_dict
+from trait_lora.provider.hooks.answers import output_name as output_name
+from trait_lora.provider.hooks.answers import retry_after_seconds as retry_after_seconds
+
 if TYPE_CHECKING:
     from together import AsyncTogether, Together
-
-# Event levels/types that carry Together's reason for a failed job. Compared in lower case: the SDK's
-# generated enums say ``error``/``job_error``, its hand-written ones ``Error``/``JOB_ERROR``.
-ERROR_LEVELS = frozenset({"error", "legacy_ierror"})
-ERROR_TYPES = frozenset({"job_error", "job_user_error", "job_failed", "job_stopped"})
-
 
 class TogetherConfigError(Exception):
     """The Together connection is missing or incomplete."""
@@ -50,59 +53,6 @@ def normalise_base_url(host: str | None) -> str:
     if url.endswith("/v1"):
         url = url[: -len("/v1")]
     return url
-
-
-def job_to_dict(job: Any) -> dict[str, Any]:
-    """A JSON-safe dict of an SDK job object (keeps fields the generated model does not declare)."""
-    if isinstance(job, dict):
-        return dict(job)
-    data = job.model_dump(mode="json", by_alias=True) if hasattr(job, "model_dump") else dict(vars(job))
-    extra = getattr(job, "model_extra", None) or {}
-    for key, value in extra.items():
-        data.setdefault(key, value)
-    return data
-
-
-def output_name(job: dict[str, Any]) -> str | None:
-    """Sync ``create`` says ``output_name``, ``retrieve`` says ``model_output_name``: read both."""
-    return job.get("model_output_name") or job.get("output_name") or job.get("x_model_output_name")
-
-
-def job_matches_tag(job: dict[str, Any], tag: str) -> bool:
-    """A job is ours for a key when its suffix (or, failing that, its output name) carries the tag."""
-    suffix = job.get("suffix") or ""
-    if suffix:
-        return suffix.endswith(tag)
-    return tag in (output_name(job) or "")
-
-
-def is_permanent(exc: BaseException) -> bool:
-    """A 4xx other than 408/409/429: the request itself is wrong, retrying the task cannot help."""
-    status = getattr(exc, "status_code", None)
-    return isinstance(status, int) and 400 <= status < 500 and status not in (408, 409, 429)
-
-
-def retry_after_seconds(exc: BaseException) -> float | None:
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None) or {}
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value:
-            try:
-                return max(0.0, float(value) * scale)
-            except ValueError:
-                return None
-    return None
-
-
-def backoff_delay(
-    attempt: int, exc: BaseException | None = None, base: float = 1.0, cap: float = 60.0
-) -> float:
-    """Retry-After when the server gave one, else exponential backoff with full jitter."""
-    hinted = retry_after_seconds(exc) if exc is not None else None
-    if hinted is not None:
-        return min(cap, hinted) + random.uniform(0, min(1.0, hinted * 0.1 + 0.01))
-    return random.uniform(0, min(cap, base * (2**attempt)))
 
 
 class TogetherHook(BaseHook):
@@ -192,7 +142,7 @@ class TogetherHook(BaseHook):
             base_url=s["base_url"],
             max_retries=s["max_retries"],
             timeout=s["timeout"],
-            http_client=DefaultHttpxClient(event_hooks={"response": [_conflict_is_final]}),
+            http_client=DefaultHttpxClient(event_hooks={"response": [conflict_is_final]}),
         )
 
     @cached_property
@@ -444,24 +394,3 @@ class TogetherHook(BaseHook):
 
         estimate = await client.fine_tuning.estimate_price(training_file=file_id, model=model)
         return estimate_verdict(job_to_dict(estimate))
-
-
-def _conflict_is_final(response: Any) -> None:
-    """httpx response hook: the SDK obeys ``x-should-retry``; a 409 answer cannot change on retry."""
-    if response.status_code == 409:
-        response.headers["x-should-retry"] = "false"
-
-
-def first_error_message(events: Iterable[dict[str, Any]]) -> str | None:
-    """Together's own words for a failed job: the last error (or stop) event's message.
-
-    The job objects have no error field; the events are the only place Together says why.
-    """
-    message = None
-    for event in events:
-        level = str(event.get("level") or "").lower()
-        kind = str(event.get("type") or "").lower()
-        # job_stopped: a cancelled job's reason is a stop event (level warning, not error)
-        if level in ERROR_LEVELS or kind in ERROR_TYPES:
-            message = event.get("message") or message
-    return message

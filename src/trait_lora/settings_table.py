@@ -1,0 +1,295 @@
+"""The table of every deployment setting: its type, default, help text, when it is read and its check.
+
+Resolution (which layer wins, legacy names, the CLI without Airflow) is ``trait_lora.settings``; this
+module only declares, so the provider's config section, the docs table and the checks share one list.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from trait_lora.core.errors import TraitLoraError
+
+SECTION = "trait_lora"
+VERSION_ADDED = "0.1.0"
+
+
+class SettingError(TraitLoraError, ValueError):
+    """A deployment setting with a value its parser refuses; the message names where to fix it."""
+
+
+def _positive(value: float) -> bool:
+    return value > 0
+
+
+def _non_negative(value: float) -> bool:
+    return value >= 0
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the table. ``kind`` is Airflow's option type; ``json`` values are strings to Airflow."""
+
+    key: str
+    kind: str  # string | integer | float | boolean | json
+    default: str
+    description: str
+    allowed: str = "any text"
+    check: Callable[[Any], bool] | None = None
+    json_type: type | None = None
+    example: str | None = None
+    empty_is_value: bool = False
+    read_at: str = "run"  # run | parse | init: when it takes effect (see READ_AT)
+
+    @property
+    def env(self) -> str:
+        return f"AIRFLOW__{SECTION.upper()}__{self.key.upper()}"
+
+    @property
+    def legacy_env(self) -> str:
+        return f"TRAIT_LORA_{self.key.upper()}"
+
+    @property
+    def airflow_type(self) -> str:
+        return "string" if self.kind == "json" else self.kind
+
+    def parse(self, text: str, source: str) -> Any:
+        try:
+            value: Any
+            if self.kind == "integer":
+                value = int(text.strip())
+            elif self.kind == "float":
+                value = float(text.strip())
+            elif self.kind == "boolean":
+                value = _parse_bool(text)
+            elif self.kind == "json":
+                value = json.loads(text)
+                if self.json_type is not None and not isinstance(value, self.json_type):
+                    raise ValueError(text)
+            else:
+                value = text.strip()
+            if self.check is not None and not self.check(value):
+                raise ValueError(text)
+        except ValueError:
+            shown = text if len(text) <= 80 else text[:77] + "..."
+            raise SettingError(
+                f"[{SECTION}] {self.key} = {shown!r} (from {source}) is not allowed: it must be "
+                f"{self.allowed}. Set it in airflow.cfg [{SECTION}] {self.key}, or with env {self.env}; "
+                f"default {self.default!r}"
+            ) from None
+        return value
+
+
+def _s(key: str, kind: str, default: str, description: str, **kw: Any) -> Setting:
+    return Setting(key=key, kind=kind, default=default, description=description, **kw)
+
+
+_POSITIVE_INT = {"allowed": "an integer >= 1", "check": _positive}
+SETTINGS: tuple[Setting, ...] = (
+    _s(
+        "shards_dir",
+        "string",
+        "",
+        "Folder of <trait>.jsonl shards: the trigger form's default and the CLI's --shards-dir. "
+        "Empty: <project>/include/sample_shards.",
+        example="/opt/airflow/include/sample_shards",
+        read_at="parse",
+    ),
+    _s(
+        "output_dir",
+        "string",
+        "",
+        "Where adapters, ledgers and hypernetwork_data.json go: the form's default and the CLI's "
+        "--output-dir. Must be one filesystem shared by every worker. Empty: <project>/outputs.",
+        example="/opt/airflow/outputs",
+        read_at="parse",
+    ),
+    _s(
+        "schedule",
+        "string",
+        "0 3 * * 1",
+        "Cron schedule of the training DAGs; 'none' (or empty) = manual runs only. Unpausing a cron DAG "
+        "starts its latest missed slot at once (a paid run on Together).",
+        example="none",
+        empty_is_value=True,
+        read_at="parse",
+    ),
+    _s(
+        "together_pool",
+        "string",
+        "together_api",
+        "Airflow pool of the Together launch tasks (paces job submissions; scripts/airflow-init.sh "
+        "creates it).",
+        allowed="a pool name",
+        read_at="parse",
+    ),
+    _s(
+        "together_pool_slots",
+        "integer",
+        "4",
+        "Slots of the Together pool = concurrent job submissions.",
+        example="8",
+        read_at="init",
+        **_POSITIVE_INT,
+    ),
+    _s(
+        "gpu_pool",
+        "string",
+        "default_pool",
+        "Airflow pool of the Kubernetes training pods.",
+        allowed="a pool name",
+        example="gpu",
+        read_at="parse",
+    ),
+    _s(
+        "poll_seconds",
+        "float",
+        "30",
+        "Seconds between polls of a Together file or job (triggerer), and between tries for a slot "
+        "under max_jobs_in_flight.",
+        allowed="a number > 0",
+        check=_positive,
+        example="60",
+    ),
+    _s(
+        "file_poll_seconds",
+        "float",
+        "5",
+        "Seconds between polls of an uploaded file Together is still validating (seconds, usually; "
+        "never slower than poll_seconds).",
+        allowed="a number > 0",
+        check=_positive,
+        example="10",
+    ),
+    _s(
+        "retry_delay_seconds",
+        "float",
+        "30",
+        "Delay before a failed task of trait_lora_together / trait_lora_local is retried.",
+        allowed="a number >= 0",
+        check=_non_negative,
+        read_at="parse",
+    ),
+    _s(
+        "stagger_seconds",
+        "float",
+        "2",
+        "Random delay (0 to this) before each Together job create, so mapped launches do not arrive at once.",
+        allowed="a number >= 0",
+        check=_non_negative,
+        example="0",
+    ),
+    _s(
+        "max_jobs_in_flight",
+        "integer",
+        "6",
+        "Most Together jobs running at once, counted in the ledger before each create; at the cap a "
+        "launch defers on a timer.",
+        example="4",
+        **_POSITIVE_INT,
+    ),
+    _s(
+        "local_concurrency",
+        "integer",
+        "1",
+        "Traits trained at once by trait_lora_local (training saturates the machine).",
+        read_at="parse",
+        **_POSITIVE_INT,
+    ),
+    _s(
+        "together_dashboard_url",
+        "string",
+        "https://api.together.ai/fine-tuning/{job_id}",
+        "Link to a job in Together's console ({job_id} is replaced); overridable because the console "
+        "has moved before.",
+        allowed="a URL containing {job_id}",
+        check=lambda v: "{job_id}" in v,
+    ),
+    _s(
+        "trainer_image",
+        "string",
+        "ghcr.io/trait-lora/trainer:0.1.0",
+        "Trainer image of the Kubernetes pods (the Airflow Variable trait_lora_trainer_image wins).",
+    ),
+    _s(
+        "k8s_namespace",
+        "string",
+        "airflow",
+        "Namespace of the training pods (the Airflow Variable trait_lora_k8s_namespace wins).",
+    ),
+    _s("k8s_pvc", "string", "trait-lora-data", "PersistentVolumeClaim holding shards and outputs."),
+    _s(
+        "k8s_mount_path",
+        "string",
+        "/data",
+        "Where the PVC is mounted, in workers and pods alike; shards_dir and output_dir must be under it.",
+    ),
+    _s(
+        "k8s_node_selector",
+        "json",
+        '{"nvidia.com/gpu.present": "true"}',
+        "Node selector of the training pods (a JSON object).",
+        allowed="a JSON object",
+        json_type=dict,
+    ),
+    _s(
+        "k8s_tolerations",
+        "json",
+        '[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]',
+        "Tolerations of the training pods (a JSON list of V1Toleration fields).",
+        allowed="a JSON list of objects",
+        json_type=list,
+        check=lambda v: all(isinstance(t, dict) for t in v),
+    ),
+    _s(
+        "k8s_gpus",
+        "integer",
+        "1",
+        "GPUs per training pod (nvidia.com/gpu request and limit).",
+        allowed="an integer >= 0",
+        check=_non_negative,
+    ),
+    _s("k8s_cpu", "string", "8", "CPU request of a training pod (a Kubernetes quantity)."),
+    _s("k8s_memory", "string", "64Gi", "Memory request and limit of a training pod (a Kubernetes quantity)."),
+    _s("k8s_hf_secret", "string", "hf-token", "Kubernetes Secret holding the Hugging Face token."),
+    _s("k8s_hf_secret_key", "string", "token", "Key of the token in that Secret (mounted as HF_TOKEN)."),
+    _s(
+        "k8s_gpu_flag",
+        "boolean",
+        "True",
+        "Pass --gpu to the trainer in the pod; false trains on CPU (tests).",
+        allowed="true or false (or 1 / 0)",
+    ),
+    _s(
+        "k8s_micro_batch",
+        "integer",
+        "4",
+        "Micro-batch of the trainer on a GPU (gradient accumulation makes up the batch size).",
+        **_POSITIVE_INT,
+    ),
+    _s(
+        "k8s_xcom_file",
+        "string",
+        "/airflow/xcom/return.json",
+        "Where the pod writes its result for the KubernetesPodOperator's xcom sidecar; only tests "
+        "running the argv locally change it.",
+    ),
+)
+BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+READ_AT = {
+    "parse": "Read when DAG files are parsed (the scheduler needs it before any task runs)",
+    "run": "Read by the task when it runs",
+    "init": "Read by scripts/airflow-init.sh (docker compose up airflow-init applies a change)",
+}
