@@ -127,7 +127,7 @@ def main() -> int:
         nargs="+",
         choices=["tuned", "defaults"],
         default=["tuned"],
-        help="tuned: the shipped worker settings (tests/e2e/live.py WORKER_TUNING*); defaults: Airflow's",
+        help="tuned: the shipped worker settings (e2e airflow_env.WORKER_TUNING*); defaults: Airflow's",
     )
     parser.add_argument("--pool-slots", type=int, default=0, help="together_api size (0: the largest N)")
     parser.add_argument("--run-timeout", type=float, default=900.0)

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.live import apt_install
+from tests.e2e.services import apt_install
 
 PACKAGES = ("chromium", "chromium-driver")
 
