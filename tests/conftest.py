@@ -17,6 +17,14 @@ os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# pytest -n N: each worker gets its share of the cores for torch (in-process and in the trainer
+# subprocesses it starts). Unset, every worker's torch spins one OpenMP thread per core and they thrash:
+# the SmolLM2 test took 175 s beside another worker against 30 s alone.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+if _workers > 1:
+    _share = str(max(1, (os.cpu_count() or 1) // _workers))
+    os.environ.setdefault("OMP_NUM_THREADS", _share)
+    os.environ.setdefault("MKL_NUM_THREADS", _share)
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # [trait_lora] settings (trait_lora.settings): poll fast, retry fast, no stagger, in tests.
 os.environ.setdefault("AIRFLOW__TRAIT_LORA__POLL_SECONDS", "0.05")
