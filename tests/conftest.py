@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -30,7 +31,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("AIRFLOW__TRAIT_LORA__POLL_SECONDS", "0.05")
 os.environ.setdefault("AIRFLOW__TRAIT_LORA__RETRY_DELAY_SECONDS", "0.5")
 os.environ.setdefault("AIRFLOW__TRAIT_LORA__STAGGER_SECONDS", "0")
+# The test deployment's allowed locations: its temp dirs (every test's tmp_path) and the repository.
+os.environ.setdefault("AIRFLOW__TRAIT_LORA__STORAGE_ROOTS", json.dumps([tempfile.gettempdir(), str(REPO)]))
 os.environ.pop("TOGETHER_API_KEY", None)
 os.environ.pop("TOGETHER_BASE_URL", None)
 
-pytest_plugins = ["tests.fake_together.fixtures", "tests.support.airflow"]
+pytest_plugins = ["tests.fake_together.fixtures", "tests.support.airflow", "tests.support.s3"]

@@ -22,6 +22,8 @@ from trait_lora import settings
 EXPECTED_KEYS = {
     "shards_dir",
     "output_dir",
+    "storage_roots",
+    "storage_conn_id",
     "schedule",
     "together_pool",
     "together_pool_slots",

@@ -18,7 +18,9 @@ from typing import Any
 DAG_IDS = {"together": "trait_lora_together", "local": "trait_lora_local"}
 
 
-def configure_airflow(airflow_home: Path, dags_folder: Path, shards_dir: str, verbose: bool) -> None:
+def configure_airflow(
+    airflow_home: Path, dags_folder: Path, shards_dir: str, verbose: bool, output_dir: str | None = None
+) -> None:
     airflow_home.mkdir(parents=True, exist_ok=True)
     os.environ["AIRFLOW_HOME"] = str(airflow_home)
     os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(dags_folder)
@@ -26,6 +28,11 @@ def configure_airflow(airflow_home: Path, dags_folder: Path, shards_dir: str, ve
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # The trigger form's trait list comes from the shards dir at parse time: parse with the one we run.
     os.environ["AIRFLOW__TRAIT_LORA__SHARDS_DIR"] = shards_dir
+    if output_dir is not None:
+        # The CLI's own --shards-dir / --output-dir are the deployment's choice for this run: they are
+        # the roots the run's conf is checked against ([trait_lora] storage_roots).
+        roots = [d if "://" in d else str(Path(d).resolve()) for d in (shards_dir, output_dir)]
+        os.environ["AIRFLOW__TRAIT_LORA__STORAGE_ROOTS"] = json.dumps(roots)
     if not verbose:
         os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
     if "AIRFLOW_CONN_TOGETHER_DEFAULT" not in os.environ and os.environ.get("TOGETHER_API_KEY"):
@@ -91,7 +98,7 @@ def run_training(
     from trait_lora.core.handoff.summary import format_table
     from trait_lora.train.smollm2 import MODEL_NAME as SMOLLM2
 
-    configure_airflow(airflow_home, dags_folder, conf["shards_dir"], verbose)
+    configure_airflow(airflow_home, dags_folder, conf["shards_dir"], verbose, conf["output_dir"])
     if tiny_model:
         if backend != "local":
             print("trait-lora train: --tiny-model needs --backend local", file=sys.stderr)

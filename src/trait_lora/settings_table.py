@@ -117,6 +117,27 @@ SETTINGS: tuple[Setting, ...] = (
         read_at="parse",
     ),
     _s(
+        "storage_roots",
+        "json",
+        "[]",
+        "Locations a run's conf may name as shards_dir or output_dir (a JSON list of folders or "
+        "s3://bucket/prefix URLs); anything outside them, '..' or a symlink leading out is refused when "
+        "the run is created. The configured shards_dir and output_dir are always allowed.",
+        allowed="a JSON list of strings",
+        json_type=list,
+        check=lambda v: all(isinstance(t, str) and t.strip() for t in v),
+        example='["/opt/airflow/outputs", "s3://aws_default@team-bucket/trait-lora"]',
+        read_at="parse",
+    ),
+    _s(
+        "storage_conn_id",
+        "string",
+        "aws_default",
+        "Airflow connection for s3:// locations that name none (s3://conn_id@bucket/... names its own).",
+        allowed="a connection id",
+        example="trait_lora_s3",
+    ),
+    _s(
         "schedule",
         "string",
         "0 3 * * 1",

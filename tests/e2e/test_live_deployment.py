@@ -123,7 +123,13 @@ def test_api_serves_trait_options_and_refuses_bad_conf(live):
     assert traits_param["schema"]["items"]["enum"] == sorted(live.traits)
     assert traits_param["schema"]["examples"] == sorted(live.traits)
 
-    for bad in ({"traits": ["../etc_plus"]}, {"traits": ["no_such_trait_plus"]}, {"learning_rate": 3}):
+    outside = {"output_dir": "/etc/trait-lora"}  # not in [trait_lora] storage_roots
+    for bad in (
+        {"traits": ["../etc_plus"]},
+        {"traits": ["no_such_trait_plus"]},
+        {"learning_rate": 3},
+        outside,
+    ):
         response = live.trigger(bad)
         assert response.status_code == 400, (bad, response.status_code, response.text)
     runs = live.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns").json()

@@ -23,6 +23,8 @@ from trait_lora.core.config import (
     TrainingConfig,
 )
 from trait_lora.core.shards.catalog import TRAIT_PATTERN, discover_shards
+from trait_lora.core.storage.location import root_pattern
+from trait_lora.provider.storage import storage_roots
 
 
 def default_dirs(project_dir: Path) -> tuple[Path, Path]:
@@ -62,6 +64,18 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
     only in a banner at the top), grouped in sections; only ``traits`` may be left empty (= all)."""
     shards_dir, output_dir = default_dirs(project_dir)
     traits = available_traits(shards_dir)
+    roots = storage_roots(project_dir)
+    inside = root_pattern(roots)
+    # JSON schema has no error messages: a refusal prints the schema, so this key says what to do
+    # (validators and the UI ignore keys they do not know)
+    inside_help = (
+        f"lie inside [trait_lora] storage_roots ({', '.join(roots)}); pick a location there, or ask an "
+        "administrator to add it to that setting"
+    )
+    roots_help = (
+        f" Must lie inside [trait_lora] storage_roots ({', '.join(roots)}); a location outside them "
+        "refuses the run: ask an administrator to add it there."
+    )
     d = TrainingConfig()
     item: dict[str, Any] = {"type": "string", "pattern": TRAIT_PATTERN}
     if traits:
@@ -104,17 +118,21 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
             str(shards_dir),
             type="string",
             minLength=1,
+            pattern=inside,
+            must=inside_help,
             title="Shards directory",
-            description=f"Folder of <trait>.jsonl shards. Default: {shards_dir}.",
+            description=f"Folder of <trait>.jsonl shards. Default: {shards_dir}.{roots_help}",
             section=PATHS,
         ),
         "output_dir": form_field(
             str(output_dir),
             type="string",
             minLength=1,
+            pattern=inside,
+            must=inside_help,
             title="Output directory",
             description="Where adapters, ledgers, metrics, run summaries and hypernetwork_data.json are "
-            f"written. Default: {output_dir}.",
+            f"written. Default: {output_dir}.{roots_help}",
             section=PATHS,
         ),
         "base_model": form_field(

@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 HYPERNETWORK_ALIAS = "trait_lora_hypernetwork_data"
 
 
-def discover(params: dict[str, Any], run_id: str, backend: str, dag_run: Any = None) -> list[dict[str, Any]]:
+def discover(
+    params: dict[str, Any], run_id: str, backend: str, dag_run: Any = None, *, dag: Any = None
+) -> list[dict[str, Any]]:
     """Validate every selected shard and plan it; returns what to map over (skips and dry runs excluded),
     as one small ref per trait whose plan is in its own file (``runs.write_trait_plans``).
 
@@ -38,9 +40,16 @@ def discover(params: dict[str, Any], run_id: str, backend: str, dag_run: Any = N
     from trait_lora.core.jobs.plan import forced_nonce, plan_traits
     from trait_lora.core.storage.atomic import atomic_write_json
     from trait_lora.core.storage.ledger_io import utc_now
+    from trait_lora.core.storage.location import confine
+    from trait_lora.provider.storage import run_roots
 
     try:
         config = from_mapping(config_values(params, backend), source="DAG params")
+        # checked when the run was created (the form's pattern); again here with symlinks resolved,
+        # before anything is read or written
+        roots = run_roots(dag)
+        for key in ("shards_dir", "output_dir"):
+            confine(str(params[key]), roots, what=key, setting="storage_roots")
         shards_dir = Path(params["shards_dir"]).resolve()
         output_dir = Path(params["output_dir"]).resolve()
         plans = plan_traits(

@@ -29,8 +29,8 @@ def discover_task(backend: str) -> Any:
     """Validate and plan the selected traits; returns what the per-trait tasks map over."""
 
     @task(task_id="discover", show_return_value_in_logs=False)  # the plan is logged readably instead
-    def discover(params=None, run_id=None, dag_run=None):
-        return pipeline.discover(params, run_id, backend, dag_run)
+    def discover(params=None, run_id=None, dag_run=None, dag=None):
+        return pipeline.discover(params, run_id, backend, dag_run, dag=dag)
 
     return discover()
 
