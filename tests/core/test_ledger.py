@@ -253,5 +253,7 @@ def test_the_dashboard_reads_what_it_can_of_a_seed_file_and_skips_a_record_it_ca
     ledger.update_job("joy_plus", job_id="ft-1", status="running", job_key=SHA)
     (tmp_path / "out" / LEDGER_DIR / "jobs" / "calm_minus.json").mkdir()  # not a file at all
     with pytest.raises(IsADirectoryError):
-        ledger.jobs()
+        ledger.job("calm_minus")  # whoever reads or writes that trait is told
+    with pytest.raises(IsADirectoryError):
+        ledger.update_job("calm_minus", status="running")
     assert list(ledger.jobs(tolerant=True)) == ["joy_plus"]

@@ -146,25 +146,20 @@ def test_planning_many_traits_reads_each_ledger_record_once(tmp_path, monkeypatc
     """A thousand-trait plan re-reading the ledger per trait parsed O(N^2) bytes (9 s at 1,000
     traits); it reads each trait's records once, whatever the number of traits."""
     from tests.e2e.live import write_shards
-    from trait_lora.core.jobs import ledger as ledger_module
+    from trait_lora.core.storage.local import LocalStore
 
     traits = write_shards(tmp_path / "shards", 30)
     out = tmp_path / "out"
     for trait in traits:
         Ledger(out).update_job(trait, job_key="k" * 64, job_id=f"ft-{trait}", status="running")
     reads: list[str] = []
-    real_record, real_object = ledger_module.read_record, ledger_module.read_json_object
+    real_read = LocalStore.read
 
-    def counting_record(path, *, what):
-        reads.append(path.relative_to(out).as_posix())
-        return real_record(path, what=what)
+    def counting_read(self, key):
+        reads.append(key)
+        return real_read(self, key)
 
-    def counting_object(path, *, what):
-        reads.append(path.relative_to(out).as_posix())
-        return real_object(path, what=what)
-
-    monkeypatch.setattr(ledger_module, "read_record", counting_record)
-    monkeypatch.setattr(ledger_module, "read_json_object", counting_object)
+    monkeypatch.setattr(LocalStore, "read", counting_read)
     plans = plan_traits(tmp_path / "shards", out, CFG)
     assert [p.action for p in plans] == ["train"] * len(traits)
     assert sorted(reads) == sorted(f"ledger/jobs/{t}.json" for t in traits), reads

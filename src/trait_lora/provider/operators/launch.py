@@ -24,6 +24,7 @@ from trait_lora.provider.links import JOB_URL_XCOM_KEY, TogetherJobLink, dashboa
 from trait_lora.provider.operators.base import TogetherStep, setting_or
 
 if TYPE_CHECKING:
+    from trait_lora.core.jobs.claims import Claim, Holder
     from trait_lora.provider.records import TraitJob
 
 STATE_JOB_ID = "together_job_id"
@@ -96,11 +97,16 @@ class TogetherLaunchOperator(TogetherStep):
         found = self.hook.find_existing_job(job_tag(job.job_key), known)
         estimate = None
         adopted = found is not None
+        claim = None
         if found is None:
             self._check_limits(job)
             estimate = self._cost_gate(context, job)
-            self._claim_slot(job, context["run_id"])
-            found = self._create(job, store)
+            claim = self._claim_slot(job, context)
+            if claim.took_over:  # the claim's last holder may have posted: search before posting again
+                found = self.hook.find_existing_job(job_tag(job.job_key))
+                adopted = found is not None
+            if found is None:
+                found = self._create(job, store, claim)
         job_id = str(found["id"])
         if store is not None:
             store.set(STATE_JOB_ID, job_id)
@@ -108,7 +114,9 @@ class TogetherLaunchOperator(TogetherStep):
         recorded: dict[str, Any] = {"output_name": output_name(found)}
         if not adopted:  # an adopted job keeps the estimate recorded when it was created
             recorded["estimated_price"] = estimate
-        self.ledger.update_job(job.trait, job_key=job.job_key, job_id=job_id, status=status.value, **recorded)
+        self.ledger.update_job(
+            job.trait, claim=claim, job_key=job.job_key, job_id=job_id, status=status.value, **recorded
+        )
         how = "created" if not adopted else ("found its own" if ours_by_run or job_id in ours else "adopted")
         adopted = how == "adopted"
         context["ti"].xcom_push(key=JOB_URL_XCOM_KEY, value=dashboard_url(job_id))
@@ -202,8 +210,10 @@ class TogetherLaunchOperator(TogetherStep):
                 raise AirflowFailException(str(exc)) from None
         return decision.price
 
-    def _claim_slot(self, job: TraitJob, run_id: str) -> None:
-        """Take a slot under ``max_jobs_in_flight`` or defer on a timer (no worker slot held) and retry.
+    def _claim_slot(self, job: TraitJob, context: Any) -> Claim:
+        """Claim the trait's create under ``max_jobs_in_flight``, or defer on a timer (no worker slot
+        held) and try again from the top: at the cap, or while another task instance holds a fresh
+        claim on the same key (its job is adopted once it exists).
 
         At the cap, the counted jobs are first re-read from Together: a job that ended while nobody
         recorded it (its wait was cleared, a worker died) must not hold a slot forever.
@@ -211,38 +221,64 @@ class TogetherLaunchOperator(TogetherStep):
         from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 
         from trait_lora import settings
+        from trait_lora.core.jobs.claims import ClaimHeld
 
         cap = self.max_jobs_in_flight or settings.get_int("max_jobs_in_flight")
         wait_seconds = setting_or(self.cap_poll_interval, "poll_seconds")
-        holders = self.ledger.claim_job_slot(job.trait, job_key=job.job_key, cap=cap, run_id=run_id)
-        if holders:
-            self._refresh(holders)
-            holders = self.ledger.claim_job_slot(job.trait, job_key=job.job_key, cap=cap, run_id=run_id)
-        if not holders:
-            return
-        self.log.info(
-            "%s: %d job(s) in flight (cap %d: %s); waiting %.0f s for a slot",
-            job.trait,
-            len(holders),
-            cap,
-            ", ".join(sorted(holders)),
-            wait_seconds,
-        )
+        holder = holder_of(context)
+        run_id = context["run_id"]
+        try:
+            outcome = self.ledger.claim_create(
+                job.trait, job_key=job.job_key, cap=cap, holder=holder, run_id=run_id
+            )
+            if outcome.claim is None:
+                self._refresh(outcome.holders)
+                outcome = self.ledger.claim_create(
+                    job.trait, job_key=job.job_key, cap=cap, holder=holder, run_id=run_id
+                )
+        except ClaimHeld as held:
+            self.log.info("%s; looking again in %.0f s", held, wait_seconds)
+        else:
+            if outcome.claim is not None:
+                return outcome.claim
+            self.log.info(
+                "%s: %d job(s) in flight (cap %d: %s); waiting %.0f s for a slot",
+                job.trait,
+                len(outcome.holders),
+                cap,
+                ", ".join(sorted(outcome.holders)),
+                wait_seconds,
+            )
         self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=wait_seconds)), method_name="retry_at_cap")
+        raise AssertionError("defer() raises")
 
-    def _release_slot(self, job: TraitJob) -> None:
+    def _release_slot(self, job: TraitJob, claim: Claim) -> None:
         """A definite refusal: nothing was created, so the claimed slot is given back at once."""
         from trait_lora.core.jobs.job_status import NOT_CREATED
 
-        self.ledger.update_job(job.trait, job_key=job.job_key, status=NOT_CREATED)
+        self.ledger.update_job(job.trait, claim=claim, job_key=job.job_key, status=NOT_CREATED, posted=False)
 
     def _refresh(self, holders: dict[str, dict[str, Any]]) -> None:
+        """Ask Together about the jobs counted at the cap; record those that ended. A create that may
+        have been posted (``posted``, no job id) is looked up by its key's tag."""
         from together import NotFoundError
 
         from trait_lora.core.jobs.job_status import JobStatus
+        from trait_lora.core.jobs.keys import job_tag
 
-        for trait, record in holders.items():
+        for entry, record in holders.items():
+            trait = entry.split("@", 1)[0]
             if not record.get("job_id"):
+                if record.get("posted") and record.get("job_key"):
+                    found = self.hook.find_existing_job(job_tag(record["job_key"]))
+                    if found is not None:
+                        self.ledger.update_job(
+                            trait,
+                            job_key=record["job_key"],
+                            job_id=str(found["id"]),
+                            posted=False,
+                            status=JobStatus.of(found.get("status") or "pending").value,
+                        )
                 continue
             try:
                 status = JobStatus.of(self.hook.get_job(record["job_id"]).get("status"))
@@ -251,7 +287,7 @@ class TogetherLaunchOperator(TogetherStep):
             if status.is_terminal:
                 self.ledger.record_job_end(trait, job_id=record["job_id"], status=status.value)
 
-    def _create(self, job: TraitJob, store: Any) -> dict[str, Any]:
+    def _create(self, job: TraitJob, store: Any, claim: Claim) -> dict[str, Any]:
         from together import APIConnectionError, APIStatusError
 
         from trait_lora.core.jobs.keys import job_tag
@@ -262,6 +298,9 @@ class TogetherLaunchOperator(TogetherStep):
         if stagger:
             time.sleep(random.uniform(0, stagger))
         for attempt in range(self.create_attempts):
+            # our claim must still stand (a later try or a takeover fences this one off), and from
+            # here on a job may exist: the record never goes stale by age alone
+            self.ledger.mark_posted(job.trait, claim)
             try:
                 created = self.hook.create_job(
                     training_file=str(job.file_id),
@@ -273,11 +312,11 @@ class TogetherLaunchOperator(TogetherStep):
             except UnreadableAnswer:
                 raise  # nothing was posted (the SDK reads the limits first): the try is retried
             except ValueError as exc:  # the SDK's own parameter checks: a retry would repeat them
-                self._release_slot(job)
+                self._release_slot(job, claim)
                 raise AirflowFailException(sdk_refusal(job.trait, exc)) from None
             except (APIConnectionError, APIStatusError) as exc:
                 if is_permanent(exc):
-                    self._release_slot(job)
+                    self._release_slot(job, claim)
                     raise AirflowFailException(
                         f"{job.trait}: Together refused the job ({getattr(exc, 'status_code', '?')}): {exc}"
                     ) from None
@@ -332,6 +371,15 @@ def sdk_refusal(trait: str, exc: ValueError) -> str:
         f"{trait}: the Together SDK refused {which} before anything was sent: {text}. Change it in "
         "the run's parameters and trigger again"
     )
+
+
+def holder_of(context: Any) -> Holder:
+    """The claim holder of this task instance and try: ``dag/run/task/map_index``."""
+    from trait_lora.core.jobs.claims import Holder
+
+    ti = context["ti"]
+    ident = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{getattr(ti, 'map_index', -1)}"
+    return Holder(ident, int(getattr(ti, "try_number", 1) or 1))
 
 
 def _as_float(*values: Any) -> float | None:
