@@ -22,7 +22,7 @@ install: $(STAMP)
 # (module fixtures run once); line coverage of src/ at the end.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -m "not e2e" -n auto --dist loadfile --cov=trait_lora --cov-report=term:skip-covered
+	$(PY) -m pytest -q -m "not e2e" -n auto --dist loadfile --cov=trait_lora --cov-report=term:skip-covered --durations=10
 
 # A live Airflow on loopback (PostgreSQL from apt if missing, api-server, scheduler, dag-processor,
 # triggerer) running trait_lora_together against the fake Together server; prints its timings.

@@ -37,3 +37,24 @@ os.environ.pop("TOGETHER_API_KEY", None)
 os.environ.pop("TOGETHER_BASE_URL", None)
 
 pytest_plugins = ["tests.fake_together.fixtures", "tests.support.airflow", "tests.support.s3"]
+
+# Files that take longest (make test's --durations): handed to the xdist workers first, so that no
+# long file starts near the end and keeps one worker busy after the other has finished.
+LONG_FIRST = (
+    "tests/dags/test_local_eval.py",
+    "tests/dags/test_local_dag.py",
+    "tests/train/test_smollm2.py",
+    "tests/provider/test_hostile_downloads.py",
+    "tests/plugin/test_dashboard.py",
+    "tests/train/test_trainer_cli.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+
+    def order(item):
+        path = Path(str(item.fspath)).relative_to(REPO).as_posix()
+        return rank.get(path, len(rank))
+
+    items.sort(key=order)  # stable: the rest keep their order

@@ -2,7 +2,8 @@ import multiprocessing as mp
 
 import pytest
 
-from trait_lora.core.jobs.budget import BudgetError, release, reserve, run_dir
+from trait_lora.core.jobs.budget import BudgetError, release, reserve
+from trait_lora.core.storage.layout import run_dir
 
 
 def test_per_job_budget_refuses_before_reserving(tmp_path):
@@ -38,3 +39,16 @@ def test_concurrent_reservations_never_pass_the_run_budget(tmp_path):
     with mp.get_context("spawn").Pool(5) as pool:
         granted = pool.map(_try, [(str(tmp_path), t) for t in traits])
     assert sum(granted) == 3
+
+
+def test_the_per_run_budget_holds_on_object_storage_too(s3_server, s3_bucket):
+    """Two workers on S3, no shared disk: the reservations are swaps of one record."""
+    from trait_lora.core.storage.objects import S3Store
+
+    store = S3Store(s3_server.client(), s3_bucket, "out")
+    reserve(store, "r1", "joy_plus", 3.0, run_budget=5.0)
+    with pytest.raises(BudgetError, match=r"\$3.00 already reserved by this run"):
+        reserve(store, "r1", "joy_minus", 2.5, run_budget=5.0)
+    release(store, "r1", "joy_plus")
+    assert reserve(store, "r1", "joy_minus", 2.5, run_budget=5.0).run_total == 2.5
+    assert store.list("runs/") == ["runs/r1/budget.json"]

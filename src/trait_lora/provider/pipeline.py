@@ -49,7 +49,13 @@ def discover(
         # before anything is read or written
         roots = run_roots(dag)
         for key in ("shards_dir", "output_dir"):
-            confine(str(params[key]), roots, what=key, setting="storage_roots")
+            where = confine(str(params[key]), roots, what=key, setting="storage_roots")
+            if not where.is_local:
+                raise TraitLoraError(
+                    f"{key} {where.public_url}: the ledger, job claims and per-run records work on "
+                    "object storage, but shards, adapters and the mapping do not yet; use a folder "
+                    "every worker mounts for now (docs/deploy.md, 'Object storage')"
+                )
         shards_dir = Path(params["shards_dir"]).resolve()
         output_dir = Path(params["output_dir"]).resolve()
         plans = plan_traits(

@@ -15,38 +15,48 @@ from trait_lora.core.shards.catalog import check_trait_name
 from trait_lora.core.storage.atomic import atomic_write_json
 from trait_lora.core.storage.layout import RUNS_DIR as RUNS_DIR
 from trait_lora.core.storage.layout import run_dir as run_dir
-from trait_lora.core.storage.ledger_io import LOCK_FILE, exclusive_lock, read_json_object, utc_now
+from trait_lora.core.storage.layout import run_key
+from trait_lora.core.storage.ledger_io import Record, utc_now
+from trait_lora.core.storage.records import as_store, read_versioned, swap
+from trait_lora.core.storage.store import Store
+
+Output = str | Path | Store
 
 FAILURES_FILE = "failures.json"
 PLANS_DIR = "plans"
 
 
-def update_run_file(output_dir: str | Path, run_id: str, name: str, key: str, value: Any) -> None:
-    """Set one key of a per-run JSON object file, safely against concurrent mapped tasks."""
-    path = run_dir(output_dir, run_id) / name
-    with exclusive_lock(Path(output_dir) / LOCK_FILE):
-        data = read_json_object(path, what=name)
+def update_run_file(output_dir: Output, run_id: str, name: str, key: str, value: Any) -> None:
+    """Set one key of a per-run JSON object, by compare-and-swap: concurrent mapped tasks each keep
+    their own key, on a folder or on object storage."""
+
+    def change(old: Record | None) -> Record:
+        data = dict(old or {})
         if value is None:
             data.pop(key, None)
         else:
             data[key] = value
-        atomic_write_json(path, data)
+        return data
+
+    swap(as_store(output_dir), f"{run_key(run_id)}/{name}", what=name, change=change)
 
 
-def record_failure(output_dir: str | Path, run_id: str, trait: str, step: str, reason: str) -> None:
+def record_failure(output_dir: Output, run_id: str, trait: str, step: str, reason: str) -> None:
     check_trait_name(trait)
     update_run_file(
         output_dir, run_id, FAILURES_FILE, trait, {"step": step, "reason": reason, "at": utc_now()}
     )
 
 
-def clear_failure(output_dir: str | Path, run_id: str, trait: str) -> None:
+def clear_failure(output_dir: Output, run_id: str, trait: str) -> None:
     """A retry that succeeded: the trait is no longer failed in this run."""
     update_run_file(output_dir, run_id, FAILURES_FILE, trait, None)
 
 
-def read_failures(output_dir: str | Path, run_id: str) -> dict[str, dict[str, Any]]:
-    return read_json_object(run_dir(output_dir, run_id) / FAILURES_FILE, what=FAILURES_FILE)
+def read_failures(output_dir: Output, run_id: str) -> dict[str, dict[str, Any]]:
+    key = f"{run_key(run_id)}/{FAILURES_FILE}"
+    failures, _ = read_versioned(as_store(output_dir), key, what=FAILURES_FILE)
+    return {t: r for t, r in (failures or {}).items() if isinstance(r, dict)}
 
 
 def write_trait_plans(

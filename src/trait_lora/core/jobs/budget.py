@@ -1,7 +1,7 @@
 """The cost gate: refuse a launch before it is paid for, not after.
 
 Mapped launch tasks of one run check the per-run budget at the same moment, so the reservation is a
-read-modify-write of one small JSON file under the ledger's exclusive lock. A retry of the same trait
+compare-and-swap of one small JSON record (on a folder or object storage alike). A retry of the same trait
 finds its own reservation and does not count twice.
 """
 
@@ -14,9 +14,10 @@ from typing import Any
 
 from trait_lora.core.errors import TraitLoraError
 from trait_lora.core.shards.catalog import check_trait_name
-from trait_lora.core.storage.atomic import atomic_write_json
-from trait_lora.core.storage.layout import run_dir
-from trait_lora.core.storage.ledger_io import LOCK_FILE, exclusive_lock, read_json_object
+from trait_lora.core.storage.layout import run_key
+from trait_lora.core.storage.ledger_io import Record
+from trait_lora.core.storage.records import as_store, swap
+from trait_lora.core.storage.store import Store
 
 
 class BudgetError(TraitLoraError):
@@ -88,7 +89,7 @@ class Reservation:
 
 
 def reserve(
-    output_dir: str | Path,
+    output_dir: str | Path | Store,
     run_id: str,
     trait: str,
     amount: float,
@@ -103,9 +104,10 @@ def reserve(
             f"{trait}: Together estimates {usd(amount)}, above the per-job budget {usd(job_budget)}; "
             "no job was created. Raise max_job_price_usd or shrink the shard"
         )
-    path = run_dir(output_dir, run_id) / "budget.json"
-    with exclusive_lock(Path(output_dir) / LOCK_FILE):
-        reserved = read_json_object(path, what="budget reservations")
+    total: list[float] = []
+
+    def change(old: Record | None) -> Record:
+        reserved = dict(old or {})
         others = sum(float(r["amount"]) for t, r in reserved.items() if t != trait)
         if run_budget is not None and others + amount > run_budget:
             raise BudgetError(
@@ -114,14 +116,23 @@ def reserve(
                 "max_run_price_usd or train fewer traits per run"
             )
         reserved[trait] = {"amount": amount}
-        atomic_write_json(path, reserved)
-    return Reservation(trait, amount, others + amount)
+        total[:] = [others + amount]
+        return reserved
+
+    swap(as_store(output_dir), _budget_key(run_id), what="budget reservations", change=change)
+    return Reservation(trait, amount, total[0])
 
 
-def release(output_dir: str | Path, run_id: str, trait: str) -> None:
+def release(output_dir: str | Path | Store, run_id: str, trait: str) -> None:
     """Give a reservation back (e.g. an operator's own cleanup after a create it knows did not happen)."""
-    path = run_dir(output_dir, run_id) / "budget.json"
-    with exclusive_lock(Path(output_dir) / LOCK_FILE):
-        reserved = read_json_object(path, what="budget reservations")
-        if reserved.pop(trait, None) is not None:
-            atomic_write_json(path, reserved)
+
+    def change(old: Record | None) -> Record | None:
+        if not old or trait not in old:
+            return old
+        return {t: r for t, r in old.items() if t != trait}
+
+    swap(as_store(output_dir), _budget_key(run_id), what="budget reservations", change=change)
+
+
+def _budget_key(run_id: str) -> str:
+    return f"{run_key(run_id)}/budget.json"

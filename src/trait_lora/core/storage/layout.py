@@ -13,7 +13,12 @@ from pathlib import Path
 RUNS_DIR = "runs"
 
 
-def run_dir(output_dir: str | Path, run_id: str) -> Path:
-    """A filesystem-safe per-run directory (run ids carry ':' and '+')."""
+def run_key(run_id: str) -> str:
+    """The per-run folder as a store key: safe on a disk and in a bucket (run ids carry ':' and '+')."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", run_id).strip("._") or "run"
-    return Path(output_dir) / RUNS_DIR / safe
+    return f"{RUNS_DIR}/{safe}"
+
+
+def run_dir(output_dir: str | Path, run_id: str) -> Path:
+    """The per-run directory of a local output folder."""
+    return Path(output_dir) / run_key(run_id)

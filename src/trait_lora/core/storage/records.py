@@ -8,15 +8,22 @@ change is decided again from what is there now, so writers on other machines nee
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections.abc import Callable
 
 from trait_lora.core.errors import LedgerError
 from trait_lora.core.storage.ledger_io import Record
+from trait_lora.core.storage.local import LocalStore
 from trait_lora.core.storage.store import AlreadyExists, Store, VersionConflict, encode_json
 
 CAS_TRIES = 64
+
+
+def as_store(location: str | os.PathLike[str] | Store) -> Store:
+    """A store as given, or a local folder's (the callers that still pass a path)."""
+    return LocalStore(location) if isinstance(location, (str, os.PathLike)) else location
 
 
 def read_versioned(store: Store, key: str, *, what: str) -> tuple[Record | None, str | None]:

@@ -3,6 +3,9 @@
 The tiny random model shows the plumbing; only a real model can show that an adapter learned a trait
 rather than the chat format. Trained through the trainer's own argv (as a backend runs it), on the first
 24 examples of each pole of the sample ``joy`` axis, 20% held out by content.
+
+In ``make e2e``, not ``make test``: a minute of real training on two cores, the one test that shows
+learning rather than wiring (``make test`` keeps the conversion and the trainer's own tests).
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from pathlib import Path
 import pytest
 
 from tests.support.airflow import SAMPLE_SHARDS
+from tests.train.conftest import converted  # noqa: F401  (the session fixture, shared with tests/train)
+
+pytestmark = pytest.mark.e2e
 
 N_EXAMPLES = 24
 
 
-@pytest.mark.slow
-def test_a_smollm2_adapter_beats_the_base_model_on_its_trait_and_prefers_its_own_pole(converted, tmp_path):
+def test_a_smollm2_adapter_beats_the_base_model_on_its_trait_and_prefers_its_own_pole(converted, tmp_path):  # noqa: F811
     model_dir, _ = converted
     for trait in ("joy_plus", "joy_minus"):
         lines = (SAMPLE_SHARDS / f"{trait}.jsonl").read_text().splitlines()[:N_EXAMPLES]
