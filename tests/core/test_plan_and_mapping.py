@@ -195,3 +195,32 @@ def test_a_rerun_trusts_an_untouched_adapter_and_verifies_a_touched_one_in_full(
         fh.write(bytes([data[-1] ^ 0xFF]))
     again = plan_traits(shards, out, CFG)[0]
     assert (again.action, again.reason) == ("train", "installed adapter differs from the recorded one")
+
+
+def test_a_mapping_published_by_someone_else_meanwhile_is_replaced_by_swap_and_reported(
+    tmp_path, monkeypatch
+):
+    """The CLI beside a DAG run: another mapping lands between this publisher's read and its write. The
+    swap fails, the publisher reads again, and the digest it reports as replaced is the other one's."""
+    from trait_lora.core.handoff.mapping import mapping_sha256, publish_mapping
+    from trait_lora.core.storage.local import LocalStore
+
+    shards = copy_shards(tmp_path / "shards", ["joy_plus"])
+    out = tmp_path / "out"
+    install(tmp_path, "joy_plus", plan_traits(shards, out, CFG)[0])
+    _, first, before = publish_mapping(out, CFG, run_id="r1")
+    assert before is None
+    theirs = {**first, "run_id": "cli", "failed": {"joy_minus": "elsewhere"}, "extra": 1}
+    real_replace = LocalStore.replace
+    raced: list[bool] = []
+
+    def replace_after_theirs(self, key, data, version):
+        if key == MAPPING_FILE and not raced:
+            raced.append(True)
+            (out / MAPPING_FILE).write_text(json.dumps(theirs))  # the other publisher's write lands
+        return real_replace(self, key, data, version)
+
+    monkeypatch.setattr(LocalStore, "replace", replace_after_theirs)
+    _, ours, before = publish_mapping(out, CFG, run_id="r2")
+    assert raced and before == mapping_sha256(theirs)  # compared with what it really replaced
+    assert json.loads((out / MAPPING_FILE).read_text()) == ours and ours["run_id"] == "r2"

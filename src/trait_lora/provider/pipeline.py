@@ -239,7 +239,7 @@ def publish(
     """Write the mapping (even when some traits failed) and the run summary; announce the mapping as an
     Asset event only when its content changed (an all-skipped run emits none)."""
     from trait_lora.core.handoff import runs
-    from trait_lora.core.handoff.mapping import mapping_sha256, published_sha256, write_mapping
+    from trait_lora.core.handoff.mapping import mapping_sha256, publish_mapping
     from trait_lora.core.handoff.summary import build_summary, format_table, write_summary
 
     discovered = load_plan(params, run_id)
@@ -262,8 +262,9 @@ def publish(
     config = from_mapping(plans[0]["config"]) if plans else None
     if config is None:
         raise AirflowSkipException("no traits selected: nothing to publish")
-    before = published_sha256(output_dir)
-    mapping_path, mapping = write_mapping(output_dir, config, failed=summary["failed"], run_id=run_id)
+    mapping_path, mapping, before = publish_mapping(
+        output_dir, config, failed=summary["failed"], run_id=run_id
+    )
     digest = mapping_sha256(mapping)
     changed = digest != before
     log.info(

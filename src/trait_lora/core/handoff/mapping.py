@@ -8,6 +8,8 @@ adapter published when a later run fails for it, and keeps traits a filtered run
 from __future__ import annotations
 
 import json
+import random
+import time
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
@@ -19,7 +21,9 @@ from trait_lora.core.errors import MappingError
 from trait_lora.core.hashing import sha256_json
 from trait_lora.core.jobs.ledger import Ledger
 from trait_lora.core.shards.catalog import TRAIT_RE, parse_trait
-from trait_lora.core.storage.atomic import atomic_write_json
+from trait_lora.core.storage.local import LocalStore
+from trait_lora.core.storage.records import CAS_TRIES
+from trait_lora.core.storage.store import AlreadyExists, VersionConflict, encode_json
 
 MAPPING_FILE = "hypernetwork_data.json"
 MAPPING_VERSION = 2  # 2: per-trait held-out eval figures ("eval", null without a split)
@@ -103,15 +107,6 @@ def mapping_sha256(data: dict[str, Any]) -> str:
     return sha256_json({k: v for k, v in data.items() if k not in VOLATILE_FIELDS})
 
 
-def published_sha256(output_dir: str | Path) -> str | None:
-    """The content digest of the mapping on disk now, or None when there is none (or it is unreadable)."""
-    try:
-        data = json.loads((Path(output_dir) / MAPPING_FILE).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    return mapping_sha256(data) if isinstance(data, dict) else None
-
-
 def write_mapping(
     output_dir: str | Path,
     config: TrainingConfig,
@@ -119,8 +114,44 @@ def write_mapping(
     failed: dict[str, str] | None = None,
     run_id: str | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    data = build_mapping(output_dir, config, failed=failed, run_id=run_id)
-    path = Path(output_dir) / MAPPING_FILE
-    atomic_write_json(path, data)
-    Ledger(output_dir).write_snapshots()  # the seed-format ledger files, for tools that read them
+    path, data, _ = publish_mapping(output_dir, config, failed=failed, run_id=run_id)
     return path, data
+
+
+def publish_mapping(
+    output_dir: str | Path,
+    config: TrainingConfig,
+    *,
+    failed: dict[str, str] | None = None,
+    run_id: str | None = None,
+) -> tuple[Path, dict[str, Any], str | None]:
+    """Replace the mapping by a compare-and-swap on the version it was read at; returns its path, its
+    content and the digest of the mapping it replaced (None: there was none, or it was unreadable).
+
+    Stage 3 trusts this file: two publishers (the CLI beside a DAG run) must not interleave, and the
+    "changed" decision must compare with exactly the mapping this write replaced."""
+    data = build_mapping(output_dir, config, failed=failed, run_id=run_id)
+    store = LocalStore(output_dir)
+    for attempt in range(CAS_TRIES):
+        current = store.read(MAPPING_FILE)
+        before = _digest_of(current.data) if current is not None else None
+        try:
+            if current is None:
+                store.create(MAPPING_FILE, encode_json(data))
+            else:
+                store.replace(MAPPING_FILE, encode_json(data), current.version)
+            break
+        except (AlreadyExists, VersionConflict):
+            time.sleep(random.uniform(0, min(0.5, 0.005 * 2**attempt)))
+    else:
+        raise MappingError(f"{store.url(MAPPING_FILE)} kept changing under {CAS_TRIES} tries; publish again")
+    Ledger(output_dir).write_snapshots()  # the seed-format ledger files, for tools that read them
+    return Path(output_dir) / MAPPING_FILE, data, before
+
+
+def _digest_of(raw: bytes) -> str | None:
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except ValueError:
+        return None
+    return mapping_sha256(data) if isinstance(data, dict) else None

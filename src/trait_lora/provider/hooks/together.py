@@ -40,6 +40,7 @@ from trait_lora.provider.hooks.answers import retry_after_seconds as retry_after
 if TYPE_CHECKING:
     from together import AsyncTogether, Together
 
+
 class TogetherConfigError(Exception):
     """The Together connection is missing or incomplete."""
 
