@@ -41,9 +41,9 @@ pytest_plugins = ["tests.fake_together.fixtures", "tests.support.airflow", "test
 # Files that take longest (make test's --durations): handed to the xdist workers first, so that no
 # long file starts near the end and keeps one worker busy after the other has finished.
 LONG_FIRST = (
+    "tests/train/test_smollm2.py",
     "tests/dags/test_local_eval.py",
     "tests/dags/test_local_dag.py",
-    "tests/train/test_smollm2.py",
     "tests/provider/test_hostile_downloads.py",
     "tests/plugin/test_dashboard.py",
     "tests/train/test_trainer_cli.py",
