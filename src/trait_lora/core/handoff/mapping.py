@@ -8,8 +8,6 @@ adapter published when a later run fails for it, and keeps traits a filtered run
 from __future__ import annotations
 
 import json
-import random
-import time
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
@@ -22,8 +20,8 @@ from trait_lora.core.hashing import sha256_json
 from trait_lora.core.jobs.ledger import Ledger
 from trait_lora.core.shards.catalog import TRAIT_RE, parse_trait
 from trait_lora.core.storage.local import LocalStore
-from trait_lora.core.storage.records import CAS_TRIES
-from trait_lora.core.storage.store import AlreadyExists, VersionConflict, encode_json
+from trait_lora.core.storage.records import swap_bytes
+from trait_lora.core.storage.store import Blob, encode_json
 
 MAPPING_FILE = "hypernetwork_data.json"
 MAPPING_VERSION = 2  # 2: per-trait held-out eval figures ("eval", null without a split)
@@ -131,20 +129,15 @@ def publish_mapping(
     Stage 3 trusts this file: two publishers (the CLI beside a DAG run) must not interleave, and the
     "changed" decision must compare with exactly the mapping this write replaced."""
     data = build_mapping(output_dir, config, failed=failed, run_id=run_id)
-    store = LocalStore(output_dir)
-    for attempt in range(CAS_TRIES):
-        current = store.read(MAPPING_FILE)
-        before = _digest_of(current.data) if current is not None else None
-        try:
-            if current is None:
-                store.create(MAPPING_FILE, encode_json(data))
-            else:
-                store.replace(MAPPING_FILE, encode_json(data), current.version)
-            break
-        except (AlreadyExists, VersionConflict):
-            time.sleep(random.uniform(0, min(0.5, 0.005 * 2**attempt)))
-    else:
-        raise MappingError(f"{store.url(MAPPING_FILE)} kept changing under {CAS_TRIES} tries; publish again")
+    replaced: list[str | None] = [None]
+
+    def decide(current: Blob | None) -> bytes:
+        # an unreadable mapping is replaced like any other (stage 3 cannot use it either)
+        replaced[0] = _digest_of(current.data) if current is not None else None
+        return encode_json(data)
+
+    swap_bytes(LocalStore(output_dir), MAPPING_FILE, what="the mapping", change=decide)
+    before = replaced[0]
     Ledger(output_dir).write_snapshots()  # the seed-format ledger files, for tools that read them
     return Path(output_dir) / MAPPING_FILE, data, before
 

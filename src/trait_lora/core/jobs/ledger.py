@@ -75,10 +75,9 @@ class Ledger:
 
     def __init__(self, output: str | os.PathLike[str] | Store) -> None:
         self.store: Store = LocalStore(output) if isinstance(output, (str, os.PathLike)) else output
-        local = isinstance(self.store, LocalStore)
         # A local folder keeps today's paths (the seed's snapshots, the import, the adapter stat).
+        self.local = isinstance(self.store, LocalStore)
         self.output_dir = self.store.root if isinstance(self.store, LocalStore) else Path(self.store.location)
-        self.local = local
         self.root = self.output_dir / LEDGER_DIR
         self.jobs_path = self.output_dir / JOBS_FILE  # seed-format snapshots
         self.hashes_path = self.output_dir / HASHES_FILE

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from trait_lora.core.errors import LedgerError
 from trait_lora.core.storage.ledger_io import Record
 from trait_lora.core.storage.local import LocalStore
-from trait_lora.core.storage.store import AlreadyExists, Store, VersionConflict, encode_json
+from trait_lora.core.storage.store import AlreadyExists, Blob, Store, VersionConflict, encode_json
 
 CAS_TRIES = 64
 
@@ -31,6 +31,10 @@ def read_versioned(store: Store, key: str, *, what: str) -> tuple[Record | None,
     blob = store.read(key)
     if blob is None:
         return None, None
+    return _parse(store, key, blob, what), blob.version
+
+
+def _parse(store: Store, key: str, blob: Blob, what: str) -> Record:
     where = store.url(key)
     try:
         data = blob.json()
@@ -50,27 +54,40 @@ def read_versioned(store: Store, key: str, *, what: str) -> tuple[Record | None,
             f"{where}: {what} must be a JSON object, got {type(data).__name__}; restore it from a "
             "backup, or move it aside to forget what it records"
         )
-    return data, blob.version
+    return data
+
+
+def swap_bytes(store: Store, key: str, *, what: str, change: Callable[[Blob | None], bytes | None]) -> None:
+    """Read ``key``, decide its new bytes from what is there, write them only if it is unchanged since
+    the read; again on a conflict. ``change`` may run more than once; returning None writes nothing."""
+    for attempt in range(CAS_TRIES):
+        current = store.read(key)
+        new = change(current)
+        if new is None:
+            return
+        try:
+            if current is None:
+                store.create(key, new)
+            else:
+                store.replace(key, new, current.version)
+            return
+        except (AlreadyExists, VersionConflict):
+            time.sleep(random.uniform(0, min(0.5, 0.005 * 2**attempt)))
+    raise LedgerError(f"{store.url(key)}: {what} kept changing under {CAS_TRIES} tries; try again")
 
 
 def swap(
     store: Store, key: str, *, what: str, change: Callable[[Record | None], Record | None]
 ) -> Record | None:
-    """Read ``key``, change it, write it only if unchanged since the read; again on a conflict.
-
-    ``change`` may run more than once and must decide only from what it is given; returning the
+    """``swap_bytes`` for a JSON record read strictly (``read_versioned``'s errors); returning the
     record unchanged (or None) writes nothing."""
-    for attempt in range(CAS_TRIES):
-        old, version = read_versioned(store, key, what=what)
+    result: list[Record | None] = [None]
+
+    def decide(current: Blob | None) -> bytes | None:
+        old = None if current is None else _parse(store, key, current, what)
         new = change(old)
-        if new is None or new == old:
-            return new
-        try:
-            if version is None:
-                store.create(key, encode_json(new))
-            else:
-                store.replace(key, encode_json(new), version)
-            return new
-        except (AlreadyExists, VersionConflict):
-            time.sleep(random.uniform(0, min(0.5, 0.005 * 2**attempt)))
-    raise LedgerError(f"{store.url(key)}: {what} kept changing under {CAS_TRIES} tries; try again")
+        result[0] = new
+        return None if new is None or new == old else encode_json(new)
+
+    swap_bytes(store, key, what=what, change=decide)
+    return result[0]
