@@ -142,6 +142,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 1 if counts["invalid"] else 0
 
 
+def location_arg(text: str) -> str:
+    """A folder resolved as before, an object-storage URL (s3://[conn_id@]bucket/prefix) as given."""
+    return text if "://" in text and not text.startswith("file://") else str(Path(text).resolve())
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """One DAG run in-process on the embedded Airflow (SQLite in a project-local AIRFLOW_HOME)."""
     from trait_lora.embedded import run_training
@@ -153,8 +158,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "traits": list(args.traits),
         "force_retrain": args.force_retrain,
         "dry_run": args.dry_run,
-        "shards_dir": str(Path(args.shards_dir).resolve()),
-        "output_dir": str(Path(args.output_dir).resolve()),
+        "shards_dir": location_arg(args.shards_dir),
+        "output_dir": location_arg(args.output_dir),
     }
     if args.config:
         conf.update(json.loads(Path(args.config).read_text()))
@@ -184,8 +189,8 @@ def cmd_download(args: argparse.Namespace) -> int:
     conf: dict[str, Any] = {
         "traits": [args.trait],
         "download_job_ids": {args.trait: args.job_id},
-        "shards_dir": str(Path(args.shards_dir).resolve()),
-        "output_dir": str(Path(args.output_dir).resolve()),
+        "shards_dir": location_arg(args.shards_dir),
+        "output_dir": location_arg(args.output_dir),
     }
     if args.config:
         conf.update(json.loads(Path(args.config).read_text()))

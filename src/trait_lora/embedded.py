@@ -96,6 +96,7 @@ def run_training(
     verbose: bool = False,
 ) -> int:
     from trait_lora.core.handoff.summary import format_table
+    from trait_lora.core.storage.records import as_store
     from trait_lora.train.smollm2 import MODEL_NAME as SMOLLM2
 
     configure_airflow(airflow_home, dags_folder, conf["shards_dir"], verbose, conf["output_dir"])
@@ -133,20 +134,24 @@ def run_training(
     except ParamValidationError as exc:
         print(f"trait-lora train: conf refused: {exc}", file=sys.stderr)
         return 2
-    summary_path = Path(conf["output_dir"]) / "run_summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    from trait_lora.provider import storage  # noqa: F401  (opens s3:// output locations)
+
+    store = as_store(conf["output_dir"])
+    blob = store.read("run_summary.json")
+    summary = json.loads(blob.data) if blob is not None else None
     if summary is None or summary.get("run_id") != dagrun.run_id:
         print(f"run {dagrun.run_id} ended {dagrun.state} before writing a summary (see the log above)")
         return 1
     print()
     print(format_table(summary, width=100))
-    out = Path(conf["output_dir"])
-    mapping = out / "hypernetwork_data.json"
-    if not summary.get("dry_run") and mapping.exists():
-        print(f"\nmapping:  {mapping}")
+    mapping = store.read("hypernetwork_data.json")
+    if not summary.get("dry_run") and mapping is not None:
+        print(f"\nmapping:  {store.url('hypernetwork_data.json')}")
+        entries = mapping.json().get("traits", {})
         for row in summary["traits"]:
-            if row["action"] != "failed":
-                print(f"adapter:  {out / 'lora_checkpoints' / row['trait']}")
+            entry = entries.get(row["trait"])
+            if row["action"] != "failed" and entry:
+                print(f"adapter:  {entry.get('adapter_url') or store.url(entry['adapter_path'])}")
     if summary.get("loss_plot"):
         print(f"losses:   {summary['loss_plot']}")
     print(f"run {dagrun.run_id}: {dagrun.state}")

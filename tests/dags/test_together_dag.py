@@ -45,9 +45,9 @@ def test_whole_dag_trains_publishes_and_reruns_for_free(airflow_db, together_con
         ]
     refs = json.loads(refs) if isinstance(refs, str) else refs
     assert sorted(r["trait"] for r in refs) == sorted(TRAITS)
-    assert all(set(r) == {"trait", "action", "plan_file"} for r in refs), refs
+    assert all(set(r) == {"trait", "action", "output_dir", "plan_key"} for r in refs), refs
     for ref in refs:
-        plan = json.loads(Path(ref["plan_file"]).read_text())
+        plan = json.loads((Path(ref["output_dir"]) / ref["plan_key"]).read_text())
         assert plan["trait"] == ref["trait"] and plan["config"]["lora_r"] == 4
 
     # Nothing changed: zero uploads, zero creates, every trait skipped, mapping intact.

@@ -10,6 +10,7 @@ from typing import Any
 
 import trait_lora
 from trait_lora import settings
+from trait_lora.provider import storage as _storage  # noqa: F401  (opens s3:// locations for the core)
 from trait_lora.provider.connection import provider_connection_type
 
 

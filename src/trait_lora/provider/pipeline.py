@@ -6,7 +6,6 @@ the same decisions and write the same mapping, summary and Asset metadata.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,6 @@ def discover(
     """
     from trait_lora.core.handoff import runs
     from trait_lora.core.jobs.plan import forced_nonce, plan_traits
-    from trait_lora.core.storage.atomic import atomic_write_json
     from trait_lora.core.storage.ledger_io import utc_now
     from trait_lora.core.storage.location import confine
     from trait_lora.provider.storage import run_roots
@@ -48,16 +46,20 @@ def discover(
         # checked when the run was created (the form's pattern); again here with symlinks resolved,
         # before anything is read or written
         roots = run_roots(dag)
-        for key in ("shards_dir", "output_dir"):
-            where = confine(str(params[key]), roots, what=key, setting="storage_roots")
-            if not where.is_local:
-                raise TraitLoraError(
-                    f"{key} {where.public_url}: the ledger, job claims and per-run records work on "
-                    "object storage, but shards, adapters and the mapping do not yet; use a folder "
-                    "every worker mounts for now (docs/deploy.md, 'Object storage')"
-                )
-        shards_dir = Path(params["shards_dir"]).resolve()
-        output_dir = Path(params["output_dir"]).resolve()
+        where = {
+            key: confine(str(params[key]), roots, what=key, setting="storage_roots")
+            for key in ("shards_dir", "output_dir")
+        }
+        remote = [key for key, loc in where.items() if not loc.is_local]
+        if remote and backend != "together":
+            raise TraitLoraError(
+                f"{', '.join(remote)} on object storage: the {backend} backend trains from and to a "
+                "folder for now (the Together DAG, trait_lora_together, works on s3://); use a folder "
+                "here (docs/deploy.md, 'Object storage')"
+            )
+        # a bad store stops the run here, before any upload or paid job: the output must honour
+        # conditional writes (probed), the shards must be listable
+        output_dir, shards_dir = (_opened(where[k], k) for k in ("output_dir", "shards_dir"))
         plans = plan_traits(
             shards_dir,
             output_dir,
@@ -83,8 +85,9 @@ def discover(
     all_plans = [{**p.to_dict(), **extra, **recover.get(p.trait, {})} for p in plans]
     dry_run = bool(params.get("dry_run"))
     to_run = [] if dry_run else [p for p in all_plans if p["action"] != "skip"]
-    atomic_write_json(
-        runs.run_dir(output_dir, run_id) / "plan.json",
+    runs.write_run_plan(
+        output_dir,
+        run_id,
         {
             "run_id": run_id,
             "backend": backend,
@@ -107,6 +110,21 @@ def discover(
         "\n".join(lines),
     )
     return runs.write_trait_plans(output_dir, run_id, to_run)  # small refs: see write_trait_plans
+
+
+def _opened(where: Any, key: str) -> str:
+    """A confined location made ready for the run: a folder resolved as before; on object storage
+    the output is probed for conditional writes and the shards listed once, so a bad store stops the
+    run in discover, before any upload or paid job."""
+    from trait_lora.provider.storage import checked_store, open_store
+
+    if where.is_local:
+        return str(where.path.resolve())
+    if key == "output_dir":
+        return checked_store(where, what=key).location
+    store = open_store(where, what=key)
+    store.list("")
+    return store.location
 
 
 def recovery_plans(plans: list[Any], job_ids: dict[str, str], backend: str) -> dict[str, dict[str, Any]]:
@@ -145,15 +163,21 @@ def load_plan(params: dict[str, Any], run_id: str) -> dict[str, Any]:
     """The plan ``discover`` wrote; none means discover failed, and there is nothing to publish."""
     from trait_lora.core.handoff import runs
 
-    output_dir = Path(params["output_dir"]).resolve()
-    path = runs.run_dir(output_dir, run_id) / "plan.json"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+    output_dir = _output_location(params)
+    data = runs.read_run_plan(output_dir, run_id)
+    if data is None:
         raise AirflowSkipException(
             "discover did not plan this run (see its log); nothing to publish, the mapping is unchanged"
-        ) from None
-    return {**data, "output_dir": str(output_dir)}
+        )
+    return {**data, "output_dir": output_dir}
+
+
+def _output_location(params: dict[str, Any]) -> str:
+    """The run's output location as discover wrote it: a resolved folder, or the URL as given."""
+    from trait_lora.core.storage.opener import is_url
+
+    raw = str(params["output_dir"])
+    return raw if is_url(raw) else str(Path(raw.removeprefix("file://")).resolve())
 
 
 def train_local(plan: dict[str, Any], run_id: str, context: Any) -> dict[str, Any]:
@@ -285,7 +309,7 @@ def publish(
     if changed and outlet_events is not None and alias is not None:
         from airflow.sdk import Asset
 
-        outlet_events[alias].add(Asset(uri=mapping_path.resolve().as_uri()), extra=extra)
+        outlet_events[alias].add(Asset(uri=asset_uri(mapping_path)), extra=extra)
         log.info("mapping changed (sha256 %s): Asset event for %s", digest[:12], mapping_path)
     else:
         log.info("mapping unchanged (sha256 %s): no Asset event", digest[:12])
@@ -295,6 +319,18 @@ def publish(
         "summary": paths,
         "failed_reasons": summary["failed"],
     }
+
+
+def asset_uri(mapping_location: str) -> str:
+    """The mapping's Asset URI: ``file:///...`` for a folder, ``s3://bucket/key`` (no connection id:
+    consumers match on the data's name, not on who wrote it) on object storage."""
+    from trait_lora.core.storage.location import parse_location
+
+    where = parse_location(mapping_location, what="mapping")
+    if where.is_local:
+        assert where.path is not None
+        return where.path.resolve().as_uri()
+    return where.public_url
 
 
 def check(published: dict[str, Any] | None) -> None:

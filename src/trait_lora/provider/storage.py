@@ -16,6 +16,7 @@ from trait_lora import settings
 from trait_lora.core.storage.local import LocalStore
 from trait_lora.core.storage.location import Location, parse_location
 from trait_lora.core.storage.objects import S3Store, probe_conditional_writes
+from trait_lora.core.storage.opener import register_opener
 from trait_lora.core.storage.store import Store, StoreError
 
 DEFAULT_CONN_ID = "aws_default"
@@ -54,6 +55,13 @@ def open_store(location: Location | str, *, what: str = "location") -> Store:
         return LocalStore(loc.path)
     conn_id = loc.conn_id or settings.get_str("storage_conn_id")
     return S3Store(s3_client(conn_id), loc.bucket, loc.prefix, location=loc.url)
+
+
+def _open_s3(loc: Location) -> Store:
+    return open_store(loc)
+
+
+register_opener("s3", _open_s3)  # the core opens s3:// locations through this (core.storage.opener)
 
 
 def checked_store(location: Location | str, *, what: str = "output_dir") -> Store:

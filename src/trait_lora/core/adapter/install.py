@@ -55,16 +55,7 @@ def install_adapter(
     _remove_stale_staging(root, trait)
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{trait}-", dir=root))
     try:
-        os.chmod(staging, 0o755)
-        if source.is_dir():
-            _copy_adapter_dir(source, staging, max_bytes)
-        else:
-            extract_adapter_archive(source, staging, max_bytes)
-        try:
-            info = verify_adapter_dir(staging, spec)
-        except AdapterError as exc:  # name the source the user gave, not a staging dir about to vanish
-            detail = str(exc).replace(f"{staging}{os.sep}", "").replace(str(staging), "adapter")
-            raise AdapterError(f"adapter from {source}: {detail}") from None
+        info = stage_verified(source, staging, spec, max_bytes)
         fsync_dir(staging)
         with _swap_lock(root):
             _recover(root, trait)
@@ -73,6 +64,21 @@ def install_adapter(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final, info
+
+
+def stage_verified(source: Path, staging: Path, spec: AdapterSpec, max_bytes: int) -> AdapterInfo:
+    """Copy (or extract) the two PEFT files of ``source`` into the empty folder ``staging`` and verify
+    them there: whatever is installed, on a disk or on object storage, is exactly what verified."""
+    os.chmod(staging, 0o755)
+    if source.is_dir():
+        _copy_adapter_dir(source, staging, max_bytes)
+    else:
+        extract_adapter_archive(source, staging, max_bytes)
+    try:
+        return verify_adapter_dir(staging, spec)
+    except AdapterError as exc:  # name the source the user gave, not a staging dir about to vanish
+        detail = str(exc).replace(f"{staging}{os.sep}", "").replace(str(staging), "adapter")
+        raise AdapterError(f"adapter from {source}: {detail}") from None
 
 
 def installed_fingerprint(output_dir: Path, trait: str) -> dict[str, list[int]] | None:

@@ -14,12 +14,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from trait_lora.core.adapter.spec import WEIGHTS_FILE
 from trait_lora.core.config import TrainingConfig
 from trait_lora.core.errors import MappingError
 from trait_lora.core.hashing import sha256_json
 from trait_lora.core.jobs.ledger import Ledger
 from trait_lora.core.shards.catalog import TRAIT_RE, parse_trait
-from trait_lora.core.storage.local import LocalStore
+from trait_lora.core.storage.location import parse_location
 from trait_lora.core.storage.records import swap_bytes
 from trait_lora.core.storage.store import Blob, encode_json
 
@@ -44,13 +45,18 @@ def validate_mapping(data: dict[str, Any], *, where: str = MAPPING_FILE) -> None
         raise MappingError(f"{where}: field {field}: {first.message} ({len(errors)} problem(s))")
 
 
-def mapping_entry(trait: str, record: dict[str, Any]) -> dict[str, Any]:
+def mapping_entry(trait: str, record: dict[str, Any], base_url: str | None = None) -> dict[str, Any]:
+    """One trait's entry. ``base_url``: the output location on object storage, whose adapters sit at
+    content-addressed folders (the record's ``adapter_path``) and are named by full URL too."""
     axis, direction = parse_trait(trait)
+    path = f"{CHECKPOINTS_DIR}/{trait}" if base_url is None else str(record["adapter_path"])
+    url = {} if base_url is None else {"adapter_url": f"{base_url.rstrip('/')}/{path}"}
     return {
+        **url,
         "trait": trait,
         "axis": axis,
         "direction": direction,
-        "adapter_path": f"{CHECKPOINTS_DIR}/{trait}",
+        "adapter_path": path,
         "adapter_sha256": record["adapter_sha256"],
         "shard_sha256": record["shard_sha256"],
         "job_key": record["job_key"],
@@ -72,14 +78,23 @@ def build_mapping(
     run_id: str | None = None,
 ) -> dict[str, Any]:
     """The mapping for everything installed under ``output_dir`` plus this run's failures."""
-    out = Path(output_dir)
+    ledger = Ledger(output_dir)
+    base_url = None
+    present: set[str] = set()
+    if not ledger.local:  # one listing for every trait; adapters are at content-addressed folders
+        base_url = parse_location(ledger.store.location).public_url
+        present = set(ledger.store.list(f"{CHECKPOINTS_DIR}/"))
     traits: dict[str, Any] = {}
-    for trait, record in sorted(Ledger(out).hashes().items()):
+    for trait, record in sorted(ledger.hashes().items()):
         if not TRAIT_RE.fullmatch(trait):
             continue
-        if not (out / CHECKPOINTS_DIR / trait / "adapter_model.safetensors").is_file():
+        if ledger.local:
+            installed = (ledger.output_dir / CHECKPOINTS_DIR / trait / WEIGHTS_FILE).is_file()
+        else:
+            installed = f"{record.get('adapter_path')}/{WEIGHTS_FILE}" in present
+        if not installed:
             continue  # recorded but removed by hand: never publish a path that does not exist
-        traits[trait] = mapping_entry(trait, record)
+        traits[trait] = mapping_entry(trait, record, base_url)
     data = {
         "version": MAPPING_VERSION,
         "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -112,8 +127,9 @@ def write_mapping(
     failed: dict[str, str] | None = None,
     run_id: str | None = None,
 ) -> tuple[Path, dict[str, Any]]:
+    """``publish_mapping`` for a local folder, returning the file's path."""
     path, data, _ = publish_mapping(output_dir, config, failed=failed, run_id=run_id)
-    return path, data
+    return Path(path), data
 
 
 def publish_mapping(
@@ -122,8 +138,8 @@ def publish_mapping(
     *,
     failed: dict[str, str] | None = None,
     run_id: str | None = None,
-) -> tuple[Path, dict[str, Any], str | None]:
-    """Replace the mapping by a compare-and-swap on the version it was read at; returns its path, its
+) -> tuple[str, dict[str, Any], str | None]:
+    """Replace the mapping by a compare-and-swap on the version it was read at; returns its URL, its
     content and the digest of the mapping it replaced (None: there was none, or it was unreadable).
 
     Stage 3 trusts this file: two publishers (the CLI beside a DAG run) must not interleave, and the
@@ -136,10 +152,12 @@ def publish_mapping(
         replaced[0] = _digest_of(current.data) if current is not None else None
         return encode_json(data)
 
-    swap_bytes(LocalStore(output_dir), MAPPING_FILE, what="the mapping", change=decide)
+    ledger = Ledger(output_dir)
+    swap_bytes(ledger.store, MAPPING_FILE, what="the mapping", change=decide)
     before = replaced[0]
-    Ledger(output_dir).write_snapshots()  # the seed-format ledger files, for tools that read them
-    return Path(output_dir) / MAPPING_FILE, data, before
+    if ledger.local:
+        ledger.write_snapshots()  # the seed-format ledger files, for tools that read them
+    return ledger.store.url(MAPPING_FILE), data, before
 
 
 def _digest_of(raw: bytes) -> str | None:

@@ -12,18 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from trait_lora.core.shards.catalog import check_trait_name
-from trait_lora.core.storage.atomic import atomic_write_json
 from trait_lora.core.storage.layout import RUNS_DIR as RUNS_DIR
 from trait_lora.core.storage.layout import run_dir as run_dir
 from trait_lora.core.storage.layout import run_key
 from trait_lora.core.storage.ledger_io import Record, utc_now
 from trait_lora.core.storage.records import as_store, read_versioned, swap
-from trait_lora.core.storage.store import Store
+from trait_lora.core.storage.store import Store, encode_json
 
 Output = str | Path | Store
 
 FAILURES_FILE = "failures.json"
 PLANS_DIR = "plans"
+PLAN_FILE = "plan.json"
 
 
 def update_run_file(output_dir: Output, run_id: str, name: str, key: str, value: Any) -> None:
@@ -59,40 +59,60 @@ def read_failures(output_dir: Output, run_id: str) -> dict[str, dict[str, Any]]:
     return {t: r for t, r in (failures or {}).items() if isinstance(r, dict)}
 
 
-def write_trait_plans(
-    output_dir: str | Path, run_id: str, plans: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
+def write_trait_plans(output_dir: Output, run_id: str, plans: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each trait's plan as ``runs/<run>/plans/<trait>.json``; returns one small ref per plan to map over.
 
     Airflow hands every mapped task instance the whole list it maps over (one XCom, pulled and
     deserialised in full by each), so mapping over the plans themselves (~1.5 kB each, the settings
     included) cost O(traits) per task and O(traits^2) per run: about a second per upload at a thousand
-    traits. A ref is the trait, its action and the file; ``load_trait_plan`` reads it back.
+    traits. A ref is the trait, its action, the output location and the plan's key; ``load_trait_plan``
+    reads it back on whichever worker runs the step.
     """
-    directory = run_dir(output_dir, run_id) / PLANS_DIR
+    store = as_store(output_dir)
     refs = []
     for plan in plans:
         trait = check_trait_name(plan["trait"])
-        path = directory / f"{trait}.json"
-        atomic_write_json(path, plan)
-        refs.append({"trait": trait, "action": plan["action"], "plan_file": str(path)})
+        key = f"{run_key(run_id)}/{PLANS_DIR}/{trait}.json"
+        store.put(key, encode_json(plan))  # one writer: the run's discover
+        refs.append({"trait": trait, "action": plan["action"], "output_dir": store.location, "plan_key": key})
     return refs
+
+
+def write_run_plan(output_dir: Output, run_id: str, data: dict[str, Any]) -> None:
+    """The whole plan of a run (``runs/<run>/plan.json``), for its publish step and the dashboard."""
+    as_store(output_dir).put(f"{run_key(run_id)}/{PLAN_FILE}", encode_json(data))
+
+
+def read_run_plan(output_dir: Output, run_id: str) -> dict[str, Any] | None:
+    """The run's plan; None when discover wrote none (it failed, or the run never planned)."""
+    plan, _ = read_versioned(as_store(output_dir), f"{run_key(run_id)}/{PLAN_FILE}", what=PLAN_FILE)
+    return plan
 
 
 def load_trait_plan(item: Mapping[str, Any]) -> dict[str, Any]:
     """The whole plan behind a mapped item: a ref from ``write_trait_plans``, or a plan passed whole."""
-    if "plan_file" not in item:
+    if "plan_key" in item:
+        store = as_store(str(item["output_dir"]))
+        where = store.url(str(item["plan_key"]))
+        blob = store.read(str(item["plan_key"]))
+        raw = None if blob is None else blob.data
+    elif "plan_file" in item:  # a ref written before plans moved into the store (a run in flight)
+        where = str(item["plan_file"])
+        try:
+            raw = Path(where).read_bytes()
+        except FileNotFoundError:
+            raw = None
+    else:
         return dict(item)
-    path = Path(item["plan_file"])
-    try:
-        plan = json.loads(path.read_text())
-    except FileNotFoundError:
+    if raw is None:
         raise FileNotFoundError(
-            f"{path}: the plan of {item.get('trait')!r} for this run is gone (was runs/ cleaned while the "
+            f"{where}: the plan of {item.get('trait')!r} for this run is gone (was runs/ cleaned while the "
             "run was going?); clear the run's discover task to plan again"
-        ) from None
+        )
+    try:
+        plan = json.loads(raw)
     except ValueError as exc:
-        raise ValueError(f"{path}: the plan of {item.get('trait')!r} does not parse ({exc})") from None
+        raise ValueError(f"{where}: the plan of {item.get('trait')!r} does not parse ({exc})") from None
     if not isinstance(plan, dict) or plan.get("trait") != item.get("trait"):
-        raise ValueError(f"{path}: holds no plan for {item.get('trait')!r}; clear the run's discover task")
+        raise ValueError(f"{where}: holds no plan for {item.get('trait')!r}; clear the run's discover task")
     return plan

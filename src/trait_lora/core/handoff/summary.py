@@ -6,18 +6,19 @@ user sees in one place which adapters changed and whether their training looked 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
-from trait_lora.core.handoff.runs import run_dir
+from trait_lora.core.handoff.runs import Output
 from trait_lora.core.jobs.budget import usd
-from trait_lora.core.storage.atomic import atomic_write_bytes, atomic_write_json
+from trait_lora.core.storage.layout import run_key
 from trait_lora.core.storage.ledger_io import utc_now
+from trait_lora.core.storage.records import as_store
+from trait_lora.core.storage.store import encode_json
 
 SUMMARY_FILE = "summary.json"
 LATEST_SUMMARY = "run_summary.json"
 PLOT_FILE = "loss_curves.png"
+METRICS_DIR = "metrics"  # per-trait loss curves: the download step (Together) or the local trainer
 COLUMNS = ("trait", "action", "job_id", "price", "duration_s", "final_loss", "eval base->adapter", "detail")
 
 
@@ -132,8 +133,8 @@ def format_table(summary: dict[str, Any], width: int = 60) -> str:
     return "\n".join([text_table(rows, COLUMNS), "", footer])
 
 
-def plot_losses(curves: dict[str, list[tuple[int, float]]], path: Path) -> Path | None:
-    """All traits' loss per step on one figure; None when no trait has metrics."""
+def plot_losses(curves: dict[str, list[tuple[int, float]]]) -> bytes | None:
+    """All traits' loss per step on one figure, as PNG bytes; None when no trait has metrics."""
     curves = {t: pts for t, pts in curves.items() if pts}
     if not curves:
         return None
@@ -159,18 +160,20 @@ def plot_losses(curves: dict[str, list[tuple[int, float]]], path: Path) -> Path 
     fig.tight_layout()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return buf.getvalue()
 
 
-def load_curves(output_dir: str | Path, traits: list[str]) -> dict[str, list[tuple[int, float]]]:
+def load_curves(output_dir: Output, traits: list[str]) -> dict[str, list[tuple[int, float]]]:
     """Loss curves recorded by the download step (Together) or the local trainer, per trait."""
+    store = as_store(output_dir)
     curves: dict[str, list[tuple[int, float]]] = {}
     for trait in traits:
-        path = Path(output_dir) / "metrics" / f"{trait}.json"
         try:
-            data = json.loads(path.read_text())
+            blob = store.read(f"{METRICS_DIR}/{trait}.json")
+            data = blob.json() if blob is not None else None
         except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict):
             continue
         points = [
             (int(s["step"]), float(s["loss"]))
@@ -182,16 +185,21 @@ def load_curves(output_dir: str | Path, traits: list[str]) -> dict[str, list[tup
     return curves
 
 
-def write_summary(output_dir: str | Path, summary: dict[str, Any]) -> dict[str, str]:
-    """Write the run's summary (+ plot) under runs/<run>/ and the latest copy at the output root."""
-    directory = run_dir(output_dir, summary["run_id"])
+def write_summary(output_dir: Output, summary: dict[str, Any]) -> dict[str, str]:
+    """Write the run's summary (+ plot) under runs/<run>/ and the latest copy at the output root.
+
+    Each object has one writer (the run's publish task), so plain whole-object writes suffice."""
+    store = as_store(output_dir)
+    folder = run_key(summary["run_id"])
     trained = [r["trait"] for r in summary["traits"] if r["action"] in ("trained", "resumed")]
-    plot = plot_losses(load_curves(output_dir, trained), directory / PLOT_FILE)
-    summary = {**summary, "loss_plot": str(plot) if plot else None}
-    atomic_write_json(directory / SUMMARY_FILE, summary)
-    atomic_write_json(Path(output_dir) / LATEST_SUMMARY, summary)
-    atomic_write_bytes(directory / "summary.txt", (format_table(summary) + "\n").encode())
-    paths = {"summary": str(directory / SUMMARY_FILE), "table": str(directory / "summary.txt")}
+    plot = plot_losses(load_curves(store, trained))
     if plot:
-        paths["loss_plot"] = str(plot)
+        store.put(f"{folder}/{PLOT_FILE}", plot)
+    summary = {**summary, "loss_plot": store.url(f"{folder}/{PLOT_FILE}") if plot else None}
+    store.put(f"{folder}/{SUMMARY_FILE}", encode_json(summary))
+    store.put(LATEST_SUMMARY, encode_json(summary))
+    store.put(f"{folder}/summary.txt", (format_table(summary) + "\n").encode())
+    paths = {"summary": store.url(f"{folder}/{SUMMARY_FILE}"), "table": store.url(f"{folder}/summary.txt")}
+    if plot:
+        paths["loss_plot"] = store.url(f"{folder}/{PLOT_FILE}")
     return paths

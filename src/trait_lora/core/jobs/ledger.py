@@ -47,6 +47,7 @@ from trait_lora.core.jobs.slots import SlotClaim, claim_create, slot_entry
 from trait_lora.core.shards.catalog import TRAIT_RE, check_trait_name
 from trait_lora.core.storage.ledger_io import LOCK_FILE, Record, exclusive_lock, read_json_object, utc_now
 from trait_lora.core.storage.local import LocalStore
+from trait_lora.core.storage.opener import open_location
 from trait_lora.core.storage.records import read_versioned, swap
 from trait_lora.core.storage.store import Store, StoreError, encode_json
 
@@ -74,7 +75,7 @@ class Ledger:
     """The ledger of one output location (a folder path, or any ``Store``)."""
 
     def __init__(self, output: str | os.PathLike[str] | Store) -> None:
-        self.store: Store = LocalStore(output) if isinstance(output, (str, os.PathLike)) else output
+        self.store: Store = open_location(output)
         # A local folder keeps today's paths (the seed's snapshots, the import, the adapter stat).
         self.local = isinstance(self.store, LocalStore)
         self.output_dir = self.store.root if isinstance(self.store, LocalStore) else Path(self.store.location)
@@ -333,11 +334,15 @@ class Ledger:
         backend: str,
         base_model: str,
         evaluation: Mapping[str, Any] | None = None,
+        adapter_path: str | None = None,
     ) -> Record:
         """``record_adapter`` for the trait a run planned: the keys come from the plan, never recomputed.
 
-        ``evaluation`` (held-out figures) travels with the adapter into the mapping."""
-        extra = {"eval": dict(evaluation)} if evaluation else {}
+        ``evaluation`` (held-out figures) travels with the adapter into the mapping; ``adapter_path``
+        is the content-addressed folder of an adapter on object storage (``adapter.content``)."""
+        extra: dict[str, Any] = {"eval": dict(evaluation)} if evaluation else {}
+        if adapter_path:
+            extra["adapter_path"] = adapter_path
         return self.record_adapter(
             plan["trait"],
             shard_sha256=plan["shard_sha256"],

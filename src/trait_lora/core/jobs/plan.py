@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from trait_lora.core.adapter import AdapterSpec, installed_fingerprint, verify_installed
+from trait_lora.core.adapter.spec import CHECKPOINTS_DIR, WEIGHTS_FILE
 from trait_lora.core.config import TrainingConfig
 from trait_lora.core.errors import AdapterError
 from trait_lora.core.hashing import sha256_json
@@ -18,7 +19,9 @@ from trait_lora.core.jobs.job_status import JobStatus
 from trait_lora.core.jobs.keys import job_key, job_suffix
 from trait_lora.core.jobs.ledger import Ledger, LedgerView
 from trait_lora.core.shards.catalog import Discovery, discover_shards
+from trait_lora.core.shards.remote import discover_remote_shards
 from trait_lora.core.shards.validation import validate_shard
+from trait_lora.core.storage.opener import is_url, open_location
 
 ACTIONS = ("skip", "resume", "train", "invalid")
 
@@ -39,6 +42,10 @@ class TraitPlan:
     size: int
     job_id: str | None = None
     problems: list[str] = field(default_factory=list)
+    # a shard on object storage: where it lives (``shard_path`` is the planning worker's copy, and any
+    # other worker copies it again from here: ``remote.fetch_shard``)
+    shard_location: str = ""
+    shard_key: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,6 +59,7 @@ def decide(
     key: str,
     ledger: Ledger | LedgerView,
     force_retrain: bool,
+    present: set[str] | None = None,
 ) -> tuple[str, str, str | None]:
     """(action, reason, job id to resume) for one valid shard.
 
@@ -63,10 +71,10 @@ def decide(
     # The forced retrain this key stands for already happened (an earlier run of the same backfill, or
     # this run before a clear): skip while that adapter is still the one installed.
     already = force_retrain and (ledger.hash_record(trait) or {}).get("job_key") == key
-    if already and _why_not_skip(trait, shard_sha256, config, config_hash, ledger) is None:
+    if already and _why_not_skip(trait, shard_sha256, config, config_hash, ledger, present) is None:
         return "skip", "already force-retrained under this run's key (same backfill or run)", None
     if not force_retrain:
-        why_train = _why_not_skip(trait, shard_sha256, config, config_hash, ledger)
+        why_train = _why_not_skip(trait, shard_sha256, config, config_hash, ledger, present)
         if why_train is None:
             return "skip", "unchanged shard and config; adapter present and verified", None
     job = ledger.job(trait) or {}
@@ -80,8 +88,16 @@ def decide(
 
 
 def _why_not_skip(
-    trait: str, shard_sha256: str, config: TrainingConfig, config_hash: str, ledger: Ledger | LedgerView
+    trait: str,
+    shard_sha256: str,
+    config: TrainingConfig,
+    config_hash: str,
+    ledger: Ledger | LedgerView,
+    present: set[str] | None = None,
 ) -> str | None:
+    """Why the trait must train (None: skip). ``present``: the adapter keys under ``lora_checkpoints/``
+    of an output on object storage (one listing for every trait); there an adapter sits at a
+    content-addressed key written once, verified before it was written, so being there is enough."""
     record = ledger.hash_record(trait)
     if record is None:
         return "no adapter trained yet"
@@ -89,6 +105,11 @@ def _why_not_skip(
         return "shard changed since the last adapter"
     if record.get("config_hash") != config_hash:
         return "training config changed since the last adapter"
+    if present is not None:
+        folder = record.get("adapter_path") or ""
+        if f"{folder}/{WEIGHTS_FILE}" not in present:
+            return "adapter recorded but missing from lora_checkpoints"
+        return None
     fingerprint = record.get("adapter_stat")
     if fingerprint and fingerprint == installed_fingerprint(ledger.output_dir, trait):
         return None  # untouched since it verified at install (see installed_fingerprint)
@@ -118,13 +139,26 @@ def plan_traits(
     ``run_nonce`` only matters with ``force_retrain``: it gives the forced job a key of its own that
     retries of the same run (and every run of one backfill, see ``forced_nonce``) share.
     """
-    found = discovery or discover_shards(shards_dir)
-    ledger = Ledger(output_dir).view()  # read once for every trait's decision
+    shards_store = open_location(shards_dir, what="shards_dir") if is_url(shards_dir) else None
+    if discovery is not None:
+        found = discovery
+    elif shards_store is not None:
+        found = discover_remote_shards(shards_store, traits)
+    else:
+        found = discover_shards(shards_dir)
+    book = Ledger(output_dir)
+    ledger = book.view()  # read once for every trait's decision
+    present = None if book.local else set(book.store.list(f"{CHECKPOINTS_DIR}/"))
     config_hash = config.config_hash()
     plans: list[TraitPlan] = []
     for shard in found.select(traits):
         report = validate_shard(shard.path)
         key = job_key(report.sha256, config_hash, run_nonce if force_retrain else "")
+        remote = (
+            {"shard_location": shards_store.location, "shard_key": shard.path.name}
+            if shards_store is not None and shard.source
+            else {}
+        )
         common = dict(
             trait=shard.trait,
             axis=shard.axis,
@@ -136,14 +170,18 @@ def plan_traits(
             suffix=job_suffix(shard.trait, key),
             num_examples=report.num_examples,
             size=report.size,
+            **remote,
         )
         if not report.ok:
+            problems = report.error_lines()
+            if shard.source:  # name the object the user can fix, not this worker's copy
+                problems = [line.replace(str(shard.path), shard.source) for line in problems]
             plans.append(
                 TraitPlan(
                     **common,
                     action="invalid",
                     reason=f"shard has {len(report.problems) + report.more_problems} problem(s)",
-                    problems=report.error_lines(),
+                    problems=problems,
                 )
             )
             continue
@@ -154,6 +192,7 @@ def plan_traits(
             key=key,
             ledger=ledger,
             force_retrain=force_retrain,
+            present=present,
         )
         plans.append(TraitPlan(**common, action=action, reason=reason, job_id=job_id))
     return plans

@@ -46,7 +46,8 @@ class Shard:
     trait: str
     axis: str
     direction: int
-    path: Path
+    path: Path  # a local file: the shard itself, or this worker's copy of a shard on object storage
+    source: str = ""  # the object's URL when ``path`` is a copy (``remote.discover_remote_shards``)
 
     @property
     def size(self) -> int:
@@ -61,7 +62,7 @@ class IgnoredFile:
 
 @dataclass
 class Discovery:
-    directory: Path
+    directory: Path | str  # a folder, or the URL of a location on object storage
     shards: dict[str, Shard] = field(default_factory=dict)
     ignored: list[IgnoredFile] = field(default_factory=list)
 

@@ -15,15 +15,15 @@ from collections.abc import Callable
 
 from trait_lora.core.errors import LedgerError
 from trait_lora.core.storage.ledger_io import Record
-from trait_lora.core.storage.local import LocalStore
+from trait_lora.core.storage.opener import open_location
 from trait_lora.core.storage.store import AlreadyExists, Blob, Store, VersionConflict, encode_json
 
 CAS_TRIES = 64
 
 
 def as_store(location: str | os.PathLike[str] | Store) -> Store:
-    """A store as given, or a local folder's (the callers that still pass a path)."""
-    return LocalStore(location) if isinstance(location, (str, os.PathLike)) else location
+    """A store as given, or the store a folder path or location URL names (``opener.open_location``)."""
+    return open_location(location)
 
 
 def read_versioned(store: Store, key: str, *, what: str) -> tuple[Record | None, str | None]:

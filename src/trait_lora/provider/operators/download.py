@@ -31,16 +31,14 @@ class TogetherDownloadOperator(TogetherStep):
     def run_step(self, context: Any, job: TraitJob) -> dict[str, Any]:
         import httpx
 
-        from trait_lora.core.adapter import AdapterSpec, install_adapter
         from trait_lora.core.adapter.quarantine import quarantine_archive
         from trait_lora.core.errors import AdapterError
         from trait_lora.core.handoff import runs
+        from trait_lora.core.storage.opener import scratch_dir
 
         trait, job_id = job.trait, str(job.job_id)
         cfg = self.training_config
-        downloads = Path(self.out_dir) / ".downloads"
-        downloads.mkdir(parents=True, exist_ok=True)
-        part = downloads / f"{trait}-{job_id}.part"
+        part = scratch_dir(self.out_dir, ".downloads") / f"{trait}-{job_id}.part"
         try:
             try:
                 received, expected = self.hook.download_adapter(job_id, part)
@@ -54,7 +52,7 @@ class TogetherDownloadOperator(TogetherStep):
                     "retrying the download"
                 )
             try:
-                path, info = install_adapter(part, Path(self.out_dir), trait, AdapterSpec.from_config(cfg))
+                path, info, folder = self._install(part, trait)
             except AdapterError as exc:
                 kept = quarantine_archive(self.out_dir, trait, job_id, part, str(exc))
                 raise AirflowFailException(
@@ -72,6 +70,7 @@ class TogetherDownloadOperator(TogetherStep):
             backend="together",
             base_model=cfg.together_model,
             evaluation=evaluation,
+            adapter_path=folder,
         )
         self.ledger.update_job(trait, job_key=job.job_key, status="completed", downloaded=True)
         runs.clear_failure(self.out_dir, context["run_id"], trait)
@@ -91,10 +90,25 @@ class TogetherDownloadOperator(TogetherStep):
             "duration_s": _seconds_since(job.plan.get("planned_at")),
         }
 
+    def _install(self, part: Path, trait: str) -> tuple[str, Any, str | None]:
+        """Verify and install: renamed into ``lora_checkpoints/<trait>`` in a folder, written once at
+        its content-addressed folder on object storage (returned third: the ledger points at it)."""
+        from trait_lora.core.adapter import AdapterSpec, install_adapter
+        from trait_lora.core.adapter.content import install_adapter_to_store
+        from trait_lora.core.storage.local import LocalStore
+
+        spec = AdapterSpec.from_config(self.training_config)
+        store = self.ledger.store
+        if isinstance(store, LocalStore):
+            path, info = install_adapter(part, store.root, trait, spec)
+            return str(path), info, None
+        folder, info = install_adapter_to_store(part, store, trait, spec)
+        return store.url(folder), info, folder
+
     def _metrics(self, job: Any, job_id: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         """Loss per step and, with a validation file, Together's held-out figures (the last evaluation
         is the adapter's; Together evaluates no base model, so there is no base figure)."""
-        from trait_lora.core.storage.atomic import atomic_write_json
+        from trait_lora.core.storage.store import encode_json
 
         trait = job.trait
         try:
@@ -127,9 +141,9 @@ class TogetherDownloadOperator(TogetherStep):
                 "source": "together n_evals",
                 "eval_steps": evals,
             }
-        atomic_write_json(
-            Path(self.out_dir) / METRICS_DIR / f"{trait}.json",
-            {"job_id": job_id, "steps": steps, "eval": evaluation},
+        self.ledger.store.put(  # one writer: this job's download task
+            f"{METRICS_DIR}/{trait}.json",
+            encode_json({"job_id": job_id, "steps": steps, "eval": evaluation}),
         )
         return steps, evaluation
 

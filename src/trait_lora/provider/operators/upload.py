@@ -47,8 +47,10 @@ class TogetherUploadOperator(TogetherStep):
 
     def run_step(self, context: Any, job: TraitJob) -> dict[str, Any]:
         from trait_lora.core.errors import ShardError
+        from trait_lora.core.shards.remote import shard_file
         from trait_lora.core.shards.split import write_split_files
         from trait_lora.core.shards.validation import require_valid
+        from trait_lora.core.storage.opener import scratch_dir
 
         plan, trait = job.plan, job.trait
         if plan["action"] == "skip":
@@ -60,21 +62,23 @@ class TogetherUploadOperator(TogetherStep):
         if plan.get("recover_job_id"):
             self.log.info("%s: recovering job %s; nothing to upload", trait, plan["recover_job_id"])
             return job.to_xcom()
+        shard = shard_file(plan)  # on object storage: a fresh copy on this worker
+        shown = plan.get("shard_location") and f"{plan['shard_location']}/{plan['shard_key']}"
         try:
-            report = require_valid(plan["shard_path"])
+            report = require_valid(shard)
         except ShardError as exc:
             raise AirflowFailException(f"{exc}\n" + "\n".join(exc.problems)) from None
         if report.sha256 != plan["shard_sha256"]:
             raise AirflowFailException(
-                f"{trait}: {plan['shard_path']} changed since this run planned it "
+                f"{trait}: {shown or plan['shard_path']} changed since this run planned it "
                 f"(sha256 {plan['shard_sha256'][:12]} -> {report.sha256[:12]}); trigger a new run"
             )
         cfg = self.training_config
-        split_dir = Path(self.out_dir) / UPLOADS_DIR
-        split = write_split_files(Path(plan["shard_path"]), cfg.eval_fraction, split_dir)
+        split_dir = scratch_dir(self.out_dir, UPLOADS_DIR)
+        split = write_split_files(shard, cfg.eval_fraction, split_dir)
         try:
             if split is None:
-                train = self._upload(job, Path(plan["shard_path"]), report.sha256, report.size)
+                train = self._upload(job, shard, report.sha256, report.size)
                 fields: dict[str, Any] = {"file_sha256": report.sha256}
             else:
                 self.log.info(
@@ -192,6 +196,7 @@ class TogetherUploadOperator(TogetherStep):
     ) -> TraitJob:
         """The trait's record with its file ids after a deferral: from the defer kwargs, else from the
         ledger, where run_step recorded them before deferring (``dag.test`` drops defer kwargs)."""
+        from trait_lora.core.shards.remote import shard_file
         from trait_lora.core.shards.split import split_examples
         from trait_lora.core.shards.validation import iter_examples
 
@@ -204,7 +209,7 @@ class TogetherUploadOperator(TogetherStep):
                 num_validation = int(record.get("num_validation") or 0)
         if validation_file_id and not num_validation:  # a record from before num_validation was kept
             split = split_examples(
-                list(iter_examples(job.plan["shard_path"])), self.training_config.eval_fraction
+                list(iter_examples(shard_file(job.plan))), self.training_config.eval_fraction
             )
             num_validation = len(split.held_out)
         return job.but(
@@ -250,7 +255,11 @@ class TogetherUploadOperator(TogetherStep):
             except Exception as exc:  # the reason is for the message; the rejection stands
                 self.log.warning("%s: could not re-read file %s: %s", job.trait, file_id, type(exc).__name__)
         part = " (the held-out part)" if file_id and file_id == job.validation_file_id else ""
+        plan = job.plan
+        shard = plan.get("shard_path")
+        if plan.get("shard_key"):
+            shard = f"{plan['shard_location']}/{plan['shard_key']}"
         return (
             f"{job.trait}: Together rejected file {file_id}{part} ({status}): {rejection_detail(report)}. "
-            f"Fix {job.plan.get('shard_path')} (trait-lora validate checks it locally) and trigger again"
+            f"Fix {shard} (trait-lora validate checks it locally) and trigger again"
         )
