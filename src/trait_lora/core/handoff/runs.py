@@ -30,7 +30,9 @@ def update_run_file(output_dir: Output, run_id: str, name: str, key: str, value:
     """Set one key of a per-run JSON object, by compare-and-swap: concurrent mapped tasks each keep
     their own key, on a folder or on object storage."""
 
-    def change(old: Record | None) -> Record:
+    def change(old: Record | None) -> Record | None:
+        if value is None and key not in (old or {}):
+            return None  # nothing to clear: no write (most traits never fail)
         data = dict(old or {})
         if value is None:
             data.pop(key, None)

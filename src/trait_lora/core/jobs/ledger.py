@@ -19,7 +19,7 @@ snapshots with the mapping; a local output dir that has only those is imported o
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ from trait_lora.core.storage.ledger_io import LOCK_FILE, Record, exclusive_lock,
 from trait_lora.core.storage.local import LocalStore
 from trait_lora.core.storage.opener import open_location
 from trait_lora.core.storage.records import read_versioned, swap
-from trait_lora.core.storage.store import Store, StoreError, encode_json
+from trait_lora.core.storage.store import AlreadyExists, Store, StoreError, VersionConflict, encode_json
 
 __all__ = ["HASHES_FILE", "JOBS_FILE", "LEDGER_DIR", "Ledger", "LedgerView", "SlotClaim"]
 
@@ -69,6 +69,40 @@ class LedgerView:
 
     def hash_record(self, trait: str) -> Record | None:
         return self.hashes.get(trait)
+
+
+class _JobsOnDemand(Mapping[str, Record]):
+    """Job records read when first asked for (then kept: the view is a snapshot)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self._seen: dict[str, Record | None] = {}
+        self._all: dict[str, Record] | None = None
+
+    def get(self, trait: str, default: Any = None) -> Any:
+        if self._all is not None:
+            return self._all.get(trait, default)
+        if trait not in self._seen:
+            self._seen[trait] = self._ledger.job(trait)
+        found = self._seen[trait]
+        return default if found is None else found
+
+    def __getitem__(self, trait: str) -> Record:
+        found = self.get(trait)
+        if found is None:
+            raise KeyError(trait)
+        return found
+
+    def _every(self) -> dict[str, Record]:
+        if self._all is None:
+            self._all = self._ledger.jobs()
+        return self._all
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._every())
+
+    def __len__(self) -> int:
+        return len(self._every())
 
 
 class Ledger:
@@ -138,8 +172,13 @@ class Ledger:
         return self._all(HASHES, tolerant)
 
     def view(self) -> LedgerView:
-        """A snapshot for read-only decisions; anything that writes reads again as it swaps."""
-        return LedgerView(self.output_dir, self.jobs(), self.hashes())
+        """A snapshot for read-only decisions; anything that writes reads again as it swaps.
+
+        Hash records are read for every trait (each decision needs one); job records only for the
+        traits that ask (``_JobsOnDemand``): a trait that skips never needs its job, so a rerun with
+        nothing changed reads one record per trait, not two."""
+        jobs: Mapping[str, Record] = _JobsOnDemand(self) if self._laid_out() else self.jobs()
+        return LedgerView(self.output_dir, jobs, self.hashes())
 
     def job(self, trait: str) -> Record | None:
         return self._one(JOBS, trait)
@@ -177,11 +216,17 @@ class Ledger:
             import_seed(self.output_dir)
 
     def _in_flight(self) -> dict[str, Record]:
-        index, _ = self._read(f"{LEDGER_DIR}/{IN_FLIGHT_FILE}", "in-flight index")
-        return {k: v for k, v in (index or {}).items() if isinstance(v, dict)}
+        return {k: v for k, v in self._read_index()[0].items() if isinstance(v, dict)}
 
-    def _index(self, updates: Mapping[str, Record | None]) -> None:
-        """Set (or, with None, drop) entries of the in-flight index."""
+    def _read_index(self) -> tuple[Record, str | None]:
+        index, version = self._read(f"{LEDGER_DIR}/{IN_FLIGHT_FILE}", "in-flight index")
+        return index or {}, version
+
+    def _index(
+        self, updates: Mapping[str, Record | None], known: tuple[Record, str | None] | None = None
+    ) -> None:
+        """Set (or, with None, drop) entries of the in-flight index. ``known``: the index as just
+        read, tried first so a change costs one write, not a second read (a conflict reads again)."""
 
         def change(old: Record | None) -> Record:
             index = dict(old or {})
@@ -192,7 +237,21 @@ class Ledger:
                     index[entry_key] = entry
             return index
 
-        self._swap(f"{LEDGER_DIR}/{IN_FLIGHT_FILE}", "in-flight index", change)
+        key = f"{LEDGER_DIR}/{IN_FLIGHT_FILE}"
+        if known is not None:
+            index, version = known
+            new = change(index)
+            if new == index:
+                return
+            try:
+                if version is None:
+                    self.store.create(key, encode_json(new))
+                else:
+                    self.store.replace(key, encode_json(new), version)
+                return
+            except (AlreadyExists, VersionConflict):
+                pass  # changed since: decide again from what is there now
+        self._swap(key, "in-flight index", change)
 
     def _change_job(
         self,
@@ -200,10 +259,12 @@ class Ledger:
         change: Callable[[Record | None], Record | None],
         *,
         claim: Claim | None = None,
+        also_drop: tuple[str, ...] = (),
     ) -> Record | None:
         """Change the trait's job record (refused if ``claim`` was taken over) and keep the indexes
         true. The in-flight index is written before a record enters (or changes) flight and after it
-        leaves, so a worker dying between the two leaves it listing too much, never too little."""
+        leaves, so a worker dying between the two leaves it listing too much, never too little.
+        ``also_drop``: index entries to remove with it (a superseded job that ended)."""
         self._ensure_layout()
         key = self.key(JOBS, trait)
         seen: dict[str, Record | None] = {}
@@ -215,26 +276,33 @@ class Ledger:
             seen["old"] = old
             if new is not None and new != old and JobStatus.of(new.get("status")).in_flight:
                 entry = slot_entry(new)
-                if self._in_flight().get(trait) != entry:
-                    self._index({trait: entry})
+                known = self._read_index()
+                if known[0].get(trait) != entry:
+                    self._index({trait: entry}, known)
             return new
 
         new = self._swap(key, f"{WHAT[JOBS]} record", guarded)
         old = seen.get("old")
+        drop: dict[str, Record | None] = dict.fromkeys(also_drop)
         if new is None or new == old:
+            if drop:
+                known = self._read_index()
+                if set(drop) & set(known[0]):
+                    self._index(drop, known)
             return new
-        drop: dict[str, Record | None] = {}
         if not JobStatus.of(new.get("status")).in_flight:
             drop[trait] = None
         old_job = (old or {}).get("job_id")
         if old_job and old_job != new.get("job_id") and JobStatus.of((old or {}).get("status")).in_flight:
             # the trait's key changed while its job ran: that job still costs a slot until it ends
             drop[f"{trait}@{old_job}"] = slot_entry(old or {})
-        if drop and (set(drop) & set(self._in_flight()) or any(v is not None for v in drop.values())):
-            self._index(drop)
-        known = {d for d, _ in uploaded_pairs(old or {})}
+        if drop:
+            known = self._read_index()
+            if set(drop) & set(known[0]) or any(v is not None for v in drop.values()):
+                self._index(drop, known)
+        known_files = {d for d, _ in uploaded_pairs(old or {})}
         for digest, file_id in uploaded_pairs(new):
-            if digest not in known:
+            if digest not in known_files:
                 self.store.put(f"{LEDGER_DIR}/{FILES}/{digest}.json", encode_json(file_entry(file_id, trait)))
         return new
 
@@ -272,9 +340,7 @@ class Ledger:
             recorded = True
             return {**old, "status": status, "updated_at": utc_now()}
 
-        self._change_job(trait, change)
-        if f"{trait}@{job_id}" in self._in_flight():
-            self._index({f"{trait}@{job_id}": None})
+        self._change_job(trait, change, also_drop=(f"{trait}@{job_id}",))
         return recorded
 
     def claim_create(
