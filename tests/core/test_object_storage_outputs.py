@@ -165,3 +165,43 @@ def test_a_refused_archive_is_kept_in_quarantine_on_the_bucket(s3, tmp_path):
     assert "trait-lora download joy_plus --job-id ft-9" in reason and str(refused.value) in reason
     assert not part.exists()
     assert not [k for k in out.list("") if k.startswith("lora_checkpoints/")]
+
+
+def test_the_dashboard_report_reads_the_bucket(s3, tmp_path):
+    from trait_lora.core.handoff import runs
+    from trait_lora.core.handoff.report import run_view, traits_view
+    from trait_lora.core.handoff.summary import build_summary, write_summary
+    from trait_lora.core.storage.store import encode_json
+
+    shards = upload_shards(tmp_path, s3, TRAITS)
+    out = opener.open_location(f"s3://team_s3@{s3.removeprefix('s3://')}/out")
+    plans = {p.trait: p for p in plan_traits(shards, out.location, CFG)}
+    install_and_record(out, "joy_plus", plans["joy_plus"], tmp_path)
+    out.put(
+        "metrics/joy_plus.json", encode_json({"steps": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]})
+    )
+    runs.record_failure(out, "r1", "wisdom_plus", "launch", "launch: budget exceeded")
+    runs.write_run_plan(out, "r1", {"plans": [p.to_dict() for p in plans.values()]})
+    summary = build_summary(
+        run_id="r1",
+        backend="together",
+        plans=[p.to_dict() for p in plans.values()],
+        results={"joy_plus": {"trait": "joy_plus", "action": "trained", "job_id": "ft-1"}},
+        failures=runs.read_failures(out, "r1"),
+        dry_run=False,
+    )
+    paths = write_summary(out, summary)
+    assert paths["loss_plot"] == f"{s3}/out/runs/r1/loss_curves.png"  # no connection id in records
+    assert out.read("runs/r1/loss_curves.png").data[:4] == b"\x89PNG"
+    publish_mapping(out, CFG, failed=summary["failed"], run_id="r1")
+
+    view = traits_view(out.location)
+    assert view["output_dir"] == f"{s3}/out"  # shown without the connection id
+    rows = {r["trait"]: r for r in view["traits"]}
+    assert rows["joy_plus"]["state"] == "trained" and rows["joy_plus"]["curve"] == [[1, 2.0], [2, 1.5]]
+    assert rows["wisdom_plus"]["state"] == "failed" and "budget exceeded" in rows["wisdom_plus"]["reason"]
+    assert sorted(view["mapping"]["traits"]) == ["joy_plus"]
+    run = run_view(out.location, "r1")
+    assert run["state"] == "finished" and run["mapping"]["run_id"] == "r1"
+    assert {p["trait"] for p in run["planned"]} == set(TRAITS)
+    assert run["curves"] == {"joy_plus": [[1, 2.0], [2, 1.5]]}

@@ -74,9 +74,10 @@ class LiveDeployment(DeploymentClient):
         job_seconds: float,
         pool_slots: int,
         parallelism: int,
-        shards_dir: Path,
-        output_dir: Path,
+        shards_dir: Path | str,
+        output_dir: Path | str,
         poll_seconds: float = 1.0,
+        traits: list[str] | None = None,
         extra_env: dict[str, str] | None = None,
         celery_workers: tuple[str, ...] = (),
         worker_concurrency: int = 2,
@@ -96,15 +97,16 @@ class LiveDeployment(DeploymentClient):
         self.pool_slots = pool_slots
         self.parallelism = parallelism
         self.poll_seconds = poll_seconds
-        self.shards_dir = Path(shards_dir)
-        self.output_dir = Path(output_dir)
+        # a folder, or an s3:// URL (then ``traits`` names what the bucket holds)
+        self.shards_dir: Any = shards_dir if "://" in str(shards_dir) else Path(shards_dir)
+        self.output_dir: Any = output_dir if "://" in str(output_dir) else Path(output_dir)
         self.extra_env = dict(extra_env or {})
         self.celery_workers = tuple(celery_workers)
         self.worker_concurrency = worker_concurrency
         self.worker_tuning = worker_tuning
         self.answers = answers
         self.redis: Redis | None = None
-        self.traits: list[str] = sorted(p.stem for p in self.shards_dir.glob("*.jsonl"))
+        self.traits: list[str] = sorted(traits or (p.stem for p in Path(shards_dir).glob("*.jsonl")))
         self.api_port = free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.timings = Timings()
@@ -180,7 +182,7 @@ class LiveDeployment(DeploymentClient):
         return self.workdir / "machines" / worker
 
     def start_worker(self, worker: str) -> Proc:
-        """``airflow celery worker`` as if on a machine of its own, sharing only the outputs volume.
+        """``airflow celery worker`` as if on a machine of its own, sharing no folder with the others.
 
         Its own working directory, ``HOME``, ``TMPDIR`` and ``AIRFLOW_HOME`` (so its logs and any
         scratch file stay on its "machine"), its own Celery node name, and the hostname it reports for

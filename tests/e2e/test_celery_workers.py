@@ -1,11 +1,13 @@
-"""Live e2e on CeleryExecutor: two workers as two "machines" that share only the outputs volume.
+"""Live e2e on CeleryExecutor: two workers as two "machines" that share no directory at all.
 
 A real Airflow (PostgreSQL, Redis from Debian's packages as the broker, api-server, scheduler,
 dag-processor, triggerer) and two ``airflow celery worker`` processes, each with its own working
-directory, ``HOME``, ``TMPDIR``, ``AIRFLOW_HOME`` (its task logs) and reported hostname. What it shows:
+directory, ``HOME``, ``TMPDIR``, ``AIRFLOW_HOME`` (its task logs) and reported hostname. Shards and
+outputs live in a bucket on an S3 API server (moto, over HTTP on loopback), reached through the
+``aws_default`` connection; no path is common to the two machines. What it shows:
 
 * a ``trait_lora_together`` run of 8 traits completes with task instances run by both workers (their
-  ``hostname`` column), every adapter in the one shared output directory;
+  ``hostname`` column), every adapter at its content-addressed key in the bucket;
 * a forced run in which one worker is SIGKILLed (its whole process group: the Celery worker and the
   task processes it runs) while it holds running per-trait tasks still succeeds on the other worker,
   with exactly one new Together job per trait, none cancelled, and ledgers that parse and name every
@@ -24,7 +26,9 @@ from collections import Counter
 import pytest
 
 from tests.e2e.live import DAG_ID, LiveDeployment, log, trait_of_suffix, watch_run, write_shards
-from trait_lora.core.jobs.ledger import HASHES_FILE, JOBS_FILE, Ledger
+from trait_lora.core.jobs.ledger import Ledger
+from trait_lora.core.storage.location import parse_location
+from trait_lora.core.storage.objects import S3Store
 
 pytestmark = pytest.mark.e2e
 
@@ -38,21 +42,34 @@ HEARTBEAT_TIMEOUT_S = 20
 
 
 @pytest.fixture(scope="module")
-def celery(tmp_path_factory, request):
+def bucket(s3_server) -> str:
+    name = "trait-lora-celery"
+    s3_server.client().create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def celery(tmp_path_factory, request, s3_server, bucket):
     workdir = tmp_path_factory.mktemp("celery")
-    shards = workdir / "shards"
-    write_shards(shards, N_TRAITS, prefix="celery", salt="celery")
+    local_shards = workdir / "upload-once"
+    traits = write_shards(local_shards, N_TRAITS, prefix="celery", salt="celery")
+    client = s3_server.client()
+    for path in sorted(local_shards.glob("*.jsonl")):
+        client.put_object(Bucket=bucket, Key=f"shards/{path.name}", Body=path.read_bytes())
     dep = LiveDeployment(
         workdir,
         job_seconds=JOB_SECONDS,
         pool_slots=4,
         parallelism=8,
-        shards_dir=shards,
-        output_dir=workdir / "shared_volume" / "outputs",
+        shards_dir=f"s3://{bucket}/shards",
+        output_dir=f"s3://{bucket}/stage2",
+        traits=traits,
         poll_seconds=1.0,
         celery_workers=WORKERS,
         worker_concurrency=2,
         extra_env={
+            "AIRFLOW_CONN_AWS_DEFAULT": s3_server.connection_json(),
+            "AIRFLOW__TRAIT_LORA__STORAGE_ROOTS": json.dumps([f"s3://{bucket}"]),
             "AIRFLOW__TRAIT_LORA__MAX_JOBS_IN_FLIGHT": str(N_TRAITS),
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT_S),
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
@@ -83,6 +100,15 @@ def tis(dep: LiveDeployment, run_id: str) -> list[tuple[str, int, str, str | Non
     )
 
 
+def outputs(dep: LiveDeployment) -> S3Store:
+    """The run's output location, read as stage 3 or an operator would: over the S3 API."""
+    from tests.support.s3 import S3Server
+
+    loc = parse_location(str(dep.output_dir))
+    server = S3Server(json.loads(dep.extra_env["AIRFLOW_CONN_AWS_DEFAULT"])["extra"]["endpoint_url"])
+    return S3Store(server.client(), loc.bucket, loc.prefix, location=loc.url)
+
+
 def task_logs_on(dep: LiveDeployment, worker: str, run_id: str) -> list[str]:
     logs = dep.worker_dir(worker) / "airflow_home" / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}"
     return sorted(str(p.relative_to(logs)) for p in logs.rglob("*.log")) if logs.is_dir() else []
@@ -109,10 +135,15 @@ def test_a_run_spreads_over_two_workers_sharing_only_the_outputs(celery):
     state = celery.fake.state()
     assert state["creates"] - before["creates"] == N_TRAITS
     assert state["cancels"] == 0 and not state["bugs"]
-    mapping = json.loads((celery.output_dir / "hypernetwork_data.json").read_text())
+    store = outputs(celery)
+    mapping = store.read("hypernetwork_data.json").json()
     assert sorted(mapping["traits"]) == sorted(celery.traits)
-    for entry in mapping["traits"].values():
-        assert (celery.output_dir / entry["adapter_path"] / "adapter_model.safetensors").is_file()
+    for trait, entry in mapping["traits"].items():
+        assert entry["adapter_path"] == f"lora_checkpoints/{trait}/{entry['adapter_sha256']}"
+        assert store.read(f"{entry['adapter_path']}/adapter_model.safetensors") is not None
+    # the "machines" kept their copies and scratch in their own temp folders, nothing in a common one
+    copies = {w: list(celery.worker_dir(w).rglob("trait-lora-shards/*/*.jsonl")) for w in WORKERS}
+    assert any(copies.values()), copies
 
 
 def test_a_worker_killed_mid_run_costs_no_second_job_and_no_ledger_entry(celery):
@@ -161,15 +192,15 @@ def test_a_worker_killed_mid_run_costs_no_second_job_and_no_ledger_entry(celery)
     assert state["cancels"] == 0 and not state["bugs"]
 
     # The ledger's records parse (never torn) and hold every trait: its new job, and the adapter it
-    # installed; the seed-format snapshots written with the mapping say the same.
-    ledger = Ledger(celery.output_dir)
+    # installed, which the mapping names.
+    store = outputs(celery)
+    ledger = Ledger(store)
     jobs, hashes = ledger.jobs(), ledger.hashes()
-    assert json.loads((celery.output_dir / JOBS_FILE).read_text()) == jobs
-    assert json.loads((celery.output_dir / HASHES_FILE).read_text()) == hashes
-    mapping = json.loads((celery.output_dir / "hypernetwork_data.json").read_text())
+    mapping = store.read("hypernetwork_data.json").json()
     new_ids = {j["id"] for j in new_jobs}
     assert sorted(jobs) == sorted(hashes) == sorted(mapping["traits"]) == sorted(celery.traits)
     assert {jobs[t]["job_id"] for t in celery.traits} == new_ids, jobs
     assert {mapping["traits"][t]["job_id"] for t in celery.traits} == new_ids
     for trait in celery.traits:
         assert hashes[trait]["adapter_sha256"] == mapping["traits"][trait]["adapter_sha256"], trait
+        assert hashes[trait]["adapter_path"] == mapping["traits"][trait]["adapter_path"], trait

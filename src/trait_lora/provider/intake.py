@@ -25,15 +25,30 @@ NO_MAPPING = (
 )
 
 
+NOT_ON_OBJECT_STORAGE = (
+    "{where} is on object storage; hypernetwork_intake stacks adapters from a folder for now. Stage 3 "
+    "can read that mapping directly (each entry's adapter_url names its adapter's content-addressed "
+    "folder), or copy the output location to a folder and trigger this DAG with mapping_path"
+)
+
+
+def _local(text: str) -> Path:
+    if "://" in text and not text.startswith("file://"):
+        raise AirflowFailException(NOT_ON_OBJECT_STORAGE.format(where=text))
+    return Path(unquote(urlparse(text).path) if text.startswith("file://") else text)
+
+
 def event_mapping_path(event: Any) -> Path | None:
     """The mapping an event names: its extra's ``mapping_path``, else its Asset's ``file://`` URI."""
     extra = getattr(event, "extra", None) or {}
     if isinstance(extra, Mapping) and isinstance(extra.get("mapping_path"), str) and extra["mapping_path"]:
-        return Path(extra["mapping_path"])
+        return _local(extra["mapping_path"])
     uri = getattr(getattr(event, "asset", None), "uri", "") or ""
     parsed = urlparse(uri)
     if parsed.scheme == "file" and parsed.path:
         return Path(unquote(parsed.path))
+    if parsed.scheme == "s3":
+        return _local(uri)
     return None
 
 
@@ -64,7 +79,7 @@ def pick_mapping(
     """
     manual = (params or {}).get("mapping_path")
     if manual:
-        return Path(manual), None
+        return _local(str(manual)), None
     named = [(e, p) for e in _events(triggering) if (p := event_mapping_path(e)) is not None]
     if not named:
         raise AirflowFailException(NO_MAPPING)

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from trait_lora.core.handoff.mapping import MAPPING_FILE
-from trait_lora.core.handoff.runs import run_dir
+from trait_lora.core.handoff.runs import PLAN_FILE, Output
 from trait_lora.core.handoff.summary import LATEST_SUMMARY, SUMMARY_FILE
 from trait_lora.core.jobs.job_status import JobStatus
 from trait_lora.core.jobs.ledger import Ledger
 from trait_lora.core.shards.catalog import TRAIT_RE
-from trait_lora.core.storage.ledger_io import read_object_or_empty
+from trait_lora.core.storage.layout import run_key
+from trait_lora.core.storage.local import LocalStore
+from trait_lora.core.storage.location import parse_location
+from trait_lora.core.storage.records import as_store
+from trait_lora.core.storage.store import Store, StoreError
 
 METRICS_DIR = "metrics"
 MAX_CURVE_POINTS = 2000  # a curve is drawn, not analysed: a huge metrics file must not stall a page
@@ -60,9 +63,20 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def read_metrics(output_dir: str | Path, trait: str) -> dict[str, Any]:
+def _object(store: Store, key: str) -> dict[str, Any]:
+    """The key's JSON object, or an empty one when it is missing, unreadable or not an object (a reader
+    that only shows state; whoever writes reads strictly and is told what to fix)."""
+    try:
+        blob = store.read(key)
+        data = blob.json() if blob is not None else {}
+    except (OSError, ValueError, StoreError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_metrics(output_dir: Output, trait: str) -> dict[str, Any]:
     """``metrics/<trait>.json``: the loss curve (finite points only) and eval figures where recorded."""
-    data = read_object_or_empty(Path(output_dir) / METRICS_DIR / f"{trait}.json")
+    data = _object(as_store(output_dir), f"{METRICS_DIR}/{trait}.json")
     curve = []
     for step in data.get("steps") or []:
         if not isinstance(step, dict):
@@ -88,13 +102,13 @@ def _state(job: dict[str, Any], installed: bool, last: dict[str, Any]) -> str:
     return "not trained"
 
 
-def trait_rows(output_dir: str | Path) -> list[TraitRow]:
+def trait_rows(output_dir: Output) -> list[TraitRow]:
     """Every trait the output dir knows of (installed, in a job, in the last run, or failed), by name."""
-    out = Path(output_dir)
+    out = as_store(output_dir)
     ledger = Ledger(out)
     hashes = _records(ledger.hashes(tolerant=True))
     jobs = _records(ledger.jobs(tolerant=True))
-    latest = read_object_or_empty(out / LATEST_SUMMARY)
+    latest = _object(out, LATEST_SUMMARY)
     last_rows = {
         r["trait"]: r
         for r in latest.get("traits") or []
@@ -139,37 +153,46 @@ def totals(rows: list[TraitRow]) -> dict[str, Any]:
     }
 
 
-def traits_view(output_dir: str | Path) -> dict[str, Any]:
+def traits_view(output_dir: Output) -> dict[str, Any]:
     """The Traits tab: one row per trait and the totals, as JSON."""
-    rows = trait_rows(output_dir)
+    store = as_store(output_dir)
+    rows = trait_rows(store)
     return {
-        "output_dir": str(output_dir),
+        "output_dir": public(store),
         "totals": totals(rows),
         "traits": [r.to_json() for r in rows],
-        "mapping": read_object_or_empty(Path(output_dir) / MAPPING_FILE) or None,
+        "mapping": _object(store, MAPPING_FILE) or None,
     }
 
 
-def run_view(output_dir: str | Path, run_id: str) -> dict[str, Any]:
+def public(store: Store) -> str:
+    """The location as shown to a reader: a folder, or the URL without the connection id."""
+    if isinstance(store, LocalStore):
+        return str(store.root)
+    return parse_location(store.location).public_url
+
+
+def run_view(output_dir: Output, run_id: str) -> dict[str, Any]:
     """The Training summary tab of one run: its summary, plan, curves of what it trained, the mapping.
 
     The mapping on disk is shown only when this run wrote it (a later run may have replaced it).
     """
-    directory = run_dir(output_dir, run_id)
-    summary = read_object_or_empty(directory / SUMMARY_FILE)
-    plan = read_object_or_empty(directory / "plan.json")
-    mapping = read_object_or_empty(Path(output_dir) / MAPPING_FILE)
+    store = as_store(output_dir)
+    folder = run_key(run_id)
+    summary = _object(store, f"{folder}/{SUMMARY_FILE}")
+    plan = _object(store, f"{folder}/{PLAN_FILE}")
+    mapping = _object(store, MAPPING_FILE)
     rows = [r for r in summary.get("traits") or [] if isinstance(r, dict) and isinstance(r.get("trait"), str)]
     curves = {}
     for row in rows:
         if row.get("action") in ("trained", "resumed") and TRAIT_RE.fullmatch(row["trait"]):
-            curve = read_metrics(output_dir, row["trait"])["curve"]
+            curve = read_metrics(store, row["trait"])["curve"]
             if curve:
                 curves[row["trait"]] = [list(p) for p in curve]
     state = "finished" if summary else ("planned" if plan else "unknown")
     return {
         "run_id": run_id,
-        "output_dir": str(output_dir),
+        "output_dir": public(store),
         "state": state,
         "summary": summary or None,
         "planned": [

@@ -9,7 +9,6 @@ param default; so a run with a non-default ``output_dir`` shows what it wrote.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
@@ -36,7 +35,7 @@ def _job_url(job_id: str) -> str:
     return dashboard_url(job_id)
 
 
-def _param_default(dag_id: str, session: Any) -> Path:
+def _param_default(dag_id: str, session: Any) -> str:
     from airflow.models.serialized_dag import SerializedDagModel
 
     dag = SerializedDagModel.get_dag(dag_id, session=session)
@@ -46,24 +45,38 @@ def _param_default(dag_id: str, session: Any) -> Path:
     if "output_dir" not in params:
         raise HTTPException(404, f"DAG {dag_id!r} is not a trait-lora training DAG (it has no output_dir)")
     value = params.get_param("output_dir").value if hasattr(params, "get_param") else params["output_dir"]
-    return Path(str(value))
+    return str(value)
 
 
-def output_dir_of(dag_id: str, run_id: str | None = None) -> Path:
-    """Where the DAG (or one of its runs) writes; resolved like ``discover`` resolves it."""
+def output_dir_of(dag_id: str, run_id: str | None = None) -> str:
+    """Where the DAG (or one of its runs) writes, resolved like ``discover`` resolves it: a folder, or
+    an object-storage URL. Only inside the DAG's own default or ``[trait_lora] storage_roots``: a run
+    created before a root was removed is not a way to read elsewhere."""
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
+    from trait_lora import settings
+    from trait_lora.core.storage.location import LocationError, confine
+
     with create_session() as session:
         default = _param_default(dag_id, session)
-        if run_id is None:
-            return default.resolve()
-        run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
-        if run is None:
-            raise HTTPException(404, f"run {run_id!r} of DAG {dag_id!r} was not found")
-        chosen = (run.conf or {}).get("output_dir")
-        return Path(chosen if isinstance(chosen, str) and chosen else default).resolve()
+        chosen = default
+        if run_id is not None:
+            run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+            if run is None:
+                raise HTTPException(404, f"run {run_id!r} of DAG {dag_id!r} was not found")
+            conf = (run.conf or {}).get("output_dir")
+            chosen = conf if isinstance(conf, str) and conf else default
+    roots = [default, *(str(r) for r in settings.get("storage_roots"))]
+    try:
+        where = confine(chosen, roots, what="output_dir", setting="storage_roots")
+    except LocationError as exc:
+        raise HTTPException(403, str(exc)) from None
+    if where.is_local:
+        assert where.path is not None
+        return str(where.path.resolve())
+    return where.url
 
 
 @app.get("/api/dags/{dag_id}/traits", dependencies=READ_DAG)
