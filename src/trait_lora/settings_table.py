@@ -287,6 +287,26 @@ SETTINGS: tuple[Setting, ...] = (
     _s("k8s_hf_secret", "string", "hf-token", "Kubernetes Secret holding the Hugging Face token."),
     _s("k8s_hf_secret_key", "string", "token", "Key of the token in that Secret (mounted as HF_TOKEN)."),
     _s(
+        "k8s_storage_secret",
+        "string",
+        "",
+        "With s3:// locations (no PVC): Kubernetes Secret whose keys aws_access_key_id and "
+        "aws_secret_access_key become the pod's AWS credentials. Empty: the pod's service account.",
+    ),
+    _s(
+        "k8s_service_account",
+        "string",
+        "",
+        "Service account of training pods (e.g. one with an IAM role for the bucket). "
+        "Empty: the namespace's default.",
+    ),
+    _s(
+        "k8s_s3_endpoint_url",
+        "string",
+        "",
+        "With s3:// locations: an S3-compatible endpoint for the pod (AWS_ENDPOINT_URL_S3). Empty: AWS.",
+    ),
+    _s(
         "k8s_gpu_flag",
         "boolean",
         "True",

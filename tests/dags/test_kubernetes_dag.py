@@ -105,3 +105,101 @@ def test_the_pods_exact_argv_run_here_produces_a_verified_adapter(tmp_path, monk
     installed = install_pod_result(plan, result, "manual__test", {})
     assert installed["adapter_sha256"] == Ledger(tmp_path / "out").hash_record("joy_plus")["adapter_sha256"]
     assert (tmp_path / "out" / "lora_checkpoints" / "joy_plus" / "adapter_config.json").is_file()
+
+
+def s3_plan(tmp_path, s3_server, bucket, local_model="meta-llama/Meta-Llama-3.1-8B-Instruct"):
+    """A plan whose shard and output are in a bucket (the Kubernetes DAG without a PVC)."""
+    client = s3_server.client()
+    for path in copy_shards(tmp_path / "shards", ["joy_plus"]).iterdir():
+        client.put_object(Bucket=bucket, Key=f"shards/{path.name}", Body=path.read_bytes())
+    config = TrainingConfig(backend="local", local_model=local_model)
+    out = f"s3://aws_default@{bucket}/stage2"
+    plan = plan_traits(f"s3://aws_default@{bucket}/shards", out, config)[0].to_dict()
+    return {**plan, "config": config.to_dict(), "output_dir": out}
+
+
+def test_without_a_pvc_the_pod_reads_and_writes_the_bucket_with_credentials_by_reference(
+    tmp_path, monkeypatch, s3_server, s3_bucket, s3_conn
+):
+    from tests.support.s3 import SECRET_KEY
+
+    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__K8S_STORAGE_SECRET", "trait-lora-s3")
+    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__K8S_SERVICE_ACCOUNT", "trait-lora-trainer")
+    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__K8S_S3_ENDPOINT_URL", "https://s3.internal.example")
+    plan = s3_plan(tmp_path, s3_server, s3_bucket)
+    _, pod = rendered_pod(plan)
+    container = pod.spec.containers[0]
+    args = container.args
+    assert args[args.index("--shard") + 1] == f"s3://{s3_bucket}/shards/joy_plus.jsonl"  # no conn id
+    assert args[args.index("--out") + 1].startswith(f"s3://{s3_bucket}/stage2/.staging-train/joy_plus-")
+    assert not [v for v in pod.spec.volumes if v.persistent_volume_claim]  # no PVC at all (xcom only)
+    assert "trait-lora-data" not in [m.name for m in container.volume_mounts or []]
+    assert pod.spec.service_account_name == "trait-lora-trainer"
+    env = {e.name: e for e in container.env}
+    for name, key in (
+        ("AWS_ACCESS_KEY_ID", "aws_access_key_id"),
+        ("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
+    ):
+        assert env[name].value is None
+        assert (env[name].value_from.secret_key_ref.name, env[name].value_from.secret_key_ref.key) == (
+            "trait-lora-s3",
+            key,
+        )
+    assert env["AWS_ENDPOINT_URL_S3"].value == "https://s3.internal.example"
+    assert SECRET_KEY not in json.dumps(pod.to_dict(), default=str)  # the worker's own key stays there
+
+    # the PVC variant is unchanged by these settings, and a run mixing the two is refused
+    _, local_pod = rendered_pod(make_plan(tmp_path / "pvc", monkeypatch))
+    assert [v.name for v in local_pod.spec.volumes if v.persistent_volume_claim] == ["trait-lora-data"]
+    mixed = {**plan, "output_dir": str(tmp_path / "pvc" / "out")}
+    with pytest.raises(ValueError, match=r"both be on object storage .* or both on the PVC"):
+        kubernetes.pod_spec(mixed)
+
+
+def test_the_pods_argv_against_the_bucket_installs_a_content_addressed_adapter(
+    tmp_path, monkeypatch, s3_server, s3_bucket, s3_conn
+):
+    """The pod's exact argv, with only AWS_* variables for credentials (as a Secret would give it)."""
+    import os
+
+    from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY
+    from trait_lora.core.storage.records import as_store
+    from trait_lora.train.tiny_model import build_tiny_model
+
+    copy_shards(tmp_path / "model-shards", ["joy_plus"])
+    model = build_tiny_model(tmp_path / "model-shards", tmp_path / "model")
+    plan = s3_plan(tmp_path, s3_server, s3_bucket, local_model=str(model))
+    xcom = tmp_path / "xcom" / "return.json"
+    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__K8S_GPU_FLAG", "0")
+    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__K8S_XCOM_FILE", str(xcom))
+    spec = kubernetes.pod_spec(plan)
+    pod_env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))}
+    pod_env.update(
+        AWS_ACCESS_KEY_ID=ACCESS_KEY,
+        AWS_SECRET_ACCESS_KEY=SECRET_KEY,
+        AWS_DEFAULT_REGION=REGION,
+        AWS_ENDPOINT_URL_S3=s3_server.endpoint,
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "trait_lora.train", *spec["arguments"]],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=pod_env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(xcom.read_text())
+    assert result["adapter_dir"] == spec["adapter_dir"] and result["adapter_dir"].startswith("s3://")
+
+    installed = install_pod_result(plan, result, "manual__test", {})
+    store = as_store(plan["output_dir"])
+    record = Ledger(store).hash_record("joy_plus")
+    assert installed["adapter_sha256"] == record["adapter_sha256"]
+    assert record["adapter_path"] == f"lora_checkpoints/joy_plus/{record['adapter_sha256']}"
+    assert store.read(f"{record['adapter_path']}/adapter_model.safetensors") is not None
+    assert store.read("metrics/joy_plus.json").json()["steps"]
+    assert not [k for k in store.list("") if ".staging-train" in k]  # staging removed once installed
+
+    # a pod answer naming a place outside this run's staging folder is never read
+    with pytest.raises(Exception, match="outside this run's staging folder"):
+        install_pod_result(plan, {"adapter_dir": f"s3://{s3_bucket}/elsewhere"}, "manual__test", {})

@@ -19,11 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from trait_lora.core.adapter import AdapterSpec, install_adapter
+from trait_lora.core.adapter.content import install_adapter_to_store
 from trait_lora.core.config import from_mapping
 from trait_lora.core.errors import TraitLoraError
 from trait_lora.core.jobs.ledger import Ledger
 from trait_lora.core.shards.catalog import check_trait_name
-from trait_lora.core.storage.atomic import atomic_write_json
+from trait_lora.core.storage.local import LocalStore
+from trait_lora.core.storage.records import as_store
+from trait_lora.core.storage.store import encode_json
 
 EXIT_MEANINGS = {
     1: "the trainer crashed (see the log above)",
@@ -126,34 +129,45 @@ def install_trained(plan: dict[str, Any], adapter_src: str | Path, output_dir: s
         )
     evaluation = metrics.get("eval") if isinstance(metrics.get("eval"), dict) else None
     check_quality_gate(trait, evaluation, plan.get("min_eval_improvement"))
-    path, info = install_adapter(src, Path(output_dir), trait, AdapterSpec.from_config(config))
+    store = as_store(str(output_dir))
+    spec = AdapterSpec.from_config(config)
+    folder = None
+    if isinstance(store, LocalStore):
+        path, info = install_adapter(src, store.root, trait, spec)
+        where = str(path)
+    else:  # object storage (the Kubernetes DAG without a PVC): a content-addressed folder
+        folder, info = install_adapter_to_store(src, store, trait, spec)
+        where = store.url(folder)
     steps = [{"step": s["step"], "loss": s["loss"]} for s in metrics.get("steps", []) if "loss" in s]
-    atomic_write_json(
-        Path(output_dir) / "metrics" / f"{trait}.json",
-        {
-            "job_id": None,
-            "steps": steps,
-            "eval": evaluation,
-            **{
-                k: metrics[k]
-                for k in ("tokens_per_second", "wall_seconds", "real_tokens", "device")
-                if k in metrics
-            },
-        },
+    store.put(
+        f"metrics/{trait}.json",
+        encode_json(
+            {
+                "job_id": None,
+                "steps": steps,
+                "eval": evaluation,
+                **{
+                    k: metrics[k]
+                    for k in ("tokens_per_second", "wall_seconds", "real_tokens", "device")
+                    if k in metrics
+                },
+            }
+        ),
     )
-    record = Ledger(output_dir).record_planned_adapter(
+    record = Ledger(store).record_planned_adapter(
         plan,
         adapter_sha256=info.sha256,
         job_id=None,
         backend="local",
         base_model=config.local_model,
         evaluation=evaluation,
+        adapter_path=folder,
     )
     return {
         "trait": trait,
         "action": "trained",
         "job_id": None,
-        "adapter_path": str(path),
+        "adapter_path": where,
         "adapter_sha256": info.sha256,
         "final_loss": metrics.get("final_loss"),
         "duration_s": metrics.get("wall_seconds"),

@@ -19,6 +19,7 @@ from airflow.sdk import BaseOperator
 from trait_lora import settings
 from trait_lora.core.config import from_mapping
 from trait_lora.core.shards.catalog import check_trait_name
+from trait_lora.core.storage.location import parse_location
 
 
 def variable_template(variable: str) -> str:
@@ -39,14 +40,37 @@ def under_mount(path: str) -> str:
     return str(resolved)
 
 
+STAGING = ".staging-train"
+
+
+def _locations(plan: dict[str, Any], trait: str) -> tuple[str, str]:
+    """The pod's shard and adapter locations: both on the PVC, or both in the bucket (no PVC).
+
+    On object storage the URLs carry no Airflow connection id (the pod has no Airflow): the pod's
+    credentials come from its environment (``pod_operator_kwargs``)."""
+    staging = f"{STAGING}/{trait}-{plan['job_key'][:16]}"
+    out_remote = "://" in str(plan["output_dir"]) and not str(plan["output_dir"]).startswith("file://")
+    shard_remote = bool(plan.get("shard_key"))
+    if out_remote != shard_remote:
+        raise ValueError(
+            "shards_dir and output_dir must both be on object storage (the pod reads and writes the "
+            "bucket, no PVC) or both on the PVC; this run mixes them"
+        )
+    if not out_remote:
+        return under_mount(plan["shard_path"]), f"{under_mount(plan['output_dir'])}/{staging}"
+    out = parse_location(str(plan["output_dir"])).public_url
+    shards = parse_location(str(plan["shard_location"])).public_url
+    return f"{shards}/{plan['shard_key']}", f"{out}/{staging}"
+
+
 def pod_spec(plan: dict[str, Any]) -> dict[str, Any]:
     """Per-trait pod values: argv list, labels, pod name, and where the adapter will appear."""
     trait = check_trait_name(plan["trait"])
     config = from_mapping({**plan["config"], "backend": "local"})
-    out = f"{under_mount(plan['output_dir'])}/.staging-train/{trait}-{plan['job_key'][:16]}"
+    shard, out = _locations(plan, trait)
     arguments = [
         "--shard",
-        under_mount(plan["shard_path"]),
+        shard,
         "--out",
         out,
         "--config-json",
@@ -65,10 +89,12 @@ def pod_spec(plan: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def pod_operator_kwargs() -> dict[str, Any]:
+def pod_operator_kwargs(object_storage: bool = False) -> dict[str, Any]:
     """Everything but the per-trait values and the templated image/namespace, as pod-operator kwargs.
 
     Called in the worker (it imports the Kubernetes client), never while a DAG file is parsed.
+    ``object_storage``: the pod reads and writes a bucket, so it mounts no PVC; its credentials are
+    references to a Secret (``k8s_storage_secret``) or its service account, never values.
     """
     from airflow.providers.cncf.kubernetes.secret import Secret
     from kubernetes.client import models as k8s
@@ -84,11 +110,11 @@ def pod_operator_kwargs() -> dict[str, Any]:
     )
     tolerations = [k8s.V1Toleration(**t) for t in settings.get("k8s_tolerations")]
     mount = settings.get_str("k8s_mount_path")
-    return {
-        "cmds": ["python", "-m", "trait_lora.train"],
-        "container_resources": resources,
-        "node_selector": settings.get("k8s_node_selector"),
-        "tolerations": tolerations,
+    secrets = [
+        Secret("env", "HF_TOKEN", settings.get_str("k8s_hf_secret"), settings.get_str("k8s_hf_secret_key"))
+    ]
+    env_vars = [k8s.V1EnvVar(name="HF_HUB_DISABLE_TELEMETRY", value="1")]
+    storage: dict[str, Any] = {
         "volumes": [
             k8s.V1Volume(
                 name="trait-lora-data",
@@ -98,21 +124,40 @@ def pod_operator_kwargs() -> dict[str, Any]:
             )
         ],
         "volume_mounts": [k8s.V1VolumeMount(name="trait-lora-data", mount_path=mount)],
-        "secrets": [
-            Secret(
-                "env",
-                "HF_TOKEN",
-                settings.get_str("k8s_hf_secret"),
-                settings.get_str("k8s_hf_secret_key"),
-            )
-        ],
-        "env_vars": [k8s.V1EnvVar(name="HF_HUB_DISABLE_TELEMETRY", value="1")],
+    }
+    if object_storage:
+        storage = {}
+        secret = settings.get_str("k8s_storage_secret")
+        if secret:
+            secrets += [
+                Secret("env", "AWS_ACCESS_KEY_ID", secret, "aws_access_key_id"),
+                Secret("env", "AWS_SECRET_ACCESS_KEY", secret, "aws_secret_access_key"),
+            ]
+        endpoint = settings.get_str("k8s_s3_endpoint_url")
+        if endpoint:
+            env_vars.append(k8s.V1EnvVar(name="AWS_ENDPOINT_URL_S3", value=endpoint))
+    account = settings.get_str("k8s_service_account")
+    if account:
+        storage["service_account_name"] = account
+    return {
+        "cmds": ["python", "-m", "trait_lora.train"],
+        "container_resources": resources,
+        "node_selector": settings.get("k8s_node_selector"),
+        "tolerations": tolerations,
+        **storage,
+        "secrets": secrets,
+        "env_vars": env_vars,
         "deferrable": True,
         "do_xcom_push": True,
         "get_logs": True,
         "on_finish_action": "delete_pod",
         "startup_timeout_seconds": 1800,
     }
+
+
+def _on_object_storage(arguments: Any) -> bool:
+    args = list(arguments)
+    return "--out" in args and str(args[args.index("--out") + 1]).startswith("s3://")
 
 
 class TrainingPodOperator(BaseOperator):
@@ -157,7 +202,7 @@ class TrainingPodOperator(BaseOperator):
                 labels=dict(self.labels),
                 image=str(self.image or "").strip() or settings.get_str("trainer_image"),
                 namespace=str(self.namespace or "").strip() or settings.get_str("k8s_namespace"),
-                **pod_operator_kwargs(),
+                **pod_operator_kwargs(object_storage=_on_object_storage(self.arguments)),
             )
         return self._pod_op
 

@@ -6,7 +6,10 @@ the same decisions and write the same mapping, summary and Asset metadata.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +54,11 @@ def discover(
             for key in ("shards_dir", "output_dir")
         }
         remote = [key for key, loc in where.items() if not loc.is_local]
-        if remote and backend != "together":
+        if remote and backend == "local":
             raise TraitLoraError(
-                f"{', '.join(remote)} on object storage: the {backend} backend trains from and to a "
-                "folder for now (the Together DAG, trait_lora_together, works on s3://); use a folder "
-                "here (docs/deploy.md, 'Object storage')"
+                f"{', '.join(remote)} on object storage: the in-process local backend trains from and "
+                "to a folder for now (trait_lora_together and trait_lora_kubernetes work on s3://); use "
+                "a folder here (docs/deploy.md, 'Object storage')"
             )
         # a bad store stops the run here, before any upload or paid job: the output must honour
         # conditional writes (probed), the shards must be listable
@@ -229,12 +232,42 @@ def install_pod_result(plan: dict[str, Any], pod_result: Any, run_id: str, conte
             raise AirflowFailException(
                 f"{plan['trait']}: the pod returned no adapter_dir (got {pod_result!r})"
             )
-        result = install_trained(plan, pod_result["adapter_dir"], plan["output_dir"])
+        with pod_adapter(plan, str(pod_result["adapter_dir"])) as adapter_dir:
+            result = install_trained(plan, adapter_dir, plan["output_dir"])
     except (TraitLoraError, AirflowFailException) as exc:
         runs.record_failure(plan["output_dir"], run_id, plan["trait"], "install", str(exc))
         raise AirflowFailException(str(exc)) from None
     runs.clear_failure(plan["output_dir"], run_id, plan["trait"])
     return result
+
+
+@contextlib.contextmanager
+def pod_adapter(plan: dict[str, Any], adapter_dir: str) -> Iterator[str]:
+    """The pod's adapter as a local folder: on the PVC as it is; from the bucket, its files copied into
+    a temp folder (and the staging objects removed once installed). Only a key under this run's
+    output location is read: the pod's answer is not trusted to name any other place."""
+    from trait_lora.core.storage.location import parse_location
+    from trait_lora.core.storage.records import as_store
+
+    if not adapter_dir.startswith("s3://"):
+        yield adapter_dir
+        return
+    store = as_store(plan["output_dir"])
+    base = parse_location(str(plan["output_dir"])).public_url.rstrip("/") + "/"
+    if not adapter_dir.startswith(base + ".staging-train/"):
+        raise AirflowFailException(
+            f"{plan['trait']}: the pod reported its adapter at {adapter_dir}, outside this run's "
+            f"staging folder {base}.staging-train/; nothing installed"
+        )
+    prefix = adapter_dir[len(base) :].rstrip("/")
+    with tempfile.TemporaryDirectory(prefix=f"trait-lora-{plan['trait']}-") as tmp:
+        for name in ("adapter_config.json", "adapter_model.safetensors", "metrics.json"):
+            blob = store.read(f"{prefix}/{name}")
+            if blob is not None:
+                (Path(tmp) / name).write_bytes(blob.data)
+        yield tmp
+    for name in ("adapter_config.json", "adapter_model.safetensors", "metrics.json"):
+        store.delete(f"{prefix}/{name}")
 
 
 def normalise_results(results: Any) -> dict[str, dict[str, Any]]:

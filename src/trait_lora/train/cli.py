@@ -11,12 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from trait_lora.core.config import from_mapping
 from trait_lora.core.errors import ConfigError, ShardError
 from trait_lora.core.shards.validation import require_valid
+from trait_lora.core.storage.store import StoreError
 from trait_lora.train import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
@@ -25,6 +28,7 @@ from trait_lora.train import (
     EXIT_OOM,
     ModelLoadError,
     TrainInputError,
+    objects,
 )
 
 OOM_HINT = "out of memory: retry with a smaller --micro-batch (accumulation keeps the effective batch)"
@@ -39,12 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
             "3 base model missing or unusable, 4 out of memory"
         ),
     )
-    parser.add_argument("--shard", required=True, type=Path, help="the .jsonl shard to train on")
+    parser.add_argument(
+        "--shard", required=True, help="the .jsonl shard to train on: a path, or an s3://bucket/key URL"
+    )
     parser.add_argument(
         "--out",
         required=True,
-        type=Path,
-        help="adapter directory to create; an existing one is replaced only when training succeeds",
+        help="adapter directory to create; an existing one is replaced only when training succeeds; "
+        "an s3://bucket/prefix URL uploads the adapter there instead (credentials from the environment)",
     )
     parser.add_argument(
         "--config-json",
@@ -96,24 +102,60 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # JSONDecodeError and ConfigError are both ValueErrors
         print(f"error: bad training config: {exc}", file=err)
         return EXIT_BAD_INPUT
+    with tempfile.TemporaryDirectory(prefix="trait-lora-train-") as scratch:
+        try:
+            shard, out = _local_paths(args, Path(scratch))
+        except (FileNotFoundError, StoreError) as exc:
+            print(f"error: cannot read shard {args.shard}: {exc}", file=err)
+            return EXIT_BAD_INPUT
+        code, summary = _train(args, config, shard, out, err)
+        if code != EXIT_OK or summary is None:
+            return code
+        if objects.is_s3(args.out):
+            objects.publish_dir(out, args.out)
+            summary["adapter_dir"] = args.out  # where the worker finds it, not this pod's scratch
+        line = json.dumps(summary, sort_keys=True)
+        if args.xcom_file:
+            args.xcom_file.parent.mkdir(parents=True, exist_ok=True)
+            args.xcom_file.write_text(line)
+        print(line, flush=True)
+        return EXIT_OK
+
+
+def _local_paths(args: argparse.Namespace, scratch: Path) -> tuple[Path, Path]:
+    """The shard and the adapter folder as local paths: a pod without a shared volume copies its
+    shard from object storage and trains into scratch, uploading the adapter once it is done."""
+    shard = (
+        objects.fetch(args.shard, scratch / "shard" / args.shard.rsplit("/", 1)[-1])
+        if objects.is_s3(args.shard)
+        else Path(args.shard)
+    )
+    out = scratch / "adapter" if objects.is_s3(args.out) else Path(args.out)
+    return shard, out
+
+
+def _train(
+    args: argparse.Namespace, config: Any, shard: Path, out: Path, err: Any
+) -> tuple[int, dict[str, Any] | None]:
+    """Validate and train; the exit code, and the result's summary when it succeeded."""
     try:
-        report = require_valid(args.shard)
+        report = require_valid(shard)
     except ShardError as exc:
         print(f"error: {args.shard} is not a valid shard; fix these lines and retry:", file=err)
         for problem in exc.problems:
             print(problem, file=err)
-        return EXIT_BAD_INPUT
+        return EXIT_BAD_INPUT, None
     except OSError as exc:
         print(f"error: cannot read shard {args.shard}: {exc}", file=err)
-        return EXIT_BAD_INPUT
+        return EXIT_BAD_INPUT, None
 
     from trait_lora.train import trainer  # torch, transformers, peft: only once the input is known good
 
     kwargs = {"max_length": args.max_length} if args.max_length else {}
     try:
         result = trainer.train_adapter(
-            args.shard,
-            args.out,
+            shard,
+            out,
             config,
             base_model_id=args.base_model_id,
             gpu=args.gpu,
@@ -125,29 +167,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except ModelLoadError as exc:
         print(f"error: {exc}", file=err)
-        return EXIT_MODEL
+        return EXIT_MODEL, None
     except (TrainInputError, ShardError) as exc:
         print(f"error: {exc}", file=err)
         for problem in getattr(exc, "problems", []):
             print(problem, file=err)
-        return EXIT_BAD_INPUT
+        return EXIT_BAD_INPUT, None
     except KeyboardInterrupt:
         print("error: interrupted; no adapter was written", file=err)
-        return 130
+        return 130, None
     except (RuntimeError, MemoryError) as exc:
         if _is_oom(exc):
             print(
                 f"error: {OOM_HINT} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
                 file=err,
             )
-            return EXIT_OOM
+            return EXIT_OOM, None
         raise
-    line = json.dumps(result.summary(), sort_keys=True)
-    if args.xcom_file:
-        args.xcom_file.parent.mkdir(parents=True, exist_ok=True)
-        args.xcom_file.write_text(line)
-    print(line, flush=True)
-    return EXIT_OK
+    return EXIT_OK, result.summary()
 
 
 def run() -> None:

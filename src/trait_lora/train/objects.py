@@ -1,0 +1,49 @@
+"""The trainer pod's own way to object storage, when no volume is shared with the Airflow workers.
+
+The pod reads its shard from and writes its adapter to the bucket itself, with credentials from its
+environment (a Kubernetes Secret mapped to ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, or the
+pod's service account through web identity): never in its argv or the rendered spec. An S3-compatible
+endpoint comes from ``AWS_ENDPOINT_URL_S3`` (boto3 reads it). The adapter goes to a staging prefix the
+worker chose; the worker verifies it before anything is installed, as it does a Together download.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trait_lora.core.storage.location import parse_location
+from trait_lora.core.storage.objects import S3Store
+
+PRODUCED = ("adapter_config.json", "adapter_model.safetensors", "metrics.json")
+
+
+def is_s3(text: str) -> bool:
+    return str(text).startswith("s3://")
+
+
+def _store(url: str) -> tuple[S3Store, str]:
+    """The store of the URL's bucket and the key of the URL in it."""
+    import boto3
+
+    loc = parse_location(url, what="s3 URL")
+    return S3Store(boto3.client("s3"), loc.bucket, "", location=f"s3://{loc.bucket}"), loc.prefix
+
+
+def fetch(url: str, dest: Path) -> Path:
+    """Copy the object at ``url`` to ``dest``; FileNotFoundError naming it when it is missing."""
+    store, key = _store(url)
+    blob = store.read(key)
+    if blob is None:
+        raise FileNotFoundError(f"{url} does not exist (or the pod's credentials cannot see it)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(blob.data)
+    return dest
+
+
+def publish_dir(local: Path, url: str) -> None:
+    """Upload the trained adapter's files under the prefix ``url`` (this pod is their one writer)."""
+    store, prefix = _store(url)
+    for name in PRODUCED:
+        path = local / name
+        if path.is_file():
+            store.put(f"{prefix}/{name}", path.read_bytes())
