@@ -39,9 +39,10 @@ from trait_lora.provider.pipeline import HYPERNETWORK_ALIAS
         "mapping_path": form_field(
             None,
             type=["null", "string"],
-            pattern="^/",
+            pattern="^(/|s3://)",
             title="Mapping file",
-            description="For a manual run: the hypernetwork_data.json to read, as an absolute path. "
+            description="For a manual run: the hypernetwork_data.json to read, as an absolute path or "
+            "an s3://bucket/prefix/hypernetwork_data.json URL. "
             "Default: empty, which reads the file named by the Asset event that triggered the run.",
             section=PATHS,
         ),

@@ -147,11 +147,20 @@ def schedule() -> str | None:
     return None if value.lower() in ("", "none", "null") else value
 
 
-def default_dirs(project_dir: Path, *, use_airflow: bool = True) -> tuple[Path, Path]:
-    """``shards_dir`` / ``output_dir``, else the project's ``include/sample_shards`` and ``outputs/``."""
+def default_dirs(project_dir: Path, *, use_airflow: bool = True) -> tuple[Any, Any]:
+    """``shards_dir`` / ``output_dir``, else the project's ``include/sample_shards`` and ``outputs/``:
+    a ``Path`` for a folder (``file://`` unwrapped), the text as given for an object-storage URL
+    (``Path`` would fold ``s3://`` into ``s3:/``)."""
     shards = get_str("shards_dir", use_airflow=use_airflow) or project_dir / "include" / "sample_shards"
     output = get_str("output_dir", use_airflow=use_airflow) or project_dir / "outputs"
-    return Path(shards), Path(output)
+    return _location(shards), _location(output)
+
+
+def _location(value: str | Path) -> Path | str:
+    text = str(value)
+    if "://" in text and not text.startswith("file://"):
+        return text
+    return Path(text.removeprefix("file://"))
 
 
 def airflow_home_default() -> str:

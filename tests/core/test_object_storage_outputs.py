@@ -205,3 +205,34 @@ def test_the_dashboard_report_reads_the_bucket(s3, tmp_path):
     assert run["state"] == "finished" and run["mapping"]["run_id"] == "r1"
     assert {p["trait"] for p in run["planned"]} == set(TRAITS)
     assert run["curves"] == {"joy_plus": [[1, 2.0], [2, 1.5]]}
+
+
+def test_stage3_intake_reads_the_bucket_and_publishes_the_dataset_behind_a_pointer(s3, tmp_path):
+    from trait_lora.core.errors import IntakeError
+    from trait_lora.core.handoff.intake_objects import POINTER, build_intake_at
+
+    shards = upload_shards(tmp_path, s3, TRAITS)
+    out = opener.open_location(f"{s3}/out")
+    plans = {p.trait: p for p in plan_traits(shards, out.location, CFG)}
+    for seed, trait in enumerate(("joy_plus", "joy_minus")):
+        install_and_record(out, trait, plans[trait], tmp_path / str(seed), seed=seed)
+    url, mapping, _ = publish_mapping(out, CFG, run_id="r1")
+
+    result = build_intake_at(url)
+    assert result["traits"] == ["joy_minus", "joy_plus"] and result["mapping_path"] == url
+    folder = f"hypernetwork_dataset/{result['mapping_sha256']}"
+    assert result["dataset_dir"] == f"{s3}/out/{folder}"
+    pointer = out.read(POINTER).json()
+    assert pointer["dataset"] == folder and pointer["traits"] == ["joy_minus", "joy_plus"]
+    index = out.read(f"{folder}/index.json").json()
+    assert [r["trait"] for r in index["traits"]] == ["joy_minus", "joy_plus"]
+    assert out.read(f"{folder}/adapters.safetensors").data[:8]  # the stacked tensors, written once
+    assert build_intake_at(url)["mapping_sha256"] == result["mapping_sha256"]  # again: same keys, fine
+
+    # a damaged adapter in the bucket is refused by name, and the pointer stays on the good dataset
+    weights = f"{mapping['traits']['joy_plus']['adapter_path']}/adapter_model.safetensors"
+    out.delete(weights)
+    out.put(weights, b"not safetensors")
+    with pytest.raises(IntakeError, match="joy_plus"):
+        build_intake_at(url)
+    assert out.read(POINTER).json() == pointer

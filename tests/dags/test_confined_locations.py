@@ -65,3 +65,22 @@ def test_a_symlink_out_of_a_root_fails_discover_before_anything_is_read_or_writt
         "trait_lora_local", {"shards_dir": str(shards), "output_dir": str(outputs), "dry_run": True}
     )
     assert task_states(allowed)[("discover", -1)] == "success"
+
+
+def test_a_deployment_on_object_storage_keeps_its_urls_as_the_forms_defaults(monkeypatch):
+    """s3:// settings are the form's defaults as written (a Path would fold them into 's3:/...'),
+    allowed by the form's pattern, and the bucket is never listed while the DAG file is parsed."""
+    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__SHARDS_DIR", "s3://team-bucket/trait-lora/shards")
+    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__OUTPUT_DIR", "s3://team-bucket/trait-lora/stage2")
+    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__STORAGE_ROOTS", "[]")
+    dag = get_dag("trait_lora_together")
+    assert dag.params["shards_dir"] == "s3://team-bucket/trait-lora/shards"
+    assert dag.params["output_dir"] == "s3://team-bucket/trait-lora/stage2"
+    assert "enum" not in dag.params.get_param("traits").schema["items"]
+    param = dag.params.get_param("output_dir")
+    assert (
+        param.resolve("s3://team-bucket/trait-lora/stage2/team-a")
+        == "s3://team-bucket/trait-lora/stage2/team-a"
+    )
+    with pytest.raises(ParamValidationError, match="storage_roots"):
+        param.resolve("s3://other-bucket/x")

@@ -119,11 +119,14 @@ def test_pick_mapping_prefers_the_param_then_the_newest_event(tmp_path):
     named = event("file:///ignored.json", 9, {"mapping_path": "/data/x/hypernetwork_data.json"}, run_id="x")
     # Airflow lists each event under its Asset and again under the alias it came by.
     assert pick_mapping({}, {"alias": [old, new], "asset": [new]}) == (
-        Path("/data/b c/hypernetwork_data.json"),
+        "/data/b c/hypernetwork_data.json",
         new,
     )
-    assert pick_mapping(None, {"alias": [named, old]})[0] == Path("/data/x/hypernetwork_data.json")
-    assert pick_mapping({"mapping_path": "/m.json"}, {"alias": [new]}) == (Path("/m.json"), None)
+    assert pick_mapping(None, {"alias": [named, old]})[0] == "/data/x/hypernetwork_data.json"
+    assert pick_mapping({"mapping_path": "/m.json"}, {"alias": [new]}) == ("/m.json", None)
+    # a mapping on object storage is named by its s3:// Asset URI
+    on_s3 = event("s3://team-bucket/stage2/hypernetwork_data.json", 11, run_id="s3")
+    assert pick_mapping({}, {"alias": [new, on_s3]})[0] == "s3://team-bucket/stage2/hypernetwork_data.json"
 
 
 def test_a_real_producer_event_is_what_intake_reads(airflow_db, together_conn, tmp_path, monkeypatch):

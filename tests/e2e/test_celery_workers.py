@@ -52,7 +52,10 @@ def bucket(s3_server) -> str:
 def celery(tmp_path_factory, request, s3_server, bucket):
     workdir = tmp_path_factory.mktemp("celery")
     local_shards = workdir / "upload-once"
-    traits = write_shards(local_shards, N_TRAITS, prefix="celery", salt="celery")
+    write_shards(local_shards, N_TRAITS, prefix="celery", salt="celery")
+    for i in range(1, N_TRAITS, 2):  # both poles of four axes: what the stage-3 intake asks for
+        (local_shards / f"celery{i}_plus.jsonl").rename(local_shards / f"celery{i - 1}_minus.jsonl")
+    traits = sorted(p.stem for p in local_shards.glob("*.jsonl"))
     client = s3_server.client()
     for path in sorted(local_shards.glob("*.jsonl")):
         client.put_object(Bucket=bucket, Key=f"shards/{path.name}", Body=path.read_bytes())
@@ -204,3 +207,36 @@ def test_a_worker_killed_mid_run_costs_no_second_job_and_no_ledger_entry(celery)
     for trait in celery.traits:
         assert hashes[trait]["adapter_sha256"] == mapping["traits"][trait]["adapter_sha256"], trait
         assert hashes[trait]["adapter_path"] == mapping["traits"][trait]["adapter_path"], trait
+
+
+def test_the_dashboard_and_the_intake_read_the_bucket(celery):
+    """After the runs above: the dashboard's Traits view (api-server) and ``hypernetwork_intake`` (on a
+    worker) read the outputs from the bucket; the intake's dataset is published behind its pointer."""
+    response = celery.api("GET", f"/trait-lora/api/dags/{DAG_ID}/traits")
+    assert response.status_code == 200, response.text
+    view = response.json()
+    assert view["output_dir"] == str(celery.output_dir)  # shown without a connection id
+    assert {r["trait"]: r["state"] for r in view["traits"]} == {t: "trained" for t in celery.traits}
+    assert sorted(view["mapping"]["traits"]) == sorted(celery.traits)
+
+    celery.unpause("hypernetwork_intake")
+    mapping_url = f"{celery.output_dir}/hypernetwork_data.json"
+    response = celery.api(
+        "POST",
+        "/api/v2/dags/hypernetwork_intake/dagRuns",
+        json={"logical_date": None, "conf": {"mapping_path": mapping_url}, "dag_run_id": "intake_s3"},
+    )
+    assert response.status_code == 200, response.text
+    deadline = time.monotonic() + 180
+    state = None
+    while time.monotonic() < deadline:
+        state = celery.api("GET", "/api/v2/dags/hypernetwork_intake/dagRuns/intake_s3").json()["state"]
+        if state in ("success", "failed"):
+            break
+        time.sleep(1)
+    assert state == "success", state
+    store = outputs(celery)
+    pointer = store.read("hypernetwork_dataset/current.json").json()
+    assert sorted(pointer["traits"]) == sorted(celery.traits)
+    index = store.read(pointer["index_file"]).json()
+    assert index["num_traits"] == N_TRAITS and store.read(pointer["stack_file"]) is not None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -25,30 +24,25 @@ NO_MAPPING = (
 )
 
 
-NOT_ON_OBJECT_STORAGE = (
-    "{where} is on object storage; hypernetwork_intake stacks adapters from a folder for now. Stage 3 "
-    "can read that mapping directly (each entry's adapter_url names its adapter's content-addressed "
-    "folder), or copy the output location to a folder and trigger this DAG with mapping_path"
-)
+def _where(text: str) -> str:
+    """A mapping location: a folder path (``file://`` URLs unwrapped) or an object-storage URL."""
+    if text.startswith("file://"):
+        return unquote(urlparse(text).path)
+    return text
 
 
-def _local(text: str) -> Path:
-    if "://" in text and not text.startswith("file://"):
-        raise AirflowFailException(NOT_ON_OBJECT_STORAGE.format(where=text))
-    return Path(unquote(urlparse(text).path) if text.startswith("file://") else text)
-
-
-def event_mapping_path(event: Any) -> Path | None:
-    """The mapping an event names: its extra's ``mapping_path``, else its Asset's ``file://`` URI."""
+def event_mapping_path(event: Any) -> str | None:
+    """The mapping an event names: its extra's ``mapping_path``, else its Asset's URI (``file://``
+    or ``s3://``)."""
     extra = getattr(event, "extra", None) or {}
     if isinstance(extra, Mapping) and isinstance(extra.get("mapping_path"), str) and extra["mapping_path"]:
-        return _local(extra["mapping_path"])
+        return _where(extra["mapping_path"])
     uri = getattr(getattr(event, "asset", None), "uri", "") or ""
     parsed = urlparse(uri)
     if parsed.scheme == "file" and parsed.path:
-        return Path(unquote(parsed.path))
+        return unquote(parsed.path)
     if parsed.scheme == "s3":
-        return _local(uri)
+        return uri
     return None
 
 
@@ -71,7 +65,7 @@ def _events(triggering: Mapping[Any, Iterable[Any]] | None) -> list[Any]:
 
 def pick_mapping(
     params: Mapping[str, Any] | None, triggering: Mapping[Any, Iterable[Any]] | None
-) -> tuple[Path, Any | None]:
+) -> tuple[str, Any | None]:
     """The mapping to read, and the event that named it (None for a manual ``mapping_path``).
 
     An explicit param wins; otherwise the newest event that names a file. Events batched since the
@@ -79,12 +73,12 @@ def pick_mapping(
     """
     manual = (params or {}).get("mapping_path")
     if manual:
-        return _local(str(manual)), None
+        return _where(str(manual)), None
     named = [(e, p) for e in _events(triggering) if (p := event_mapping_path(e)) is not None]
     if not named:
         raise AirflowFailException(NO_MAPPING)
 
-    def when(item: tuple[Any, Path]) -> float:
+    def when(item: tuple[Any, str]) -> float:
         stamp = getattr(item[0], "timestamp", None)
         return stamp.timestamp() if isinstance(stamp, datetime) else float("-inf")
 
@@ -106,33 +100,34 @@ def run_intake(
 ) -> dict[str, Any]:
     """Verify and stack the adapters of the mapping this run is about; returns a small JSON summary."""
     from trait_lora.core.errors import IntakeError
-    from trait_lora.core.handoff.intake import build_intake
+    from trait_lora.core.handoff.intake_objects import build_intake_at
+    from trait_lora.core.storage.store import StoreError
 
     path, event = pick_mapping(params, triggering)
     source = "param mapping_path" if event is None else f"Asset event of run {event.source_run_id}"
     try:
-        result = build_intake(path)
-    except IntakeError as exc:
+        result = build_intake_at(path)
+    except (IntakeError, StoreError) as exc:
         raise AirflowFailException(
             f"intake of {path} ({source}) failed, nothing was written:\n{exc}"
         ) from None
     announced = (getattr(event, "extra", None) or {}).get("mapping_sha256") if event is not None else None
-    if announced and announced != result.mapping_sha256:
+    if announced and announced != result["mapping_sha256"]:
         log.info(
             "the mapping changed since the event (sha256 %s announced, %s read): the newer content was "
             "stacked; its own event will start another run",
             announced[:12],
-            result.mapping_sha256[:12],
+            result["mapping_sha256"][:12],
         )
     log.info(
         "intake: %d adapter(s) [%s] from %s (%s) -> %s (%d tensors, %.1f MB, mapping sha256 %s)",
-        len(result.traits),
-        ", ".join(result.traits),
+        len(result["traits"]),
+        ", ".join(result["traits"]),
         path,
         source,
-        result.dataset_dir,
-        result.num_tensors,
-        result.num_bytes / 1e6,
-        result.mapping_sha256[:12],
+        result["dataset_dir"],
+        result["num_tensors"],
+        result["num_bytes"] / 1e6,
+        result["mapping_sha256"][:12],
     )
-    return {**result.to_dict(), "source": source}
+    return {**result, "source": source}

@@ -27,15 +27,19 @@ from trait_lora.core.storage.location import root_pattern
 from trait_lora.provider.storage import storage_roots
 
 
-def default_dirs(project_dir: Path) -> tuple[Path, Path]:
+def default_dirs(project_dir: Path) -> tuple[Any, Any]:
     """As in the CLI: ``[trait_lora] shards_dir`` / ``output_dir``, else the project's dirs; absolute,
-    because a run carries them in its conf to workers with another working directory."""
+    because a run carries them in its conf to workers with another working directory. An
+    object-storage URL stays as written."""
     shards, output = settings.default_dirs(project_dir)
-    return shards.resolve(), output.resolve()
+    return tuple(d.resolve() if isinstance(d, Path) else d for d in (shards, output))  # type: ignore[return-value]
 
 
-def available_traits(shards_dir: Path) -> list[str]:
-    """The form's options: a directory listing (cheap enough for every DAG parse)."""
+def available_traits(shards_dir: Path | str) -> list[str]:
+    """The form's options: a directory listing (cheap enough for every DAG parse). A bucket is never
+    listed while a DAG file is parsed: the form then offers free text, checked by discover."""
+    if not isinstance(shards_dir, Path):
+        return []
     try:
         return sorted(discover_shards(shards_dir).shards)
     except FileNotFoundError:

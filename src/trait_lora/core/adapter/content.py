@@ -45,11 +45,11 @@ def install_adapter_to_store(
         info = stage_verified(source, staging, spec, max_bytes)
         folder = content_folder(trait, info.sha256)
         for name in (CONFIG_FILE, WEIGHTS_FILE):  # weights last: their presence means "complete"
-            _create_once(store, f"{folder}/{name}", (staging / name).read_bytes())
+            create_once(store, f"{folder}/{name}", (staging / name).read_bytes())
     return folder, info
 
 
-def _create_once(store: Store, key: str, data: bytes) -> None:
+def create_once(store: Store, key: str, data: bytes) -> None:
     """Create ``key``; finding it already there with the same bytes is success (a retry, or the same
     adapter installed twice), with other bytes an error that names it."""
     try:
