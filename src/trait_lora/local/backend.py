@@ -24,7 +24,9 @@ from trait_lora.core.config import from_mapping
 from trait_lora.core.errors import TraitLoraError
 from trait_lora.core.jobs.ledger import Ledger
 from trait_lora.core.shards.catalog import check_trait_name
+from trait_lora.core.shards.remote import shard_file
 from trait_lora.core.storage.local import LocalStore
+from trait_lora.core.storage.opener import is_url, scratch_dir
 from trait_lora.core.storage.records import as_store
 from trait_lora.core.storage.store import encode_json
 
@@ -209,13 +211,22 @@ def train_trait(
     micro_batch: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train, verify, install, record one trait; the staging directory never outlives the call."""
-    out = Path(output_dir or plan["output_dir"])
-    staging = staging_path(out, plan)
+    """Train, verify, install, record one trait; the staging directory never outlives the call.
+
+    With an output on object storage the trainer writes to this worker's scratch folder and the
+    adapter is installed at its content-addressed key; a shard on object storage is copied here first
+    (its sha256 is checked against the plan's by ``install_trained``)."""
+    location = str(output_dir or plan["output_dir"])
+    out: str | Path = location if is_url(location) else Path(location)
+    staging = scratch_dir(location, STAGING_DIR) / staging_path("", plan).name
     staging.parent.mkdir(parents=True, exist_ok=True)
     try:
+        shown = plan["shard_path"]
+        if plan.get("shard_key"):
+            shown = f"{plan['shard_location']}/{plan['shard_key']}"
+            plan = {**plan, "shard_path": str(shard_file(plan))}
         argv = trainer_argv(plan, staging, gpu=gpu, micro_batch=micro_batch)
-        log(f"{plan['trait']}: training {plan['shard_path']} ({plan['num_examples']} examples)")
+        log(f"{plan['trait']}: training {shown} ({plan['num_examples']} examples)")
         run_trainer(argv, log=log)
         return install_trained(plan, staging, out)
     finally:

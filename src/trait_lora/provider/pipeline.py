@@ -53,13 +53,6 @@ def discover(
             key: confine(str(params[key]), roots, what=key, setting="storage_roots")
             for key in ("shards_dir", "output_dir")
         }
-        remote = [key for key, loc in where.items() if not loc.is_local]
-        if remote and backend == "local":
-            raise TraitLoraError(
-                f"{', '.join(remote)} on object storage: the in-process local backend trains from and "
-                "to a folder for now (trait_lora_together and trait_lora_kubernetes work on s3://); use "
-                "a folder here (docs/deploy.md, 'Object storage')"
-            )
         # a bad store stops the run here, before any upload or paid job: the output must honour
         # conditional writes (probed), the shards must be listable
         output_dir, shards_dir = (_opened(where[k], k) for k in ("output_dir", "shards_dir"))
