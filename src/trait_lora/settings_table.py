@@ -287,6 +287,20 @@ SETTINGS: tuple[Setting, ...] = (
     _s("k8s_hf_secret", "string", "hf-token", "Kubernetes Secret holding the Hugging Face token."),
     _s("k8s_hf_secret_key", "string", "token", "Key of the token in that Secret (mounted as HF_TOKEN)."),
     _s(
+        "wandb_project",
+        "string",
+        "",
+        "Weights & Biases project Together logs each fine-tuning job to. Empty: no W&B logging.",
+    ),
+    _s("wandb_entity", "string", "", "W&B entity (team) of that project. Empty: the key's default entity."),
+    _s("wandb_base_url", "string", "", "W&B server URL for a self-hosted W&B. Empty: wandb.ai."),
+    _s(
+        "wandb_conn_id",
+        "string",
+        "wandb_default",
+        "Airflow connection whose password is the W&B API key (needed when wandb_project is set).",
+    ),
+    _s(
         "k8s_storage_secret",
         "string",
         "",

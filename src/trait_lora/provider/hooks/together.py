@@ -260,13 +260,15 @@ class TogetherHook(BaseHook):
         re-validated: see ``answers.sdk_model_limits``), which also saves the SDK a second request.
         """
         from trait_lora.provider.hooks.answers import sdk_model_limits
+        from trait_lora.provider.hooks.redact import redacted
 
-        job = self.no_retry_client.fine_tuning.create(
-            training_file=training_file,
-            suffix=suffix,
-            model_limits=sdk_model_limits(model_limits, lora_r=int(params.get("lora_r") or 0)),
-            **params,
-        )
+        with redacted("together", params.get("wandb_api_key")):
+            job = self.no_retry_client.fine_tuning.create(
+                training_file=training_file,
+                suffix=suffix,
+                model_limits=sdk_model_limits(model_limits, lora_r=int(params.get("lora_r") or 0)),
+                **params,
+            )
         return job_to_dict(job)
 
     def list_jobs(self) -> list[dict[str, Any]]:

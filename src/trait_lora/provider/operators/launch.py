@@ -292,8 +292,14 @@ class TogetherLaunchOperator(TogetherStep):
 
         from trait_lora.core.jobs.keys import job_tag
         from trait_lora.provider.hooks.answers import UnreadableAnswer
+        from trait_lora.provider.tracking import wandb_create_kwargs
 
         cfg = self.training_config
+        try:
+            logging_kwargs = wandb_create_kwargs(job.trait, job.job_key)  # never part of the key
+        except AirflowFailException:
+            self._release_slot(job, claim)  # nothing posted: give the slot back at once
+            raise
         stagger = setting_or(self.stagger_seconds, "stagger_seconds")
         if stagger:
             time.sleep(random.uniform(0, stagger))
@@ -308,6 +314,7 @@ class TogetherLaunchOperator(TogetherStep):
                     model_limits=self._limits,
                     **cfg.together_create_kwargs(),
                     **evaluation_kwargs(job),
+                    **logging_kwargs,
                 )
             except UnreadableAnswer:
                 raise  # nothing was posted (the SDK reads the limits first): the try is retried
