@@ -100,8 +100,12 @@ def open_plugin_tab(driver: Any, url: str, ready_text: str, timeout: float = 90.
         "i => ({alt: i.alt, complete: i.complete, naturalWidth: i.naturalWidth}))"
     )
     text = driver.find_element(By.TAG_NAME, "body").text
+    # how far the page runs past the tab's width (> 0: the reader must scroll sideways)
+    overflow = driver.execute_script(
+        "const d = document.documentElement; return {scroll: d.scrollWidth, client: d.clientWidth}"
+    )
     driver.switch_to.default_content()
-    return {"text": text, "images": images}
+    return {"text": text, "images": images, "overflow": overflow["scroll"] - overflow["client"], **overflow}
 
 
 def read_trigger_form(driver: Any, dag_url: str, sections: list[str], timeout: float = 90.0) -> str:

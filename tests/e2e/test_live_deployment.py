@@ -227,7 +227,7 @@ def test_the_dashboard_in_a_real_browser(live):
     assert listed.returncode == 0 and '"trait_lora"' in listed.stdout, listed.stderr[-2000:]
 
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
-    with chromium_session() as driver:
+    with chromium_session(width=1280) as driver:  # a laptop screen: the tabs must fit it
         traits = open_plugin_tab(
             driver, f"{live.api_url}/dags/{DAG_ID}/plugin/trait-lora-traits", ready_text="Traits of"
         )
@@ -262,6 +262,10 @@ def test_the_dashboard_in_a_real_browser(live):
     assert "in flight: 0" in traits["text"] and "spend: $" in traits["text"]
     assert f"{len(live.traits)} trained" in summary["text"]
     for view in (traits, summary):
+        assert view["overflow"] <= 0, (
+            f"the tab scrolls sideways at 1,280 px: {view['scroll']} > {view['client']}"
+        )
+        assert "=-" not in view["text"]  # figures in words, not a key=value dump
         assert view["images"], "no loss chart on the page"
         assert all(i["complete"] and i["naturalWidth"] > 0 for i in view["images"]), view["images"]
     assert shot_traits.stat().st_size > 10_000 and shot_summary.stat().st_size > 10_000

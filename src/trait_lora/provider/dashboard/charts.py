@@ -27,11 +27,15 @@ def _step_ticks(low: float, high: float) -> list[int]:
     return list(range(first, last + 1, stride))
 
 
-def loss_svg(curves: Mapping[str, Curve], *, width: int = 640, height: int = 300, legend: bool = True) -> str:
+def loss_svg(curves: Mapping[str, Curve], *, width: int = 760, height: int = 300, legend: bool = True) -> str:
     """Every curve on shared axes: step on x, training loss on y. Names are escaped (they are untrusted)."""
     curves = {name: pts for name, pts in curves.items() if pts}
     compact = height < 100  # a sparkline in a table row: the line alone, no axes to read
     left, right, top, bottom = (2, 2, 2, 2) if compact else (56, 12, 12, 34)
+    # the legend gets its own column right of the plot: it never covers a curve
+    key_w = 160 if legend and not compact and curves else 0
+    shown = max(1, (height - top - 8) // 14)  # legend rows that fit; the rest summarised
+    right += key_w
     plot_w, plot_h = width - left - right, height - top - bottom
     xs = [p[0] for pts in curves.values() for p in pts] or [0.0, 1.0]
     ys = [p[1] for pts in curves.values() for p in pts] or [0.0, 1.0]
@@ -75,12 +79,13 @@ def loss_svg(curves: Mapping[str, Curve], *, width: int = 640, height: int = 300
         )
         if len(pts) == 1:  # a one-step run is a point, not an invisible line
             parts.append(f'<circle cx="{sx(pts[0][0]):.1f}" cy="{sy(pts[0][1]):.1f}" r="3" fill="{colour}"/>')
-        if legend:
-            ly = top + 14 + 14 * i
+        if key_w and i < shown:
+            ly = top + 10 + 14 * i
+            kx = left + plot_w + 10
+            label = escape(name[:22]) if i < shown - 1 or len(curves) <= shown else f"+{len(curves) - i} more"
             parts.append(
-                f'<line x1="{left + plot_w - 150}" x2="{left + plot_w - 132}" y1="{ly - 4}" y2="{ly - 4}" '
-                f'stroke="{colour}" stroke-width="2"/><text x="{left + plot_w - 128}" y="{ly}">'
-                f"{escape(name[:22])}</text>"
+                f'<line x1="{kx}" x2="{kx + 18}" y1="{ly - 4}" y2="{ly - 4}" '
+                f'stroke="{colour}" stroke-width="2"/><text x="{kx + 22}" y="{ly}">{label}</text>'
             )
     if not curves and not compact:
         parts.append(

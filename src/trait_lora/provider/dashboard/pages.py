@@ -24,7 +24,10 @@ text-align:left;vertical-align:top}th{background:#f4f4f4}td.num{text-align:right
 .state{border-radius:8px;padding:1px 7px;font-size:12px;white-space:nowrap}
 .trained{background:#d7f5dd}.skipped{background:#eee}.failed{background:#fbd5d5}
 .in-flight{background:#fff1c2}.not-trained{background:#eee}.resumed{background:#d7f5dd}
-code{font-size:12px}.reason{color:#a40000;max-width:420px;overflow-wrap:anywhere}
+code{font-size:12px}.reason{color:#a40000;max-width:320px;overflow-wrap:anywhere}
+td code{overflow-wrap:anywhere}td b,.nowrap{white-space:nowrap}.good{color:#0a6b2b}.bad{color:#a40000}
+details summary{cursor:pointer;color:#555;font-size:12px}table.figures{width:auto;font-size:12px}
+table.figures th{background:none;font-weight:normal;color:#555}img.chart{max-width:100%;height:auto}
 """
 
 SEP = '<span class="muted"> | </span>'
@@ -48,14 +51,64 @@ def _state(state: str) -> str:
     return f'<span class="state {css}">{_e(state)}</span>'
 
 
+# What a reader compares first; every other figure stays one click away (``details``).
+HEADLINE = (
+    "base_loss",
+    "adapter_loss",
+    "improvement",
+    "own_pole_margin",
+    "prefers_own_pole",
+    "opposite_trait",
+)
+
+
+def _figure(value: Any, key: str = "") -> str:
+    """A figure as a person reads it: counts (``n_*``, ints) as integers, yes/no for flags, 4 decimals
+    for losses."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if key.startswith("n_") and value.is_integer() else f"{value:.4f}"
+    if value is None:
+        return "-"
+    if isinstance(value, list | dict):
+        return f"{len(value)} item(s)"
+    return _e(value)
+
+
 def _eval(figures: Mapping[str, Any] | None) -> str:
+    """Held-out loss base -> adapter with the change, the own-pole verdict with the opposite pole
+    named, the held-out count; all figures behind a disclosure."""
     if not figures:
         return "-"
-    items = []
-    for key, value in sorted(figures.items()):
-        shown = _num(value) if isinstance(value, int | float) else _e(value)
-        items.append(f"{_e(key)}={shown}")
-    return "<br>".join(items)
+    lines = []
+    base, adapter = figures.get("base_loss"), figures.get("adapter_loss")
+    if isinstance(adapter, int | float) and not isinstance(adapter, bool):
+        change = figures.get("improvement")
+        delta = ""
+        if isinstance(change, int | float) and not isinstance(change, bool):
+            css = "good" if change > 0 else "bad"
+            delta = f' <span class="{css}">({"-" if change > 0 else "+"}{abs(change):.4f})</span>'
+        before = f"{_figure(float(base))} &rarr; " if isinstance(base, int | float) else ""
+        lines.append(f"held-out loss {before}{_figure(float(adapter))}{delta}")
+    if "prefers_own_pole" in figures:
+        verdict = "yes" if figures.get("prefers_own_pole") else "no"
+        css = "good" if verdict == "yes" else "bad"
+        versus = f" over {_e(figures['opposite_trait'])}" if figures.get("opposite_trait") else ""
+        margin = figures.get("own_pole_margin")
+        shown = f", margin {_figure(float(margin))}" if isinstance(margin, int | float) else ""
+        lines.append(f'prefers own pole{versus}: <span class="{css}">{verdict}</span>{shown}')
+    if isinstance(figures.get("n_held_out"), int | float):
+        lines.append(f'<span class="muted">{_figure(int(figures["n_held_out"]))} held out</span>')
+    rest = "".join(
+        f"<tr><th>{_e(k)}</th><td>{_figure(v, k)}</td></tr>"
+        for k, v in sorted(figures.items())
+        if k != "eval_steps"
+    )
+    details = f'<details><summary>all figures</summary><table class="figures">{rest}</table></details>'
+    return "<br>".join(lines or ['<span class="muted">no held-out loss</span>']) + details
 
 
 def _job(job_id: Any, url: str | None) -> str:
@@ -123,15 +176,17 @@ def traits_page(dag_id: str, view: Mapping[str, Any], job_url: Any) -> str:
             if row["curve"]
             else "-"
         )
+        when = str(row["trained_at"] or "").replace("T", " ").removesuffix("Z")[:16]
+        adapter = f"<code>{_e((row['adapter_sha256'] or '-')[:12])}</code>"
+        if when or row["backend"]:
+            adapter += f'<br><span class="muted">{_e(row["backend"] or "")} {_e(when)}</span>'
         rows.append(
             [
                 f"<b>{_e(row['trait'])}</b>",
                 _state(row["state"]),
-                f"<code>{_e((row['adapter_sha256'] or '-')[:12])}</code>",
-                _e(row["trained_at"] or "-"),
-                _e(row["backend"] or "-"),
+                adapter,
                 _job(row["job_id"], job_url(row["job_id"]) if row["job_id"] else None),
-                _price(row["price_usd"]),
+                f'<span class="nowrap">{_price(row["price_usd"])}</span>',
                 _num(row["final_loss"]),
                 _eval(row["eval"]),
                 f'<span class="reason">{_e(row["reason"])}</span>' if row["reason"] else "",
@@ -149,13 +204,11 @@ def traits_page(dag_id: str, view: Mapping[str, Any], job_url: Any) -> str:
             [
                 "trait",
                 "state",
-                "adapter",
-                "last trained",
-                "backend",
+                "adapter (backend, trained)",
                 "job",
                 "price",
                 "final loss",
-                "eval",
+                "held-out eval",
                 "failure reason",
                 "loss",
             ],
@@ -205,7 +258,9 @@ def run_page(dag_id: str, view: Mapping[str, Any], job_url: Any) -> str:
             if curves
             else '<p class="muted">This run trained nothing, so there is no loss curve.</p>'
         )
-        + _table(["trait", "result", "job", "price", "duration", "final loss", "eval", "detail"], rows)
+        + _table(
+            ["trait", "result", "job", "price", "duration", "final loss", "held-out eval", "detail"], rows
+        )
         + (f"<h2>Failures</h2><ul>{failures}</ul>" if failures else "")
         + "<h2>Mapping this run published</h2>"
         + _mapping_block(view.get("mapping"), NOT_THIS_RUNS_MAPPING)
@@ -213,6 +268,7 @@ def run_page(dag_id: str, view: Mapping[str, Any], job_url: Any) -> str:
     return page(f"Training summary of {run_id}", body)
 
 
+RUN_COLUMNS = ["trait", "result", "job", "price", "duration", "final loss", "held-out eval", "detail"]
 NOT_THIS_RUNS_MAPPING = (
     "This run did not write the current hypernetwork_data.json (a dry run, or a later run replaced it)."
 )
@@ -230,8 +286,8 @@ def _run_row(r: Mapping[str, Any], job_url: Any) -> list[str]:
         f"<b>{_e(r.get('trait'))}</b>",
         _state(str(r.get("action") or "")),
         _job(r.get("job_id"), job_url(r["job_id"]) if r.get("job_id") else None),
-        price,
-        _num(r.get("duration_s"), "{:.0f} s"),
+        f'<span class="nowrap">{price}</span>',
+        f'<span class="nowrap">{_num(r.get("duration_s"), "{:.0f} s")}</span>',
         _num(r.get("final_loss")),
         _eval(r.get("eval")),
         f'<span class="{detail_class}">{_e(r.get("detail"))}</span>',
