@@ -29,29 +29,14 @@ from moto.server import ThreadedMotoServer
 
 from tests.e2e.shards import write_shards
 from tests.fake_together.server import FakeTogether
+from tests.support.airflow import train_together_argv
 from tests.support.s3 import S3Server
-
-CLI = Path(sys.executable).with_name("trait-lora")
 
 
 def train(work: Path, shards: str, out: str, env: dict[str, str]) -> float:
     started = time.perf_counter()
     done = subprocess.run(
-        [
-            str(CLI),
-            "train",
-            "--backend",
-            "together",
-            "--all",
-            "--airflow-home",
-            str(work / "af"),
-            "--dags-folder",
-            str(REPO / "dags"),
-            "--shards-dir",
-            shards,
-            "--output-dir",
-            out,
-        ],
+        train_together_argv(work, shards, out),
         capture_output=True,
         text=True,
         env=env,

@@ -10,15 +10,13 @@ bucket naming each by URL, one job per trait, and a rerun that pays for nothing.
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.support.airflow import REPO, SAMPLE_SHARDS
+from tests.support.airflow import SAMPLE_SHARDS, train_together_argv
 from trait_lora.core.adapter import AdapterSpec
 from trait_lora.core.adapter.verify import verify_adapter_dir
 from trait_lora.core.config import TrainingConfig
 
-CLI = Path(sys.executable).with_name("trait-lora")
 TRAITS = sorted(p.stem for p in SAMPLE_SHARDS.glob("*.jsonl"))
 
 
@@ -30,21 +28,7 @@ def train(tmp_path: Path, shards: str, out: str, extra_env: dict[str, str]) -> s
     env["TMPDIR"] = str(tmp_path / "worker-tmp")  # this "worker's" scratch: nothing shared with the test
     (tmp_path / "worker-tmp").mkdir(exist_ok=True)
     return subprocess.run(
-        [
-            str(CLI),
-            "train",
-            "--backend",
-            "together",
-            "--all",
-            "--airflow-home",
-            str(tmp_path / "af"),
-            "--dags-folder",
-            str(REPO / "dags"),
-            "--shards-dir",
-            shards,
-            "--output-dir",
-            out,
-        ],
+        train_together_argv(tmp_path, shards, out),
         capture_output=True,
         text=True,
         env=env,

@@ -77,3 +77,25 @@ def task_states(dagrun: Any) -> dict[tuple[str, int], str]:
             .all()
         )
         return {(ti.task_id, ti.map_index): str(ti.state) for ti in tis}
+
+
+def train_together_argv(work: Path, shards: str, out: str) -> list[str]:
+    """``trait-lora train --backend together --all`` as a user types it, with its own Airflow home
+    under ``work`` (shared by the S3 test and bench/bench_s3_dag.py)."""
+    import sys
+
+    return [
+        str(Path(sys.executable).with_name("trait-lora")),
+        "train",
+        "--backend",
+        "together",
+        "--all",
+        "--airflow-home",
+        str(work / "af"),
+        "--dags-folder",
+        str(REPO / "dags"),
+        "--shards-dir",
+        shards,
+        "--output-dir",
+        out,
+    ]
