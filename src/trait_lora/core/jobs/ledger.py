@@ -19,8 +19,7 @@ snapshots with the mapping; a local output dir that has only those is imported o
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from trait_lora.core.jobs.seed_format import (
     write_snapshots,
 )
 from trait_lora.core.jobs.slots import SlotClaim, claim_create, slot_entry
+from trait_lora.core.jobs.view import JobsOnDemand, LedgerView
 from trait_lora.core.shards.catalog import TRAIT_RE, check_trait_name
 from trait_lora.core.storage.ledger_io import LOCK_FILE, Record, exclusive_lock, read_json_object, utc_now
 from trait_lora.core.storage.local import LocalStore
@@ -54,55 +54,6 @@ from trait_lora.core.storage.store import AlreadyExists, Store, StoreError, Vers
 __all__ = ["HASHES_FILE", "JOBS_FILE", "LEDGER_DIR", "Ledger", "LedgerView", "SlotClaim"]
 
 NO_HOLDER = Holder("unnamed")  # callers that do not say who they are (tests, tools): one holder
-
-
-@dataclass(frozen=True)
-class LedgerView:
-    """Both ledgers as read once: planning N traits asks about each of them."""
-
-    output_dir: Path
-    jobs: Mapping[str, Record]
-    hashes: Mapping[str, Record]
-
-    def job(self, trait: str) -> Record | None:
-        return self.jobs.get(trait)
-
-    def hash_record(self, trait: str) -> Record | None:
-        return self.hashes.get(trait)
-
-
-class _JobsOnDemand(Mapping[str, Record]):
-    """Job records read when first asked for (then kept: the view is a snapshot)."""
-
-    def __init__(self, ledger: Ledger) -> None:
-        self._ledger = ledger
-        self._seen: dict[str, Record | None] = {}
-        self._all: dict[str, Record] | None = None
-
-    def get(self, trait: str, default: Any = None) -> Any:
-        if self._all is not None:
-            return self._all.get(trait, default)
-        if trait not in self._seen:
-            self._seen[trait] = self._ledger.job(trait)
-        found = self._seen[trait]
-        return default if found is None else found
-
-    def __getitem__(self, trait: str) -> Record:
-        found = self.get(trait)
-        if found is None:
-            raise KeyError(trait)
-        return found
-
-    def _every(self) -> dict[str, Record]:
-        if self._all is None:
-            self._all = self._ledger.jobs()
-        return self._all
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._every())
-
-    def __len__(self) -> int:
-        return len(self._every())
 
 
 class Ledger:
@@ -177,7 +128,7 @@ class Ledger:
         Hash records are read for every trait (each decision needs one); job records only for the
         traits that ask (``_JobsOnDemand``): a trait that skips never needs its job, so a rerun with
         nothing changed reads one record per trait, not two."""
-        jobs: Mapping[str, Record] = _JobsOnDemand(self) if self._laid_out() else self.jobs()
+        jobs: Mapping[str, Record] = JobsOnDemand(self.job, self.jobs) if self._laid_out() else self.jobs()
         return LedgerView(self.output_dir, jobs, self.hashes())
 
     def job(self, trait: str) -> Record | None:

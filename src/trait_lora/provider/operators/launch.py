@@ -292,7 +292,7 @@ class TogetherLaunchOperator(TogetherStep):
 
         from trait_lora.core.jobs.keys import job_tag
         from trait_lora.provider.hooks.answers import UnreadableAnswer
-        from trait_lora.provider.tracking import wandb_create_kwargs
+        from trait_lora.provider.hooks.wandb_logging import wandb_create_kwargs
 
         cfg = self.training_config
         try:
