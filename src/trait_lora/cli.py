@@ -144,7 +144,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def location_arg(text: str) -> str:
     """A folder resolved as before, an object-storage URL (s3://[conn_id@]bucket/prefix) as given."""
-    return text if "://" in text and not text.startswith("file://") else str(Path(text).resolve())
+    from trait_lora.core.storage.opener import is_url
+
+    return text if is_url(text) else str(Path(text).resolve())
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -157,10 +157,10 @@ def default_dirs(project_dir: Path, *, use_airflow: bool = True) -> tuple[Any, A
 
 
 def _location(value: str | Path) -> Path | str:
+    from trait_lora.core.storage.opener import is_url
+
     text = str(value)
-    if "://" in text and not text.startswith("file://"):
-        return text
-    return Path(text.removeprefix("file://"))
+    return text if is_url(text) else Path(text.removeprefix("file://"))
 
 
 def airflow_home_default() -> str:

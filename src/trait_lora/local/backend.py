@@ -18,14 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trait_lora.core.adapter import AdapterSpec, install_adapter
-from trait_lora.core.adapter.content import install_adapter_to_store
+from trait_lora.core.adapter import AdapterSpec
+from trait_lora.core.adapter.content import install_adapter_at
 from trait_lora.core.config import from_mapping
 from trait_lora.core.errors import TraitLoraError
+from trait_lora.core.handoff.summary import METRICS_DIR
 from trait_lora.core.jobs.ledger import Ledger
 from trait_lora.core.shards.catalog import check_trait_name
-from trait_lora.core.shards.remote import shard_file
-from trait_lora.core.storage.local import LocalStore
+from trait_lora.core.shards.remote import shard_file, shard_source
 from trait_lora.core.storage.opener import is_url, scratch_dir
 from trait_lora.core.storage.records import as_store
 from trait_lora.core.storage.store import encode_json
@@ -132,17 +132,10 @@ def install_trained(plan: dict[str, Any], adapter_src: str | Path, output_dir: s
     evaluation = metrics.get("eval") if isinstance(metrics.get("eval"), dict) else None
     check_quality_gate(trait, evaluation, plan.get("min_eval_improvement"))
     store = as_store(str(output_dir))
-    spec = AdapterSpec.from_config(config)
-    folder = None
-    if isinstance(store, LocalStore):
-        path, info = install_adapter(src, store.root, trait, spec)
-        where = str(path)
-    else:  # object storage (the Kubernetes DAG without a PVC): a content-addressed folder
-        folder, info = install_adapter_to_store(src, store, trait, spec)
-        where = store.url(folder)
+    where, info, folder = install_adapter_at(src, store, trait, AdapterSpec.from_config(config))
     steps = [{"step": s["step"], "loss": s["loss"]} for s in metrics.get("steps", []) if "loss" in s]
     store.put(
-        f"metrics/{trait}.json",
+        f"{METRICS_DIR}/{trait}.json",
         encode_json(
             {
                 "job_id": None,
@@ -221,9 +214,8 @@ def train_trait(
     staging = scratch_dir(location, STAGING_DIR) / staging_path("", plan).name
     staging.parent.mkdir(parents=True, exist_ok=True)
     try:
-        shown = plan["shard_path"]
+        shown = shard_source(plan)
         if plan.get("shard_key"):
-            shown = f"{plan['shard_location']}/{plan['shard_key']}"
             plan = {**plan, "shard_path": str(shard_file(plan))}
         argv = trainer_argv(plan, staging, gpu=gpu, micro_batch=micro_batch)
         log(f"{plan['trait']}: training {shown} ({plan['num_examples']} examples)")

@@ -20,6 +20,7 @@ from trait_lora import settings
 from trait_lora.core.config import from_mapping
 from trait_lora.core.shards.catalog import check_trait_name
 from trait_lora.core.storage.location import parse_location
+from trait_lora.core.storage.opener import is_url
 
 
 def variable_template(variable: str) -> str:
@@ -40,16 +41,15 @@ def under_mount(path: str) -> str:
     return str(resolved)
 
 
-STAGING = ".staging-train"
-
-
 def _locations(plan: dict[str, Any], trait: str) -> tuple[str, str]:
     """The pod's shard and adapter locations: both on the PVC, or both in the bucket (no PVC).
 
     On object storage the URLs carry no Airflow connection id (the pod has no Airflow): the pod's
     credentials come from its environment (``pod_operator_kwargs``)."""
-    staging = f"{STAGING}/{trait}-{plan['job_key'][:16]}"
-    out_remote = "://" in str(plan["output_dir"]) and not str(plan["output_dir"]).startswith("file://")
+    from trait_lora.local.backend import STAGING_DIR  # the same staging folder as the in-process trainer
+
+    staging = f"{STAGING_DIR}/{trait}-{plan['job_key'][:16]}"
+    out_remote = is_url(str(plan["output_dir"]))
     shard_remote = bool(plan.get("shard_key"))
     if out_remote != shard_remote:
         raise ValueError(

@@ -110,17 +110,15 @@ def discover(
 
 def _opened(where: Any, key: str) -> str:
     """A confined location made ready for the run: a folder resolved as before; on object storage
-    the output is probed for conditional writes and the shards listed once, so a bad store stops the
-    run in discover, before any upload or paid job."""
-    from trait_lora.provider.storage import checked_store, open_store
+    the output is probed for conditional writes, so a bad store stops the run in discover, before any
+    upload or paid job (the shards' store fails the same way at the plan's one listing)."""
+    from trait_lora.provider.storage import checked_store
 
     if where.is_local:
         return str(where.path.resolve())
     if key == "output_dir":
         return checked_store(where, what=key).location
-    store = open_store(where, what=key)
-    store.list("")
-    return store.location
+    return where.url
 
 
 def recovery_plans(plans: list[Any], job_ids: dict[str, str], backend: str) -> dict[str, dict[str, Any]]:
@@ -239,27 +237,31 @@ def pod_adapter(plan: dict[str, Any], adapter_dir: str) -> Iterator[str]:
     """The pod's adapter as a local folder: on the PVC as it is; from the bucket, its files copied into
     a temp folder (and the staging objects removed once installed). Only a key under this run's
     output location is read: the pod's answer is not trusted to name any other place."""
+    from trait_lora.core.adapter.spec import TRAINED_FILES
     from trait_lora.core.storage.location import parse_location
+    from trait_lora.core.storage.opener import is_url
     from trait_lora.core.storage.records import as_store
+    from trait_lora.local.backend import STAGING_DIR
 
-    if not adapter_dir.startswith("s3://"):
+    if not is_url(adapter_dir):
         yield adapter_dir
         return
     store = as_store(plan["output_dir"])
     base = parse_location(str(plan["output_dir"])).public_url.rstrip("/") + "/"
-    if not adapter_dir.startswith(base + ".staging-train/"):
+    staging = f"{base}{STAGING_DIR}/"
+    if not adapter_dir.startswith(staging):
         raise AirflowFailException(
             f"{plan['trait']}: the pod reported its adapter at {adapter_dir}, outside this run's "
-            f"staging folder {base}.staging-train/; nothing installed"
+            f"staging folder {staging}; nothing installed"
         )
     prefix = adapter_dir[len(base) :].rstrip("/")
     with tempfile.TemporaryDirectory(prefix=f"trait-lora-{plan['trait']}-") as tmp:
-        for name in ("adapter_config.json", "adapter_model.safetensors", "metrics.json"):
+        for name in TRAINED_FILES:
             blob = store.read(f"{prefix}/{name}")
             if blob is not None:
                 (Path(tmp) / name).write_bytes(blob.data)
         yield tmp
-    for name in ("adapter_config.json", "adapter_model.safetensors", "metrics.json"):
+    for name in TRAINED_FILES:
         store.delete(f"{prefix}/{name}")
 
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trait_lora.core.adapter.spec import TRAINED_FILES
 from trait_lora.core.storage.location import parse_location
 from trait_lora.core.storage.objects import S3Store
-
-PRODUCED = ("adapter_config.json", "adapter_model.safetensors", "metrics.json")
 
 
 def is_s3(text: str) -> bool:
@@ -43,7 +42,7 @@ def fetch(url: str, dest: Path) -> Path:
 def publish_dir(local: Path, url: str) -> None:
     """Upload the trained adapter's files under the prefix ``url`` (this pod is their one writer)."""
     store, prefix = _store(url)
-    for name in PRODUCED:
+    for name in TRAINED_FILES:
         path = local / name
         if path.is_file():
             store.put(f"{prefix}/{name}", path.read_bytes())

@@ -13,7 +13,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from trait_lora.core.adapter.install import stage_verified
+from trait_lora.core.adapter.install import install_adapter, stage_verified
 from trait_lora.core.adapter.spec import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
@@ -24,6 +24,7 @@ from trait_lora.core.adapter.spec import (
 )
 from trait_lora.core.errors import AdapterError
 from trait_lora.core.shards.catalog import check_trait_name
+from trait_lora.core.storage.local import LocalStore
 from trait_lora.core.storage.store import AlreadyExists, Store
 
 
@@ -47,6 +48,19 @@ def install_adapter_to_store(
         for name in (CONFIG_FILE, WEIGHTS_FILE):  # weights last: their presence means "complete"
             create_once(store, f"{folder}/{name}", (staging / name).read_bytes())
     return folder, info
+
+
+def install_adapter_at(
+    source: Path, store: Store, trait: str, spec: AdapterSpec
+) -> tuple[str, AdapterInfo, str | None]:
+    """Install on whichever store holds the outputs: renamed into ``lora_checkpoints/<trait>`` in a
+    folder, written once at its content-addressed folder on object storage. Returns where it is, its
+    info, and the content-addressed folder the ledger must point at (None in a folder)."""
+    if isinstance(store, LocalStore):
+        path, info = install_adapter(source, store.root, trait, spec)
+        return str(path), info, None
+    folder, info = install_adapter_to_store(source, store, trait, spec)
+    return store.url(folder), info, folder
 
 
 def create_once(store: Store, key: str, data: bytes) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from trait_lora.core.handoff.mapping import MAPPING_FILE
 from trait_lora.core.handoff.runs import PLAN_FILE, Output
-from trait_lora.core.handoff.summary import LATEST_SUMMARY, SUMMARY_FILE
+from trait_lora.core.handoff.summary import LATEST_SUMMARY, METRICS_DIR, SUMMARY_FILE
 from trait_lora.core.jobs.job_status import JobStatus
 from trait_lora.core.jobs.ledger import Ledger
 from trait_lora.core.shards.catalog import TRAIT_RE
@@ -25,7 +25,6 @@ from trait_lora.core.storage.location import parse_location
 from trait_lora.core.storage.records import as_store
 from trait_lora.core.storage.store import Store, StoreError
 
-METRICS_DIR = "metrics"
 MAX_CURVE_POINTS = 2000  # a curve is drawn, not analysed: a huge metrics file must not stall a page
 
 

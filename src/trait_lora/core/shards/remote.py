@@ -76,6 +76,13 @@ def discover_remote_shards(
     return found
 
 
+def shard_source(plan: Mapping[str, Any]) -> str:
+    """The shard a plan names, as a user should see it: its URL on object storage, else its path."""
+    if plan.get("shard_key"):
+        return f"{plan['shard_location']}/{plan['shard_key']}"
+    return str(plan["shard_path"])
+
+
 def shard_file(plan: Mapping[str, Any]) -> Path:
     """The shard a plan names, as a local file: the path itself, or (object storage) a fresh copy on
     this worker. The caller compares its sha256 with the plan's: the object may have changed since."""

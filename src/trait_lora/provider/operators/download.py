@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
@@ -14,8 +13,6 @@ from trait_lora.provider.operators.base import TogetherStep
 
 if TYPE_CHECKING:
     from trait_lora.provider.records import TraitJob
-
-METRICS_DIR = "metrics"
 
 
 class TogetherDownloadOperator(TogetherStep):
@@ -31,6 +28,8 @@ class TogetherDownloadOperator(TogetherStep):
     def run_step(self, context: Any, job: TraitJob) -> dict[str, Any]:
         import httpx
 
+        from trait_lora.core.adapter import AdapterSpec
+        from trait_lora.core.adapter.content import install_adapter_at
         from trait_lora.core.adapter.quarantine import quarantine_archive
         from trait_lora.core.errors import AdapterError
         from trait_lora.core.handoff import runs
@@ -52,7 +51,9 @@ class TogetherDownloadOperator(TogetherStep):
                     "retrying the download"
                 )
             try:
-                path, info, folder = self._install(part, trait)
+                path, info, folder = install_adapter_at(
+                    part, self.ledger.store, trait, AdapterSpec.from_config(cfg)
+                )
             except AdapterError as exc:
                 kept = quarantine_archive(self.out_dir, trait, job_id, part, str(exc))
                 raise AirflowFailException(
@@ -90,24 +91,10 @@ class TogetherDownloadOperator(TogetherStep):
             "duration_s": _seconds_since(job.plan.get("planned_at")),
         }
 
-    def _install(self, part: Path, trait: str) -> tuple[str, Any, str | None]:
-        """Verify and install: renamed into ``lora_checkpoints/<trait>`` in a folder, written once at
-        its content-addressed folder on object storage (returned third: the ledger points at it)."""
-        from trait_lora.core.adapter import AdapterSpec, install_adapter
-        from trait_lora.core.adapter.content import install_adapter_to_store
-        from trait_lora.core.storage.local import LocalStore
-
-        spec = AdapterSpec.from_config(self.training_config)
-        store = self.ledger.store
-        if isinstance(store, LocalStore):
-            path, info = install_adapter(part, store.root, trait, spec)
-            return str(path), info, None
-        folder, info = install_adapter_to_store(part, store, trait, spec)
-        return store.url(folder), info, folder
-
     def _metrics(self, job: Any, job_id: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         """Loss per step and, with a validation file, Together's held-out figures (the last evaluation
         is the adapter's; Together evaluates no base model, so there is no base figure)."""
+        from trait_lora.core.handoff.summary import METRICS_DIR
         from trait_lora.core.storage.store import encode_json
 
         trait = job.trait

@@ -47,7 +47,7 @@ class TogetherUploadOperator(TogetherStep):
 
     def run_step(self, context: Any, job: TraitJob) -> dict[str, Any]:
         from trait_lora.core.errors import ShardError
-        from trait_lora.core.shards.remote import shard_file
+        from trait_lora.core.shards.remote import shard_file, shard_source
         from trait_lora.core.shards.split import write_split_files
         from trait_lora.core.shards.validation import require_valid
         from trait_lora.core.storage.opener import scratch_dir
@@ -63,14 +63,13 @@ class TogetherUploadOperator(TogetherStep):
             self.log.info("%s: recovering job %s; nothing to upload", trait, plan["recover_job_id"])
             return job.to_xcom()
         shard = shard_file(plan)  # on object storage: a fresh copy on this worker
-        shown = plan.get("shard_location") and f"{plan['shard_location']}/{plan['shard_key']}"
         try:
             report = require_valid(shard)
         except ShardError as exc:
             raise AirflowFailException(f"{exc}\n" + "\n".join(exc.problems)) from None
         if report.sha256 != plan["shard_sha256"]:
             raise AirflowFailException(
-                f"{trait}: {shown or plan['shard_path']} changed since this run planned it "
+                f"{trait}: {shard_source(plan)} changed since this run planned it "
                 f"(sha256 {plan['shard_sha256'][:12]} -> {report.sha256[:12]}); trigger a new run"
             )
         cfg = self.training_config
@@ -255,11 +254,9 @@ class TogetherUploadOperator(TogetherStep):
             except Exception as exc:  # the reason is for the message; the rejection stands
                 self.log.warning("%s: could not re-read file %s: %s", job.trait, file_id, type(exc).__name__)
         part = " (the held-out part)" if file_id and file_id == job.validation_file_id else ""
-        plan = job.plan
-        shard = plan.get("shard_path")
-        if plan.get("shard_key"):
-            shard = f"{plan['shard_location']}/{plan['shard_key']}"
+        from trait_lora.core.shards.remote import shard_source
+
         return (
             f"{job.trait}: Together rejected file {file_id}{part} ({status}): {rejection_detail(report)}. "
-            f"Fix {shard} (trait-lora validate checks it locally) and trigger again"
+            f"Fix {shard_source(job.plan)} (trait-lora validate checks it locally) and trigger again"
         )
