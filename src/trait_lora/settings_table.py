@@ -301,6 +301,29 @@ SETTINGS: tuple[Setting, ...] = (
         "Airflow connection whose password is the W&B API key (needed when wandb_project is set).",
     ),
     _s(
+        "mlflow_tracking_uri",
+        "string",
+        "",
+        "MLflow tracking URI (sqlite:///..., http://host:5000, databricks): each DAG run becomes a "
+        "parent MLflow run and each trained trait a child run. Empty: no MLflow logging.",
+    ),
+    _s(
+        "mlflow_log_adapters",
+        "boolean",
+        "false",
+        "Also upload each trained adapter's files to its MLflow run as artifacts.",
+        allowed="true or false",
+    ),
+    _s(
+        "mlflow_timeout_seconds",
+        "float",
+        "10",
+        "Longest one MLflow logging step may take; past it, or when the server is down, a warning "
+        "names the URI and training goes on.",
+        allowed="a number > 0",
+        check=_positive,
+    ),
+    _s(
         "k8s_storage_secret",
         "string",
         "",

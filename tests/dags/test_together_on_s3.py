@@ -12,6 +12,9 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
+from tests.support import tracking
 from tests.support.airflow import SAMPLE_SHARDS, train_together_argv
 from trait_lora.core.adapter import AdapterSpec
 from trait_lora.core.adapter.verify import verify_adapter_dir
@@ -53,7 +56,8 @@ def test_eight_traits_train_from_and_to_a_bucket_then_rerun_for_free(
     # the connection named in one URL, taken from the setting in the other
     shards, out = f"s3://team_s3@{s3_bucket}/shards", f"s3://{s3_bucket}/stage2"
 
-    first = train(tmp_path, shards, out, env)
+    # with OpenLineage (file transport) and MLflow (sqlite) on, as a deployment turns them on
+    first = train(tmp_path, shards, out, {**env, **tracking.tracking_env(tmp_path)})
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert (fake_together.creates, fake_together.uploads) == (8, 8)
 
@@ -79,10 +83,47 @@ def test_eight_traits_train_from_and_to_a_bucket_then_rerun_for_free(
     # nothing of the outputs landed on this machine's disk: only the bucket has them
     assert not (tmp_path / "stage2").exists() and not list(tmp_path.glob("**/hypernetwork_data.json"))
 
+    check_lineage_and_runs(tmp_path, s3_bucket, mapping, fake_together)
+
     calls = len(fake_together.calls)
-    second = train(tmp_path, shards, out, env)
+    second = train(tmp_path, shards, out, {**env, **tracking.tracking_env(tmp_path)})
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert len(fake_together.calls) == calls  # nothing asked of Together, nothing paid for
     rows = json.loads(read("run_summary.json"))["traits"]
     assert {r["action"] for r in rows} == {"skipped"} and len(rows) == 8
     assert sorted(json.loads(read("hypernetwork_data.json"))["traits"]) == TRAITS
+    # skipped traits log nothing: no new MLflow run, parent or child
+    assert len(tracking.mlflow_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "trait_lora_together")) == 9
+
+
+def check_lineage_and_runs(work: Path, bucket: str, mapping: dict, fake_together) -> None:
+    """A lineage reader joins each shard in the bucket, through Together's file and job, to its adapter
+    and the adapters to the mapping; the download's facet carries the job, its price and the sha256.
+    MLflow has one parent run and one child per trait with the job id and the loss curve."""
+    events = tracking.lineage_events(work / "lineage.jsonl")
+    graph = tracking.edges(events)
+    mapping_id = (f"s3://{bucket}", "stage2/hypernetwork_data.json")
+    downloads = {tracking.facet(e).get("trait"): e for e in tracking.completed(events, "download")}
+    for trait, entry in mapping["traits"].items():
+        shard = (f"s3://{bucket}", f"shards/{trait}.jsonl")
+        adapter = (f"s3://{bucket}", f"stage2/{entry['adapter_path']}")
+        assert tracking.reaches(graph, shard, adapter), f"{trait}: no lineage from {shard} to {adapter}"
+        assert mapping_id in graph[adapter], f"{trait}: the adapter does not feed the mapping"
+        fields = tracking.facet(downloads[trait])
+        assert fields["job_id"] == entry["job_id"] and fields["adapter_sha256"] == entry["adapter_sha256"]
+        price = fake_together.jobs[entry["job_id"]]["total_price"] / 1e9
+        assert price > 0 and fields["total_price_usd"] == pytest.approx(price, abs=1e-6)
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    runs = tracking.mlflow_runs(uri, "trait_lora_together")
+    parents = [r for r in runs if r.data.tags.get("trait_lora.role") == "dag_run"]
+    children = {r.data.tags["trait"]: r for r in runs if r.data.tags.get("trait")}
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.metrics["traits_trained"] == 8
+    assert sorted(children) == sorted(mapping["traits"])
+    for trait, run in children.items():
+        tags = run.data.tags
+        assert tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert (tags["backend"], tags["job_id"]) == ("together", mapping["traits"][trait]["job_id"])
+        assert tags["adapter_sha256"] == mapping["traits"][trait]["adapter_sha256"]
+        assert (run.data.params["lora_r"], run.data.params["target_modules"]) == ("4", "q_proj,v_proj")
+        assert tracking.loss_history(uri, run.info.run_id), f"{trait}: no train_loss curve in MLflow"

@@ -48,6 +48,7 @@ from tests.e2e.live import (
     watch_run,
     write_shards,
 )
+from tests.support import tracking
 from trait_lora.core.handoff.runs import run_dir
 
 pytestmark = pytest.mark.e2e
@@ -79,7 +80,11 @@ def live(tmp_path_factory, request):
         shards_dir=shards,
         output_dir=workdir / "outputs",
         poll_seconds=POLL_SECONDS,
-        extra_env={"AIRFLOW__TRAIT_LORA__MAX_JOBS_IN_FLIGHT": str(CAP)},
+        extra_env={
+            "AIRFLOW__TRAIT_LORA__MAX_JOBS_IN_FLIGHT": str(CAP),
+            # OpenLineage to a file, as a deployment points it at Marquez (every process appends)
+            **{k: v for k, v in tracking.tracking_env(workdir).items() if "OPENLINEAGE" in k},
+        },
     )
     started = time.monotonic()
     try:
@@ -211,6 +216,23 @@ def test_run_defers_waits_and_the_cap_bounds_jobs_in_flight(live):
     ratio = sum(s.mid_training_slots for s in mid) / sum(s.mid_training_jobs for s in mid)
     log(f"mid-training samples holding a slot: {len(busy)}/{len(mid)}; slots/jobs ratio {ratio:.3f}")
     assert len(busy) <= len(mid) // 2 and ratio <= 0.25, [describe(s) for s in busy]
+
+
+def test_lineage_events_join_each_shard_through_its_job_to_the_mapping(live):
+    """What Marquez would draw from the first run's OpenLineage events, emitted by the workers of a
+    real deployment: shard -> Together file -> job -> adapter -> hypernetwork_data.json per trait."""
+    events = tracking.lineage_events(live.workdir / "lineage.jsonl")
+    graph = tracking.edges(events)
+    mapping = json.loads((live.output_dir / "hypernetwork_data.json").read_text())
+    target = ("file", str((live.output_dir / "hypernetwork_data.json").resolve()))
+    downloads = {tracking.facet(e).get("trait"): e for e in tracking.completed(events, "download")}
+    for trait, entry in mapping["traits"].items():
+        shard = ("file", str((live.shards_dir / f"{trait}.jsonl").resolve()))
+        adapter = ("file", str((live.output_dir / entry["adapter_path"]).resolve()))
+        assert tracking.reaches(graph, shard, adapter), f"{trait}: no lineage from its shard to its adapter"
+        assert target in graph[adapter], f"{trait}: its adapter does not feed the mapping"
+        assert tracking.facet(downloads[trait])["job_id"] == entry["job_id"]
+    log(f"lineage: {len(events)} OpenLineage events, {len(graph)} datasets with outputs")
 
 
 def test_the_dashboard_in_a_real_browser(live):

@@ -102,6 +102,7 @@ def run_intake(
     from trait_lora.core.errors import IntakeError
     from trait_lora.core.handoff.intake_objects import build_intake_at
     from trait_lora.core.storage.store import StoreError
+    from trait_lora.provider.tracking import steps
 
     path, event = pick_mapping(params, triggering)
     source = "param mapping_path" if event is None else f"Asset event of run {event.source_run_id}"
@@ -130,4 +131,7 @@ def run_intake(
         result["num_bytes"] / 1e6,
         result["mapping_sha256"][:12],
     )
+    from airflow.sdk import get_current_context
+
+    steps.track_intake(get_current_context(), str(path), result)
     return {**result, "source": source}

@@ -217,6 +217,21 @@ class TrainingPodOperator(BaseOperator):
         context["trait_label"] = str(dict(self.labels).get("trait", "")).replace("-", "_")
         return self.pod_operator().trigger_reentry(context, event)
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """The pod trained on the shard and wrote its adapter to staging (the install task then
+        names the installed adapter)."""
+        from trait_lora.provider.tracking import lineage
+
+        args = [str(a) for a in self.arguments]
+
+        def value(flag: str) -> list[tuple[str, str]]:
+            return [lineage.dataset_id(args[args.index(flag) + 1])] if flag in args[:-1] else []
+
+        trait = str(dict(self.labels).get("trait", "")).replace("-", "_")
+        return lineage.operator_lineage(
+            value("--shard"), value("--out"), {"trait": trait, "backend": "kubernetes"}
+        )
+
     def on_kill(self) -> None:
         if self._pod_op is not None:
             self._pod_op.on_kill()

@@ -18,6 +18,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from trait_lora.core.config import from_mapping
 from trait_lora.core.errors import TraitLoraError
 from trait_lora.provider.params import config_values
+from trait_lora.provider.tracking import steps
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,12 @@ def discover(
         counts,
         "\n".join(lines),
     )
+    if to_run:
+        from trait_lora.provider.tracking import mlflow_runs
+
+        mlflow_runs.start_dag_run(
+            getattr(dag, "dag_id", None), run_id, backend, config.to_dict(), len(to_run)
+        )
     return runs.write_trait_plans(output_dir, run_id, to_run)  # small refs: see write_trait_plans
 
 
@@ -194,6 +201,7 @@ def train_local(plan: dict[str, Any], run_id: str, context: Any) -> dict[str, An
             raise  # a crash or OOM may pass on retry
         raise AirflowFailException(str(exc)) from None
     runs.clear_failure(output_dir, run_id, plan["trait"])
+    steps.track_trait({**context, "run_id": run_id}, plan, result, "local")
     return result
 
 
@@ -229,6 +237,7 @@ def install_pod_result(plan: dict[str, Any], pod_result: Any, run_id: str, conte
         runs.record_failure(plan["output_dir"], run_id, plan["trait"], "install", str(exc))
         raise AirflowFailException(str(exc)) from None
     runs.clear_failure(plan["output_dir"], run_id, plan["trait"])
+    steps.track_trait({**context, "run_id": run_id}, plan, result, "kubernetes")
     return result
 
 
@@ -322,6 +331,7 @@ def publish(
     log.info(
         "mapping: %s (%d trait(s), %d failed)", mapping_path, len(mapping["traits"]), len(mapping["failed"])
     )
+    steps.track_mapping(str(output_dir), str(mapping_path), mapping, digest, summary, backend)
     extra = {
         "run_id": run_id,
         "mapping_path": str(mapping_path),

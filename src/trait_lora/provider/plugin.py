@@ -7,6 +7,9 @@ loads the same plugin exactly once, with no plugins folder to mount or keep in s
 
 from __future__ import annotations
 
+from typing import Any
+
+from airflow.listeners import hookimpl
 from airflow.plugins_manager import AirflowPlugin
 
 URL_PREFIX = "/trait-lora"
@@ -29,9 +32,21 @@ EXTERNAL_VIEWS = [
 ]
 
 
+class TaskLineageScope:
+    """Listener: each task starts with an empty hook lineage collector (what a decorated task
+    reports to OpenLineage is then its own, even when one process runs every task)."""
+
+    @hookimpl(tryfirst=True)  # before OpenLineage's listener builds the START event
+    def on_task_instance_running(self, previous_state: Any, task_instance: Any) -> None:
+        from trait_lora.provider.tracking.lineage import fresh_task
+
+        fresh_task()
+
+
 class TraitLoraPlugin(AirflowPlugin):
     name = "trait_lora"
     external_views = EXTERNAL_VIEWS
+    listeners = [TaskLineageScope()]
 
     @property
     def fastapi_apps(self) -> list[dict[str, object]]:  # type: ignore[override]

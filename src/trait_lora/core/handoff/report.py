@@ -44,6 +44,7 @@ class TraitRow:
     eval: dict[str, Any] | None = None
     reason: str | None = None
     curve: tuple[tuple[int, float], ...] = field(default=())
+    mlflow_url: str | None = None  # the trait's last MLflow run, when a tracking server logged it
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -84,9 +85,12 @@ def read_metrics(output_dir: Output, trait: str) -> dict[str, Any]:
         if x is not None and y is not None:
             curve.append((int(x), y))
     evaluation = data.get("eval")
+    mlflow = data.get("mlflow") if isinstance(data.get("mlflow"), dict) else {}
+    url = mlflow.get("url")
     return {
         "curve": tuple(curve[-MAX_CURVE_POINTS:]),
         "eval": evaluation if isinstance(evaluation, dict) else None,
+        "mlflow_url": url if isinstance(url, str) and url.startswith(("http://", "https://")) else None,
     }
 
 
@@ -135,6 +139,7 @@ def trait_rows(output_dir: Output) -> list[TraitRow]:
                 eval=metrics["eval"],
                 reason=str(last.get("detail") or "") if state == "failed" else None,
                 curve=curve,
+                mlflow_url=metrics["mlflow_url"],
             )
         )
     return rows

@@ -182,7 +182,13 @@ def traits_page(dag_id: str, view: Mapping[str, Any], job_url: Any) -> str:
             adapter += f'<br><span class="muted">{_e(row["backend"] or "")} {_e(when)}</span>'
         rows.append(
             [
-                f"<b>{_e(row['trait'])}</b>",
+                f"<b>{_e(row['trait'])}</b>"
+                + (
+                    f'<br><a class="mlflow" href="{_e(row["mlflow_url"])}" target="_blank" '
+                    'rel="noopener">MLflow run</a>'
+                    if row.get("mlflow_url")
+                    else ""
+                ),
                 _state(row["state"]),
                 adapter,
                 _job(row["job_id"], job_url(row["job_id"]) if row["job_id"] else None),

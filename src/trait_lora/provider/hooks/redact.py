@@ -38,3 +38,25 @@ def redacted(logger_prefix: str, secret: str | None) -> Iterator[None]:
     finally:
         for logger in loggers:
             logger.removeFilter(redact)
+
+
+def url_without_password(url: str) -> str:
+    """A URL as it may be logged or shown: ``user:password@`` becomes ``user:***@``; query values that
+    often carry tokens (``token``, ``key``, ``password``, ``secret``) become ``***``."""
+    import re
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if ":" in userinfo else f"***@{host}"
+    query = parts.query
+    if query:
+        secretish = re.compile(r"token|key|password|secret|sig", re.IGNORECASE)
+        query = urlencode(
+            [(k, "***" if secretish.search(k) else v) for k, v in parse_qsl(query, keep_blank_values=True)],
+            safe="*",
+        )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

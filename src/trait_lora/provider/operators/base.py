@@ -73,7 +73,65 @@ def guarded(
         raise
 
 
-class TogetherStep(BaseOperator):
+class TogetherLineage:
+    """OpenLineage for a Together step: each step names what it read and wrote, from the record it
+    returned (kept on the operator by ``guard``: the listener runs in the same process, right after)."""
+
+    returned: Any = None
+    hook: TogetherHook
+    incoming: TraitJob
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        from trait_lora.provider.tracking import lineage
+
+        returned = self.returned
+        if not isinstance(returned, dict):
+            return None
+        inputs, outputs, facet = self.lineage(self.incoming, returned)
+        return lineage.operator_lineage(inputs, outputs, {"backend": "together", **facet})
+
+    lineage_step = ""  # upload | launch | wait | download
+
+    def lineage(
+        self, incoming: TraitJob, returned: dict[str, Any]
+    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]], dict[str, Any]]:
+        """(inputs, outputs, run facet fields) of this step: shard -> Together file -> fine-tuning job
+        -> adapter, so a lineage graph joins the four steps of a trait end to end."""
+        from trait_lora.core.shards.remote import shard_source
+        from trait_lora.provider.tracking.lineage import dataset_id
+
+        facet: dict[str, Any] = {"trait": incoming.trait, "job_key": incoming.job_key}
+        step = self.lineage_step
+        if step == "upload":
+            files = [returned.get("file_id"), returned.get("validation_file_id")]
+            outputs = [self.together_dataset("files", f) for f in files if f]
+            facet.update(file_id=returned.get("file_id"), shard_sha256=incoming.plan.get("shard_sha256"))
+            return [dataset_id(shard_source(incoming.plan))], outputs, facet
+        job = self.together_dataset("fine-tunes", returned.get("job_id") or incoming.job_id)
+        facet["job_id"] = returned.get("job_id") or incoming.job_id
+        if step == "launch":
+            facet.update(estimated_price_usd=returned.get("estimated_price"), status=returned.get("status"))
+            return [self.together_dataset("files", incoming.file_id)], [job], facet
+        if step == "wait":
+            facet.update(status=returned.get("status"), total_price_usd=returned.get("total_price"))
+            return [job], [], facet
+        facet.update(
+            action=returned.get("action"),
+            total_price_usd=returned.get("total_price"),
+            adapter_sha256=returned.get("adapter_sha256"),
+            adapter_uri=returned.get("adapter_path"),
+            final_loss=returned.get("final_loss"),
+            eval=returned.get("eval"),
+        )
+        return [job], [dataset_id(str(returned["adapter_path"]))], facet
+
+    def together_dataset(self, kind: str, ident: Any) -> tuple[str, str]:
+        from trait_lora.provider.tracking.lineage import together_id
+
+        return together_id(self.hook.base_url, kind, str(ident))
+
+
+class TogetherStep(TogetherLineage, BaseOperator):
     """One per-trait step. ``input_field`` names the template field holding the previous step's record.
 
     ``output_dir`` and ``config`` default to the values ``discover`` put in every trait's record, so the
@@ -126,7 +184,11 @@ class TogetherStep(BaseOperator):
         return from_mapping({**values, "backend": "together"}, source="DAG params")
 
     def guard(self, context: Any, body: Callable[[], T]) -> T:
-        return guarded(context, self.out_dir, self.incoming.trait, self.task_id, body, self.together_conn_id)
+        result = guarded(
+            context, self.out_dir, self.incoming.trait, self.task_id, body, self.together_conn_id
+        )
+        self.returned = result
+        return result
 
     def execute(self, context: Any) -> Any:
         job = self.incoming

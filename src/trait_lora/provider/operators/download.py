@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 class TogetherDownloadOperator(TogetherStep):
     """Returns the trait's final result for the fan-in (action, adapter path and sha256, price, loss)."""
 
+    lineage_step = "download"
     template_fields: Sequence[str] = ("wait_result", "output_dir", "config")
     input_field = "wait_result"
 
@@ -77,7 +78,7 @@ class TogetherDownloadOperator(TogetherStep):
         runs.clear_failure(self.out_dir, context["run_id"], trait)
         losses = [m.get("loss") for m in metrics if m.get("loss") is not None]
         self.log.info("%s: installed adapter %s (sha256 %s)", trait, path, info.sha256[:12])
-        return {
+        result = {
             "trait": trait,
             "action": "resumed" if job.adopted else "trained",
             "job_id": job_id,
@@ -90,6 +91,10 @@ class TogetherDownloadOperator(TogetherStep):
             "trained_at": record["trained_at"],
             "duration_s": _seconds_since(job.plan.get("planned_at")),
         }
+        from trait_lora.provider.tracking import mlflow_runs
+
+        mlflow_runs.log_trait(context, job.plan, result, "together")
+        return result
 
     def _metrics(self, job: Any, job_id: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         """Loss per step and, with a validation file, Together's held-out figures (the last evaluation

@@ -39,6 +39,7 @@ class TogetherLaunchOperator(TogetherStep):
     """
 
     operator_extra_links = (TogetherJobLink(),)
+    lineage_step = "launch"
     template_fields: Sequence[str] = (
         "upload_result",
         "output_dir",

@@ -27,6 +27,7 @@ class TogetherUploadOperator(TogetherStep):
     read when the task runs: validating a file takes seconds, a job hours.
     """
 
+    lineage_step = "upload"
     template_fields: Sequence[str] = ("trait_plan", "output_dir", "config")
     input_field = "trait_plan"
 

@@ -14,7 +14,13 @@ from airflow.sdk.exceptions import AirflowException
 
 from trait_lora.provider.hooks.together import TogetherHook, first_error_message, output_name
 from trait_lora.provider.links import JOB_URL_XCOM_KEY, TogetherJobLink, dashboard_url
-from trait_lora.provider.operators.base import TogetherJobFailed, guarded, map_index_template, setting_or
+from trait_lora.provider.operators.base import (
+    TogetherJobFailed,
+    TogetherLineage,
+    guarded,
+    map_index_template,
+    setting_or,
+)
 from trait_lora.provider.retry import TogetherRetryPolicy
 
 if TYPE_CHECKING:
@@ -23,7 +29,7 @@ if TYPE_CHECKING:
 # Job statuses, records and the ledger are imported where a task uses them (parse time stays cheap).
 
 
-class TogetherFineTuneSensor(BaseSensorOperator):
+class TogetherFineTuneSensor(TogetherLineage, BaseSensorOperator):
     """Wait for a Together job without holding a worker slot.
 
     ``deferrable=True`` (default) hands the wait to ``TogetherFineTuneTrigger``; ``deferrable=False``
@@ -33,6 +39,7 @@ class TogetherFineTuneSensor(BaseSensorOperator):
     reschedule mode the poke interval is fixed when the operator is built, so it is read there).
     """
 
+    lineage_step = "wait"
     template_fields: Sequence[str] = ("launch_result", "output_dir")
     operator_extra_links = (TogetherJobLink(),)
     ui_color = "#fff3d6"
@@ -81,7 +88,11 @@ class TogetherFineTuneSensor(BaseSensorOperator):
         return str(self.output_dir or self.incoming.output_dir)
 
     def _guard(self, context: Any, body: Any) -> Any:
-        return guarded(context, self.out_dir, self.incoming.trait, self.task_id, body, self.together_conn_id)
+        result = guarded(
+            context, self.out_dir, self.incoming.trait, self.task_id, body, self.together_conn_id
+        )
+        self.returned = result
+        return result
 
     def execute(self, context: Any) -> Any:
         from trait_lora.core.jobs.job_status import JobStatus
