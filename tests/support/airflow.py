@@ -63,7 +63,10 @@ def get_dag(dag_id: str) -> Any:
 
 def run_dag(dag_id: str, conf: dict[str, Any]) -> Any:
     """One DAG run with the conf a UI trigger would send; returns the finished DagRun."""
-    return get_dag(dag_id).test(run_conf=conf)
+    from trait_lora.embedded import brisk_dag_test_polls
+
+    with brisk_dag_test_polls():
+        return get_dag(dag_id).test(run_conf=conf)
 
 
 def task_states(dagrun: Any) -> dict[tuple[str, int], str]:
