@@ -30,8 +30,9 @@ def brisk_dag_test_polls(interval: float = BRISK_POLL_S) -> Iterator[None]:
     dag.test() sleeps a whole second each time a pass of its loop schedules nothing, which happens at
     every level of a mapped group that expands to nothing or is skipped: a rerun that skips every trait
     spent ~4 s asleep. Only sleeps called from dag.test() itself are shortened (it imports ``time``
-    inside the function, so there is no module attribute to patch); any other code's sleeps, retries
-    and backoffs are untouched.
+    inside the function, so there is no module attribute to patch), which includes its wait for
+    human-in-the-loop input (no DAG of ours has any); any other code's sleeps, retries and backoffs
+    are untouched.
     """
     from airflow.sdk.definitions.dag import DAG
 
