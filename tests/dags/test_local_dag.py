@@ -11,8 +11,9 @@ from tests.support.airflow import REPO, copy_shards
 CLI = Path(sys.executable).with_name("trait-lora")
 
 
-def train(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+def train(*args: str, tmp_path: Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(extra_env or {})
     return subprocess.run(
         [
             str(CLI),
