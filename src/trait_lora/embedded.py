@@ -77,11 +77,49 @@ def configure_airflow(
         )
 
 
-def migrate_db() -> None:
+MIGRATED_STAMP = ".trait-lora-db-migrated.json"
+
+
+def _db_identity() -> dict[str, Any] | None:
+    """What a migrated SQLite metadata DB is: Airflow's version, the URL and the file itself (a deleted
+    and recreated file is another inode). None for any other database: those are always migrated."""
+    import importlib.metadata
+
+    from airflow.configuration import conf
+
+    url = conf.get("database", "sql_alchemy_conn")
+    if not url.startswith("sqlite:///"):
+        return None
+    try:
+        st = Path(url.removeprefix("sqlite:///").split("?", 1)[0]).stat()
+    except OSError:
+        return None
+    return {
+        "airflow": importlib.metadata.version("apache-airflow-core"),
+        "url": url,
+        "file": [st.st_dev, st.st_ino],
+    }
+
+
+def migrate_db(airflow_home: Path) -> None:
+    """`airflow db migrate`, skipped when this home's SQLite DB was migrated by this Airflow version
+    already: the no-op migration was ~4 s of every rerun's start."""
+    stamp = airflow_home / MIGRATED_STAMP
+    identity = _db_identity()
+    try:
+        if identity is not None and json.loads(stamp.read_text()) == identity:
+            return
+    except (OSError, ValueError):
+        pass
     airflow = Path(sys.executable).with_name("airflow")
     done = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"airflow db migrate failed:\n{done.stderr[-2000:]}")
+    identity = _db_identity()
+    if identity is not None:
+        tmp = stamp.with_name(f"{stamp.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(identity))
+        os.replace(tmp, stamp)
 
 
 def ensure_tiny_model(shards_dir: str, output_dir: str) -> str:
@@ -147,7 +185,7 @@ def run_training(
             return 2
         conf["base_model"] = ensure_smollm2_model(conf["output_dir"])
         print(f"base model: SmolLM2-135M-Instruct converted offline at {conf['base_model']}")
-    migrate_db()
+    migrate_db(airflow_home)
 
     from airflow.dag_processing.dagbag import DagBag
     from airflow.sdk.exceptions import ParamValidationError
