@@ -97,3 +97,91 @@ def test_key_never_appears_in_repr_or_logs(together_conn, caplog, capfd):
     assert "fine-tunes" in caplog.text  # the SDK's request logging was captured, so the check has teeth
     for text in (caplog.text, captured.out, captured.err, repr(hook), str(hook), repr(hook.client)):
         assert together_conn.api_key not in text
+
+
+def _self_signed(tmp_path) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 that no trust store holds, and its key (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trait-lora test CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return str(cert_file), str(key_file)
+
+
+def test_clients_share_one_trust_store_that_still_verifies_and_follows_ssl_cert_file(tmp_path, monkeypatch):
+    """The clients share one TLS context per process (building one per client was ~25 ms each), and
+    that changes nothing about trust: an unknown certificate is refused, and SSL_CERT_FILE naming it
+    (as a deployment behind a TLS-inspecting proxy sets it) is honoured in the same process."""
+    import http.server
+    import json as _json
+    import ssl
+    import threading
+
+    cert_file, key_file = _self_signed(tmp_path)
+
+    class Api(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = _json.dumps({"object": "list", "data": []}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert_file, key_file)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        conn = {
+            "conn_type": "together",
+            "host": f"https://127.0.0.1:{server.server_address[1]}",
+            "password": "tgp_test_" + "k" * 24,
+            "extra": {"max_retries": 0, "timeout": 10},
+        }
+        monkeypatch.setenv("AIRFLOW_CONN_TOGETHER_DEFAULT", _json.dumps(conn))
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+        first, second = TogetherHook(), TogetherHook()
+        ok, message = first.test_connection()
+        assert not ok and "APIConnectionError" in message  # certificate verify failed: not trusted
+        assert second.test_connection()[0] is False
+
+        monkeypatch.setenv("SSL_CERT_FILE", cert_file)
+        ok, message = TogetherHook().test_connection()
+        assert ok, message
+    finally:
+        server.shutdown()
+        server.server_close()

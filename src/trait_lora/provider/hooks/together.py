@@ -36,6 +36,7 @@ from trait_lora.provider.hooks.answers import job_matches_tag as job_matches_tag
 from trait_lora.provider.hooks.answers import job_to_dict as job_to_dict
 from trait_lora.provider.hooks.answers import output_name as output_name
 from trait_lora.provider.hooks.answers import retry_after_seconds as retry_after_seconds
+from trait_lora.provider.hooks.tls import shared_tls_context
 
 if TYPE_CHECKING:
     from together import AsyncTogether, Together
@@ -54,6 +55,10 @@ def normalise_base_url(host: str | None) -> str:
     if url.endswith("/v1"):
         url = url[: -len("/v1")]
     return url
+
+
+def _client_options(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: settings[k] for k in ("api_key", "base_url", "max_retries", "timeout")}
 
 
 class TogetherHook(BaseHook):
@@ -125,11 +130,10 @@ class TogetherHook(BaseHook):
     @cached_property
     def client(self) -> Together:
         """Client for idempotent calls: the SDK's retries (429 with Retry-After, 5xx, resets) are on."""
-        from together import Together
+        from together import DefaultHttpxClient, Together
 
-        s = self.settings
         return Together(
-            api_key=s["api_key"], base_url=s["base_url"], max_retries=s["max_retries"], timeout=s["timeout"]
+            **_client_options(self.settings), http_client=DefaultHttpxClient(verify=shared_tls_context())
         )
 
     @cached_property
@@ -137,13 +141,11 @@ class TogetherHook(BaseHook):
         """The retrying client, except that a 409 (a duplicate upload) is never retried."""
         from together import DefaultHttpxClient, Together
 
-        s = self.settings
         return Together(
-            api_key=s["api_key"],
-            base_url=s["base_url"],
-            max_retries=s["max_retries"],
-            timeout=s["timeout"],
-            http_client=DefaultHttpxClient(event_hooks={"response": [conflict_is_final]}),
+            **_client_options(self.settings),
+            http_client=DefaultHttpxClient(
+                verify=shared_tls_context(), event_hooks={"response": [conflict_is_final]}
+            ),
         )
 
     @cached_property
@@ -152,11 +154,11 @@ class TogetherHook(BaseHook):
         return self.client.with_options(max_retries=0)
 
     async def get_async_client(self) -> AsyncTogether:
-        from together import AsyncTogether
+        from together import AsyncTogether, DefaultAsyncHttpxClient
 
-        s = await self.asettings()
         return AsyncTogether(
-            api_key=s["api_key"], base_url=s["base_url"], max_retries=s["max_retries"], timeout=s["timeout"]
+            **_client_options(await self.asettings()),
+            http_client=DefaultAsyncHttpxClient(verify=shared_tls_context()),
         )
 
     def test_connection(self) -> tuple[bool, str]:
