@@ -173,6 +173,12 @@ def dags_folder_default() -> str:
     return os.environ.get("AIRFLOW__CORE__DAGS_FOLDER") or "dags"
 
 
+def tls_trust_env() -> tuple[str | None, str | None]:
+    """``SSL_CERT_FILE`` and ``SSL_CERT_DIR``: not ours but httpx's (the Together SDK's transport), read
+    here only to key the shared TLS context (trait_lora.provider.hooks.tls) on what httpx will read."""
+    return os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+
+
 def provider_config() -> dict[str, Any]:
     """The ``config`` entry of ``get_provider_info()``: how ``airflow config list`` learns the section."""
     options: dict[str, Any] = {}

@@ -9,7 +9,6 @@ It is httpx's own default context, built by httpx from the same environment (``S
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -18,7 +17,9 @@ if TYPE_CHECKING:
 
 
 def shared_tls_context() -> ssl.SSLContext:
-    return _context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    from trait_lora import settings
+
+    return _context(*settings.tls_trust_env())
 
 
 @lru_cache(maxsize=4)
