@@ -21,10 +21,11 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 install: $(STAMP)
 
 # One pytest worker per core (each with its own Airflow metadata DB), a test file per worker at a time
-# (module fixtures run once); line coverage of src/ at the end.
+# (module fixtures run once); line coverage of src/ at the end. Bytecode caching on even where the
+# environment turns it off: the suite starts ~100 Python processes that import the same modules.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -m "not e2e" -n auto --dist loadfile --cov=trait_lora --cov-report=term:skip-covered --durations=10
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -m "not e2e" -n auto --dist loadfile --no-loadscope-reorder --cov=trait_lora --cov-report=term:skip-covered --durations=10
 
 # A live Airflow on loopback (PostgreSQL from apt if missing, api-server, scheduler, dag-processor,
 # triggerer) running trait_lora_together against the fake Together server; prints its timings.
