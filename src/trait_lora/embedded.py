@@ -7,6 +7,7 @@ it is imported, so this module imports it lazily.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -81,24 +82,28 @@ MIGRATED_STAMP = ".trait-lora-db-migrated.json"
 
 
 def _db_identity() -> dict[str, Any] | None:
-    """What a migrated SQLite metadata DB is: Airflow's version, the URL and the file itself (a deleted
-    and recreated file is another inode). None for any other database: those are always migrated."""
+    """What a migrated SQLite metadata DB is: Airflow's version, the URL and the schema revision the DB
+    itself records (an empty or recreated file has none). None for any other database, or when the
+    revision cannot be read: those are always migrated."""
     import importlib.metadata
+    import sqlite3
 
     from airflow.configuration import conf
 
     url = conf.get("database", "sql_alchemy_conn")
     if not url.startswith("sqlite:///"):
         return None
-    try:
-        st = Path(url.removeprefix("sqlite:///").split("?", 1)[0]).stat()
-    except OSError:
+    path = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+    if not path.is_file():
         return None
-    return {
-        "airflow": importlib.metadata.version("apache-airflow-core"),
-        "url": url,
-        "file": [st.st_dev, st.st_ino],
-    }
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error:
+        return None
+    if not row:
+        return None
+    return {"airflow": importlib.metadata.version("apache-airflow-core"), "url": url, "revision": row[0]}
 
 
 def migrate_db(airflow_home: Path) -> None:
