@@ -122,9 +122,9 @@ def migrate_db(airflow_home: Path) -> None:
         raise SystemExit(f"airflow db migrate failed:\n{done.stderr[-2000:]}")
     identity = _db_identity()
     if identity is not None:
-        tmp = stamp.with_name(f"{stamp.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(identity))
-        os.replace(tmp, stamp)
+        from trait_lora.core.storage.atomic import atomic_write_json
+
+        atomic_write_json(stamp, identity)
 
 
 def ensure_tiny_model(shards_dir: str, output_dir: str) -> str:
