@@ -38,28 +38,28 @@ os.environ.pop("TOGETHER_BASE_URL", None)
 
 pytest_plugins = ["tests.fake_together.fixtures", "tests.support.airflow", "tests.support.s3"]
 
-# Files that take longest, longest first (per-file worker seconds of a `make test`, stop 30): handed to
+# Files that take longest, longest first (per-file worker seconds of a `make test`, stop 31): handed to
 # the xdist workers first, so that no long file starts near the end and keeps one worker busy after the
 # other has finished. Only with `--no-loadscope-reorder` (make test passes it): by default xdist 3.8
 # reorders files by test count, which ignored this list and left one worker idle for the last 66 s.
 # Re-measure when a file grows: a file missing here runs in collection order after these.
 LONG_FIRST = (
+    "tests/dags/test_local_dag.py",  # ~95 s (estimated: the local CLI flows of stop 30's two files, merged)
     "tests/provider/test_real_service.py",  # 77 s
-    "tests/dags/test_together_on_s3.py",  # 59 s
-    "tests/train/test_trainer_cli.py",  # 55 s
-    "tests/dags/test_local_eval.py",  # 49 s
-    "tests/dags/test_local_dag.py",  # 45 s
-    "tests/train/test_smollm2.py",  # 42 s
-    "tests/plugin/test_dashboard.py",  # 33 s
-    "tests/dags/test_together_dag.py",  # 29 s
-    "tests/provider/test_launch_idempotency.py",  # 29 s
-    "tests/dags/test_kubernetes_dag.py",  # 25 s
+    "tests/dags/test_together_on_s3.py",  # 52 s
+    "tests/train/test_trainer_cli.py",  # 48 s
+    "tests/train/test_smollm2.py",  # 39 s
+    "tests/dags/test_together_dag.py",  # 34 s
+    "tests/provider/test_launch_idempotency.py",  # 33 s
     "tests/provider/test_hostile_downloads.py",  # 23 s
-    "tests/core/test_adapter.py",  # 22 s
-    "tests/provider/test_together_eval.py",  # 17 s
-    "tests/provider/test_recover_download.py",  # 15 s
-    "tests/core/test_validation.py",  # 13 s
-    "tests/provider/test_worker_preload.py",  # 11 s
+    "tests/dags/test_kubernetes_dag.py",  # 22 s
+    "tests/provider/test_together_eval.py",  # 20 s
+    "tests/plugin/test_dashboard.py",  # 18 s
+    "tests/provider/test_recover_download.py",  # 14 s
+    "tests/provider/test_worker_preload.py",  # 14 s
+    "tests/core/test_adapter.py",  # 14 s
+    "tests/provider/test_wandb.py",  # 8 s
+    "tests/provider/test_mlflow.py",  # 8 s
 )
 
 

@@ -1,6 +1,6 @@
 """OpenLineage pieces a run cannot show here: the training pod's datasets (no cluster), the dataset
 names a lineage reader joins on, and that nothing is collected while OpenLineage is not configured
-(the suite's own state). The events of whole runs are checked in tests/dags/test_local_eval.py
+(the suite's own state). The events of whole runs are checked in tests/dags/test_local_dag.py
 (local) and test_together_on_s3.py (Together, object storage)."""
 
 from __future__ import annotations

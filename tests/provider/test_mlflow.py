@@ -1,7 +1,7 @@
 """MLflow tracking: a parent run per DAG run and a child per trained trait in a real tracking store
 (sqlite, the same client code as a server), a retry that finds its run again, adapters as artifacts
 only when asked, and a tracker that is down or hangs costing a warning and bounded time, never a trait.
-The whole DAG path (local and Together) is in tests/dags/test_local_eval.py and
+The whole DAG path (local and Together) is in tests/dags/test_local_dag.py and
 test_together_on_s3.py."""
 
 from __future__ import annotations

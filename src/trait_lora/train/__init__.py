@@ -11,6 +11,8 @@ whether a retry can help: a bad shard (2) or a missing model (3) will fail again
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from trait_lora.core.errors import TraitLoraError
 
 EXIT_OK = 0
@@ -27,6 +29,7 @@ __all__ = [
     "EXIT_OOM",
     "ModelLoadError",
     "TrainInputError",
+    "require_model_dir",
 ]
 
 
@@ -36,3 +39,19 @@ class ModelLoadError(TraitLoraError):
 
 class TrainInputError(TraitLoraError, ValueError):
     """Arguments that cannot train anything (e.g. every example truncated away, --out is a file)."""
+
+
+def _is_path_like(ref: str) -> bool:
+    """A filesystem path rather than a hub id (``org/name``), so a miss needs no cache lookup."""
+    return ref.startswith(("/", ".", "~")) or Path(ref).expanduser().exists()
+
+
+def require_model_dir(model_ref: str) -> None:
+    """Refuse a model path that is not a directory. Here rather than in ``model`` so that the CLI can
+    say it before importing torch, transformers and peft (~4 s), like a bad shard."""
+    if _is_path_like(model_ref) and not Path(model_ref).expanduser().is_dir():
+        raise ModelLoadError(
+            f"base model {model_ref!r} is not a directory. Set local_model in the training config to a "
+            "local model directory (config.json, weights, tokenizer) or to a model id already in the "
+            "Hugging Face cache; the trainer runs offline and never downloads."
+        )

@@ -29,6 +29,7 @@ from trait_lora.train import (
     ModelLoadError,
     TrainInputError,
     objects,
+    require_model_dir,
 )
 
 OOM_HINT = "out of memory: retry with a smaller --micro-batch (accumulation keeps the effective batch)"
@@ -148,6 +149,11 @@ def _train(
     except OSError as exc:
         print(f"error: cannot read shard {args.shard}: {exc}", file=err)
         return EXIT_BAD_INPUT, None
+    try:
+        require_model_dir(config.local_model)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_MODEL, None
 
     from trait_lora.train import trainer  # torch, transformers, peft: only once the input is known good
 

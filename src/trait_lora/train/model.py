@@ -12,14 +12,9 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from trait_lora.train import ModelLoadError
+from trait_lora.train import ModelLoadError, require_model_dir
 
 PAD_FALLBACK = "<|finetune_right_pad_id|>"  # Llama-3.1 ships this token but sets no pad_token
-
-
-def _is_path_like(ref: str) -> bool:
-    """A filesystem path rather than a hub id (``org/name``), so a miss needs no cache lookup."""
-    return ref.startswith(("/", ".", "~")) or Path(ref).expanduser().exists()
 
 
 def load_base_model(model_ref: str, *, gpu: bool) -> tuple[Any, Any]:
@@ -28,13 +23,8 @@ def load_base_model(model_ref: str, *, gpu: bool) -> tuple[Any, Any]:
     Training must be reproducible against a pinned copy, and the machines that run it often have no
     internet: a miss is a ``ModelLoadError`` telling the user how to provide the model, not a hang.
     """
+    require_model_dir(model_ref)
     path = Path(model_ref).expanduser()
-    if _is_path_like(model_ref) and not path.is_dir():
-        raise ModelLoadError(
-            f"base model {model_ref!r} is not a directory. Set local_model in the training config to a "
-            "local model directory (config.json, weights, tokenizer) or to a model id already in the "
-            "Hugging Face cache; the trainer runs offline and never downloads."
-        )
     ref = str(path) if path.is_dir() else model_ref
     kwargs: dict[str, Any] = {"local_files_only": True}
     try:
