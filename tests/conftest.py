@@ -27,6 +27,7 @@ if _workers > 1:
     os.environ.setdefault("OMP_NUM_THREADS", _share)
     os.environ.setdefault("MKL_NUM_THREADS", _share)
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tests train in-process, then fork
 # [trait_lora] settings (trait_lora.settings): poll fast, retry fast, no stagger, in tests.
 os.environ.setdefault("AIRFLOW__TRAIT_LORA__POLL_SECONDS", "0.05")
 os.environ.setdefault("AIRFLOW__TRAIT_LORA__RETRY_DELAY_SECONDS", "0.5")

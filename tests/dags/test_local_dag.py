@@ -5,9 +5,10 @@ Real training on the tiny offline Llama: the figures are whatever the trainer me
 check where they go and what the gate does with them, not their values. One tracked CLI run (both poles
 of one axis and a broken shard; OpenLineage's file transport, a sqlite MLflow URI, held-out evaluation
 on) is shared by the tests below, each checking what its user reads from a copy of what it left; the
-gate's run and the rerun that skips come after it, untracked. Each CLI run starts Airflow, migrates a
-metadata DB and builds the model (~10 s before any training), so the tests share runs rather than
-start their own. The Together path is checked the same way in test_together_on_s3.py.
+gate's run and the rerun that skips come after it, untracked, as DAG runs in this process. A CLI run
+starts Airflow, migrates a metadata DB and builds the model (~10 s before any training), so the tests
+share one rather than start their own. The Together path is checked the same way in
+test_together_on_s3.py.
 """
 
 import json
@@ -74,7 +75,14 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = work / "out"
     snapshot = work / "first-run"
     shutil.copytree(out, snapshot, ignore=shutil.ignore_patterns(".tiny-model*"))
-    return {"work": work, "shards": shards, "out": out, "first": snapshot, "stdout": done.stdout}
+    return {
+        "work": work,
+        "shards": shards,
+        "out": out,
+        "first": snapshot,
+        "stdout": done.stdout,
+        "config": config,
+    }
 
 
 def test_the_bad_shard_fails_alone_and_the_others_are_trained_and_published(tracked):
@@ -112,24 +120,31 @@ def test_every_adapter_is_evaluated_on_held_out_examples(tracked):
     assert "->" in tracked["stdout"]  # the summary table prints base -> adapter held-out loss
 
 
-def test_the_gate_keeps_the_old_adapter_and_a_plain_rerun_then_skips(tracked):
+def test_the_gate_keeps_the_old_adapter_and_a_plain_rerun_then_skips(tracked, airflow_db):
     """An improvement nobody can reach refuses the new adapter and the old one stays published; a rerun
-    without --force-retrain then finds the shard unchanged and its published adapter verified."""
+    without force_retrain then finds the shard unchanged and its published adapter verified. Both runs
+    are the same DAG in this process (the CLI's part was checked on the first run), untracked."""
+    from tests.support.airflow import run_dag
+
     work, out = tracked["work"], tracked["out"]
     mapping = json.loads((tracked["first"] / "hypernetwork_data.json").read_text())
     before = {t: e["adapter_sha256"] for t, e in mapping["traits"].items()}
-    gated = write_config(work, eval_fraction=0.2, batch_size=8, min_eval_improvement=100.0)
-    second = train("--force-retrain", "joy_plus", "--config", gated, tmp_path=work)
-    assert second.returncode == 1, second.stderr[-3000:]
+    conf = {
+        "traits": ["joy_plus"],
+        "shards_dir": str(work / "shards"),
+        "output_dir": str(out),
+        "base_model": str(out / ".tiny-model"),
+        **json.loads(Path(tracked["config"]).read_text()),
+    }
+    gated = run_dag("trait_lora_local", {**conf, "force_retrain": True, "min_eval_improvement": 100.0})
+    assert str(gated.state) == "failed"
     after = json.loads((out / "hypernetwork_data.json").read_text())
     assert {t: e["adapter_sha256"] for t, e in after["traits"].items()} == before
     reason = after["failed"]["joy_plus"]
     assert "adapter not installed" in reason and "min_eval_improvement 100.0" in reason
     assert "held-out loss" in reason and "base" in reason  # the figures, so the user sees how far off
 
-    config = write_config(work, eval_fraction=0.2, batch_size=8)
-    third = train("joy_plus", "--config", config, tmp_path=work)
-    assert third.returncode == 0, third.stderr[-3000:]
+    assert str(run_dag("trait_lora_local", conf).state) == "success"
     rows = json.loads((out / "run_summary.json").read_text())["traits"]
     assert [(r["trait"], r["action"]) for r in rows] == [("joy_plus", "skipped")]
     now = json.loads((out / "hypernetwork_data.json").read_text())["traits"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import random
@@ -88,6 +90,20 @@ def run_trainer(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[st
     return subprocess.run(
         argv, capture_output=True, text=True, env=offline_env(), timeout=TRAINER_TIMEOUT, check=False
     )
+
+
+def train_here(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
+    """The same CLI's ``main(ARGS)`` in this process, its output captured like ``run_trainer``'s.
+
+    For tests about what training produces rather than how a backend starts it: a fresh process
+    spends ~4 s importing torch, transformers and peft before its first step."""
+    from trait_lora.train import cli
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def last_json_line(stdout: str) -> dict[str, Any]:

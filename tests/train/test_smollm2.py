@@ -5,7 +5,7 @@ everything else reads the result. The wheel comes from `make install`; a missing
 
 The last test shows a real pretrained model learn its trait: the tiny random model shows the plumbing,
 only a real model can show that an adapter learned a trait rather than the chat format. Trained through
-the trainer's own argv (as a backend runs it) on the first 24 examples of each pole of the sample
+the trainer's own argv (its CLI's main(), in this process) on the first 24 examples of each pole of the sample
 ``joy`` axis, 20% held out by content, one epoch at 128 tokens (a quarter of the time of two at 256,
 with the same margins: 3.53 -> 3.14 held-out, own pole +0.18). In this file so that it shares the one
 conversion (xdist hands a whole file to one worker).
@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.airflow import SAMPLE_SHARDS
+from tests.train.helpers import train_here
 from trait_lora.train import smollm2
 
 
@@ -158,15 +159,8 @@ def test_a_smollm2_adapter_beats_the_base_model_on_its_trait_and_prefers_its_own
         "n_epochs": 1,
         "learning_rate": 2e-3,  # the seed's r=4 on q_proj/v_proj; a higher rate to learn in 5 steps
     }
-    argv = [sys.executable, "-m", "trait_lora.train", "--shard", str(tmp_path / "joy_plus.jsonl")]
-    argv += ["--out", str(tmp_path / "adapter"), "--max-length", "128", "--config-json", json.dumps(config)]
-    done = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
+    argv = ["--shard", tmp_path / "joy_plus.jsonl", "--out", tmp_path / "adapter", "--max-length", "128"]
+    done = train_here(*argv, "--config-json", json.dumps(config))  # the trainer's CLI, in this process
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])["eval"]
     print(f"\nSmolLM2 joy_plus held-out figures: {json.dumps(figures, sort_keys=True)}")

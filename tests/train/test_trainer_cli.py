@@ -1,7 +1,10 @@
-"""``python -m trait_lora.train`` end to end, as a subprocess with the argv a backend passes, offline.
+"""``python -m trait_lora.train`` end to end, with the argv a backend passes, offline.
 
-One chat run (several epochs, so the loss has room to fall) is shared by the tests that inspect its
-output; the other runs are capped with ``--max-steps`` to keep the suite within a few minutes on 2 cores.
+One chat run (several epochs, so the loss has room to fall), a subprocess as a backend starts it, is
+shared by the tests that inspect its output. The reruns with a seed and the other shard formats call
+the same ``main()`` in this process (``train_here``): they are about what training produces, and each
+fresh process would spend ~4 s importing torch, transformers and peft. The same seed in this process
+and in the subprocess gives the same bytes. The other runs are capped with ``--max-steps``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,15 @@ from typing import Any
 
 import pytest
 
-from tests.train.helpers import HIDDEN, KV_DIM, config_json, last_json_line, offline_env, run_trainer
+from tests.train.helpers import (
+    HIDDEN,
+    KV_DIM,
+    config_json,
+    last_json_line,
+    offline_env,
+    run_trainer,
+    train_here,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -116,7 +127,7 @@ def test_loss_falls_over_the_run(chat_run: dict[str, Any]) -> None:
 def test_same_seed_gives_identical_adapter(chat_run: dict[str, Any], tmp_path: Path) -> None:
     argv = list(chat_run["argv"])
     argv[argv.index("--out") + 1] = tmp_path / "again"
-    proc = run_trainer(*argv)
+    proc = train_here(*argv)
     assert proc.returncode == 0, proc.stderr
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         assert (tmp_path / "again" / name).read_bytes() == (chat_run["out"] / name).read_bytes(), name
@@ -127,7 +138,7 @@ def test_another_seed_gives_another_adapter(chat_run: dict[str, Any], tmp_path: 
     argv = list(chat_run["argv"])
     argv[argv.index("--out") + 1] = tmp_path / "seed8"
     argv[argv.index("--seed") + 1] = "8"
-    proc = run_trainer(*argv)
+    proc = train_here(*argv)
     assert proc.returncode == 0, proc.stderr
     weights = "adapter_model.safetensors"
     assert (tmp_path / "seed8" / weights).read_bytes() != (chat_run["out"] / weights).read_bytes()
@@ -143,7 +154,7 @@ def test_prompt_completion_and_text_shards_train_and_replace_an_existing_out_dir
     out = tmp_path / "adapter"
     out.mkdir()
     (out / "stale.txt").write_text("old")  # a previous attempt's leftovers: replaced, not merged
-    proc = run_trainer(
+    proc = train_here(
         "--shard", shards_dir / shard, "--out", out,
         "--config-json", config_json(tiny_model, batch_size=6), "--micro-batch", "2", "--max-steps", "2",
     )
