@@ -7,6 +7,7 @@ DAG run in-process on the embedded Airflow, with the same conf a UI trigger send
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 from collections.abc import Sequence
@@ -304,5 +305,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def run() -> None:
+    """The `trait-lora` command: ``main()``, then exit without collecting the heap a train run leaves
+    behind (Airflow's models, the DAG, the in-process API app): ~1.7 s after the last line, spent
+    freeing what the process is about to give back anyway."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -9,6 +9,7 @@ imported, so a bad shard fails in well under a second.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import tempfile
@@ -194,7 +195,8 @@ def _train(
 
 
 def run() -> None:
-    """Entry point that turns an unexpected exception into exit 1 with a traceback on stderr."""
+    """Entry point that turns an unexpected exception into exit 1 with a traceback on stderr, and
+    exits without collecting the heap torch and transformers leave (~0.8 s after the result line)."""
     try:
         code = main()
     except SystemExit:
@@ -204,4 +206,5 @@ def run() -> None:
 
         traceback.print_exc()
         code = EXIT_FAILED
+    gc.freeze()
     sys.exit(code)
