@@ -48,22 +48,22 @@ pytest_plugins = ["tests.fake_together.fixtures", "tests.support.airflow", "test
 # reorders files by test count, which ignored this list and left one worker idle for the last 66 s.
 # Re-measure when a file grows: a file missing here runs in collection order after these.
 LONG_FIRST = (
-    "tests/dags/test_local_dag.py",  # ~95 s (estimated: the local CLI flows of stop 30's two files, merged)
-    "tests/provider/test_real_service.py",  # 77 s
-    "tests/dags/test_together_on_s3.py",  # 52 s
-    "tests/train/test_trainer_cli.py",  # 48 s
-    "tests/train/test_smollm2.py",  # 39 s
-    "tests/dags/test_together_dag.py",  # 34 s
-    "tests/provider/test_launch_idempotency.py",  # 33 s
-    "tests/provider/test_hostile_downloads.py",  # 23 s
-    "tests/dags/test_kubernetes_dag.py",  # 22 s
-    "tests/provider/test_together_eval.py",  # 20 s
-    "tests/plugin/test_dashboard.py",  # 18 s
+    "tests/provider/test_real_service.py",  # 72 s
+    "tests/dags/test_local_dag.py",  # 71 s
+    "tests/train/test_smollm2.py",  # 41 s
+    "tests/dags/test_together_on_s3.py",  # 37 s
+    "tests/provider/test_launch_idempotency.py",  # 32 s
+    "tests/dags/test_together_dag.py",  # 31 s
+    "tests/provider/test_hostile_downloads.py",  # 24 s
+    "tests/provider/test_together_eval.py",  # 19 s
+    "tests/dags/test_kubernetes_dag.py",  # 17 s
+    "tests/plugin/test_dashboard.py",  # 16 s
     "tests/provider/test_recover_download.py",  # 14 s
-    "tests/provider/test_worker_preload.py",  # 14 s
-    "tests/core/test_adapter.py",  # 14 s
-    "tests/provider/test_wandb.py",  # 8 s
-    "tests/provider/test_mlflow.py",  # 8 s
+    "tests/core/test_adapter.py",  # 13 s
+    "tests/provider/test_worker_preload.py",  # 10 s
+    "tests/train/test_trainer_cli.py",  # 10 s
+    "tests/provider/test_budget.py",  # 8 s
+    "tests/provider/test_liberal_answers.py",  # 8 s
 )
 
 

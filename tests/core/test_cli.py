@@ -1,4 +1,5 @@
-"""The `trait-lora` CLI's core commands, run as a user runs them (a subprocess)."""
+"""The `trait-lora` CLI's core commands, run as a user runs them (a subprocess), and the conf `train`
+hands its DAG run (in this process, the run replaced: whole runs are in tests/dags)."""
 
 import json
 import subprocess
@@ -47,3 +48,26 @@ def test_plan_says_what_a_run_would_do(tmp_path):
     unknown = run("plan", "--shards-dir", str(shards), "--output-dir", str(tmp_path / "out"), "nope_plus")
     assert unknown.returncode == 2 and "available: joy_minus, joy_plus" in unknown.stderr
     assert not (tmp_path / "out").exists()  # planning writes nothing
+
+
+def test_train_hands_the_run_its_traits_force_retrain_and_config(tmp_path, monkeypatch):
+    """What `trait-lora train` puts in the DAG run's conf (the run itself is checked in tests/dags)."""
+    from trait_lora import cli, embedded
+
+    runs = []
+    monkeypatch.setattr(embedded, "run_training", lambda **kwargs: runs.append(kwargs) or 0)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"eval_fraction": 0.2, "batch_size": 8}))
+    common = ["--shards-dir", str(tmp_path / "shards"), "--output-dir", str(tmp_path / "out")]
+    argv = ["train", "--backend", "local", "--force-retrain", "joy_plus", "calm_minus", *common]
+    assert cli.main([*argv, "--config", str(config)]) == 0
+    conf = runs[0]["conf"]
+    assert (conf["traits"], conf["force_retrain"]) == (["joy_plus", "calm_minus"], True)
+    assert conf["dry_run"] is False
+    assert (conf["eval_fraction"], conf["batch_size"]) == (0.2, 8)
+    assert conf["output_dir"] == str((tmp_path / "out").resolve()) and runs[0]["backend"] == "local"
+
+    assert cli.main(["train", "--backend", "local", "--all", *common]) == 0
+    assert (runs[1]["conf"]["traits"], runs[1]["conf"]["force_retrain"]) == ([], False)
+    assert cli.main(["train", "--backend", "local", "--all", "joy_plus", *common]) == 2  # one or the other
+    assert len(runs) == 2

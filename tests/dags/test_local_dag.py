@@ -92,6 +92,7 @@ def test_the_bad_shard_fails_alone_and_the_others_are_trained_and_published(trac
     assert mapping["backend"] == "local" and mapping["traits"]["joy_plus"]["job_id"] is None
     assert "broken_minus.jsonl:1:" in mapping["failed"]["broken_minus"]
     for trait, entry in mapping["traits"].items():
+        assert entry["adapter_path"] == f"lora_checkpoints/{trait}"
         assert (first / entry["adapter_path"] / "adapter_model.safetensors").is_file(), trait
     rows = (line.split() for line in tracked["stdout"].splitlines())
     table = {row[0]: row[1] for row in rows if len(row) > 1}

@@ -150,7 +150,7 @@ def _train(
     except OSError as exc:
         print(f"error: cannot read shard {args.shard}: {exc}", file=err)
         return EXIT_BAD_INPUT, None
-    try:
+    try:  # before the arguments train_adapter checks: with both wrong, exit 3 names the model first
         require_model_dir(config.local_model)
     except ModelLoadError as exc:
         print(f"error: {exc}", file=err)
