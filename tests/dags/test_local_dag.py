@@ -22,11 +22,12 @@ from typing import Any
 import pytest
 
 from tests.support import tracking
-from tests.support.airflow import REPO, copy_shards
+from tests.support.airflow import REPO, copy_shards, run_dag
 from trait_lora.core.shards.split import split_examples
 from trait_lora.core.shards.validation import iter_examples
 
 PAIR = ["joy_minus", "joy_plus"]
+CONFIG = {"eval_fraction": 0.2, "batch_size": 8}  # the tracked run's --config: held-out evaluation on
 CLI = Path(sys.executable).with_name("trait-lora")
 
 
@@ -57,32 +58,20 @@ def train(*args: str, tmp_path: Path, extra_env: dict[str, str] | None = None) -
     )
 
 
-def write_config(tmp_path: Path, **values) -> str:
-    path = tmp_path / f"config-{len(list(tmp_path.glob('config-*')))}.json"
-    path.write_text(json.dumps(values))
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The first run, with lineage and MLflow on; what it left is copied aside before anything reruns."""
     work = tmp_path_factory.mktemp("tracked")
     shards = copy_shards(work / "shards", PAIR)
     (shards / "broken_minus.jsonl").write_text('{"messages": [{"role": "assistant", "content": "hi"}]}\n')
-    config = write_config(work, eval_fraction=0.2, batch_size=8)
-    done = train("--all", "--config", config, tmp_path=work, extra_env=tracking.tracking_env(work))
+    config = work / "config.json"
+    config.write_text(json.dumps(CONFIG))
+    done = train("--all", "--config", str(config), tmp_path=work, extra_env=tracking.tracking_env(work))
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]  # the broken shard failed
     out = work / "out"
     snapshot = work / "first-run"
     shutil.copytree(out, snapshot, ignore=shutil.ignore_patterns(".tiny-model*"))
-    return {
-        "work": work,
-        "shards": shards,
-        "out": out,
-        "first": snapshot,
-        "stdout": done.stdout,
-        "config": config,
-    }
+    return {"work": work, "shards": shards, "out": out, "first": snapshot, "stdout": done.stdout}
 
 
 def test_the_bad_shard_fails_alone_and_the_others_are_trained_and_published(tracked):
@@ -125,8 +114,6 @@ def test_the_gate_keeps_the_old_adapter_and_a_plain_rerun_then_skips(tracked, ai
     """An improvement nobody can reach refuses the new adapter and the old one stays published; a rerun
     without force_retrain then finds the shard unchanged and its published adapter verified. Both runs
     are the same DAG in this process (the CLI's part was checked on the first run), untracked."""
-    from tests.support.airflow import run_dag
-
     work, out = tracked["work"], tracked["out"]
     mapping = json.loads((tracked["first"] / "hypernetwork_data.json").read_text())
     before = {t: e["adapter_sha256"] for t, e in mapping["traits"].items()}
@@ -135,7 +122,7 @@ def test_the_gate_keeps_the_old_adapter_and_a_plain_rerun_then_skips(tracked, ai
         "shards_dir": str(work / "shards"),
         "output_dir": str(out),
         "base_model": str(out / ".tiny-model"),
-        **json.loads(Path(tracked["config"]).read_text()),
+        **CONFIG,
     }
     gated = run_dag("trait_lora_local", {**conf, "force_retrain": True, "min_eval_improvement": 100.0})
     assert str(gated.state) == "failed"
@@ -204,8 +191,6 @@ def test_local_training_leaves_lineage_and_one_mlflow_run_per_trait(tracked):
 
 
 def test_the_gate_without_held_out_figures_says_what_to_change():
-    import pytest
-
     from trait_lora.local.backend import LocalTrainingError, check_quality_gate
 
     check_quality_gate("joy_plus", None, None)  # no gate: nothing to check
@@ -224,7 +209,6 @@ def test_the_local_dag_trains_from_and_to_a_bucket(
 ):
     """trait_lora_local with both locations on S3: the shard copied to this worker, the adapter
     trained in scratch and installed at its content-addressed key, the mapping in the bucket."""
-    from tests.support.airflow import run_dag
     from trait_lora.core.storage.records import as_store
     from trait_lora.train.tiny_model import build_tiny_model
 
