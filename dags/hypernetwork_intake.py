@@ -20,11 +20,14 @@ and training figures), the mapping's sha256, base model and LoRA settings.
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 from airflow.sdk import AssetAlias, dag, task
 
-from trait_lora.provider.params import PATHS, form_field
+from trait_lora.provider.params import mapping_path_param
 from trait_lora.provider.pipeline import HYPERNETWORK_ALIAS
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 @dag(
@@ -35,18 +38,8 @@ from trait_lora.provider.pipeline import HYPERNETWORK_ALIAS
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,  # two intakes of one mapping would race for the same dataset directory
-    params={
-        "mapping_path": form_field(
-            None,
-            type=["null", "string"],
-            pattern="^(/|s3://)",
-            title="Mapping file",
-            description="For a manual run: the hypernetwork_data.json to read, as an absolute path or "
-            "an s3://bucket/prefix/hypernetwork_data.json URL. "
-            "Default: empty, which reads the file named by the Asset event that triggered the run.",
-            section=PATHS,
-        ),
-    },
+    # the mapping's folder, where the dataset is written, must lie in [trait_lora] storage_roots
+    params={"mapping_path": mapping_path_param(PROJECT_DIR)},
     tags=["trait-lora", "stage-3"],
     description="Verify the published LoRA adapters and stack them into one ready-to-train dataset",
     doc_md=__doc__,
@@ -54,10 +47,10 @@ from trait_lora.provider.pipeline import HYPERNETWORK_ALIAS
 def hypernetwork_intake():
     # No retries: it only reads files; a retry would fail the same way.
     @task(task_id="intake", retries=0)
-    def intake(params=None, triggering_asset_events=None):
+    def intake(params=None, triggering_asset_events=None, dag=None):
         from trait_lora.provider.intake import run_intake
 
-        return run_intake(params, triggering_asset_events)
+        return run_intake(params, triggering_asset_events, dag=dag)
 
     intake()
 

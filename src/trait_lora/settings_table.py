@@ -136,6 +136,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Airflow connection for s3:// locations that name none (s3://conn_id@bucket/... names its own).",
         allowed="a connection id",
         example="trait_lora_s3",
+        read_at="parse",  # the form's pattern: a conf may name this connection where a root names none
     ),
     _s(
         "schedule",

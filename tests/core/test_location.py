@@ -50,9 +50,7 @@ def test_confine_accepts_the_roots_and_below_and_refuses_the_rest_naming_the_set
     roots = [str(root), "s3://team-bucket/trait-lora"]
     assert confine(str(root), roots, what="output_dir", setting="storage_roots").path == root
     assert confine(str(root / "team-a"), roots, what="output_dir", setting="storage_roots")
-    assert confine(
-        "s3://conn@team-bucket/trait-lora/run-1", roots, what="output_dir", setting="storage_roots"
-    )
+    assert confine("s3://team-bucket/trait-lora/run-1", roots, what="output_dir", setting="storage_roots")
     for outside in (
         str(tmp_path / "outputs-evil"),
         "/etc",
@@ -61,6 +59,53 @@ def test_confine_accepts_the_roots_and_below_and_refuses_the_rest_naming_the_set
     ):
         with pytest.raises(LocationError, match=r"outside the locations.*\[trait_lora\] storage_roots"):
             confine(outside, roots, what="output_dir", setting="storage_roots")
+
+
+def test_a_conf_may_not_borrow_a_connection_its_root_does_not_name():
+    """s3://conn@bucket/... reads and writes as ``conn``: a user allowed to trigger runs must not reach
+    an allowed prefix with another identity (or another endpoint) than the deployment chose."""
+    roots = ["s3://team-bucket/trait-lora", "s3://team_s3@shared-bucket/stage2"]
+
+    def ok(text: str) -> bool:
+        try:
+            confine(text, roots, what="output_dir", setting="storage_roots", default_conn="aws_default")
+        except LocationError:
+            return False
+        return True
+
+    # a root naming none: none, or the deployment's default connection by name
+    assert ok("s3://team-bucket/trait-lora/a") and ok("s3://aws_default@team-bucket/trait-lora/a")
+    # a root naming one: exactly that one (the default is another identity there)
+    assert ok("s3://team_s3@shared-bucket/stage2/x")
+    assert not ok("s3://shared-bucket/stage2/x") and not ok("s3://aws_default@shared-bucket/stage2/x")
+    with pytest.raises(LocationError) as refused:
+        confine(
+            "s3://admin_conn@team-bucket/trait-lora/a",
+            roots,
+            what="output_dir",
+            setting="storage_roots",
+            default_conn="aws_default",
+        )
+    message = str(refused.value)
+    assert "'admin_conn'" in message and "[trait_lora] storage_roots" in message
+    assert "[trait_lora] storage_conn_id = 'aws_default'" in message and "Nothing was read" in message
+    # the form's pattern agrees, text for text
+    schema = {"type": "string", "pattern": root_pattern(roots, "aws_default")}
+    for text in (
+        "s3://team-bucket/trait-lora/a",
+        "s3://aws_default@team-bucket/trait-lora/a",
+        "s3://team_s3@shared-bucket/stage2/x",
+        "s3://admin_conn@team-bucket/trait-lora/a",
+        "s3://shared-bucket/stage2/x",
+        "s3://aws_default@shared-bucket/stage2",
+        "s3://a@b@team-bucket/trait-lora",
+    ):
+        try:
+            jsonschema.validate(text, schema)
+            matched = True
+        except jsonschema.ValidationError:
+            matched = False
+        assert matched == ok(text), text
 
 
 def test_a_symlink_leading_out_of_a_root_is_refused(tmp_path):
@@ -78,7 +123,7 @@ def test_a_symlink_leading_out_of_a_root_is_refused(tmp_path):
 
 def test_the_form_pattern_accepts_exactly_what_confine_accepts_by_text():
     roots = ["/opt/airflow/outputs", "/opt/airflow/include/sample-shards", "s3://team-bucket/trait-lora"]
-    schema = {"type": "string", "pattern": root_pattern(roots)}
+    schema = {"type": "string", "pattern": root_pattern(roots, "aws_default")}
     accepted = [
         "/opt/airflow/outputs",
         "/opt/airflow/outputs/",
@@ -99,10 +144,11 @@ def test_the_form_pattern_accepts_exactly_what_confine_accepts_by_text():
         "s3://team-bucket/trait-lora-other",
         "s3://team-bucket/other",
         "s3://evil-bucket/trait-lora",
+        "s3://other_conn@team-bucket/trait-lora",
     ]
     for text in accepted:
         jsonschema.validate(text, schema)
-        confine(text, roots, what="output_dir", setting="storage_roots")
+        confine(text, roots, what="output_dir", setting="storage_roots", default_conn="aws_default")
     for text in refused:
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(text, schema)

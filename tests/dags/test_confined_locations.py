@@ -47,6 +47,21 @@ def test_a_conf_outside_the_roots_is_refused_when_the_run_is_created(deployment,
     assert params.get_param("shards_dir").resolve(str(shards)) == str(shards)
 
 
+@pytest.mark.parametrize("dag_id", ["trait_lora_together", "trait_lora_local", "trait_lora_kubernetes"])
+def test_a_conf_naming_another_connection_is_refused_when_the_run_is_created(monkeypatch, dag_id):
+    """The bucket and prefix are allowed, the identity is not: s3://conn@... would read and write the
+    allowed prefix as another Airflow connection (another account, another endpoint)."""
+    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__STORAGE_ROOTS", json.dumps(["s3://team-bucket/trait-lora"]))
+    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__STORAGE_CONN_ID", "team_s3")
+    params = get_dag(dag_id).params
+    param = params.get_param("output_dir")
+    for good in ("s3://team-bucket/trait-lora/a", "s3://team_s3@team-bucket/trait-lora/a"):
+        assert param.resolve(good) == good
+    with pytest.raises(ParamValidationError) as refused:
+        param.resolve("s3://aws_admin@team-bucket/trait-lora/a")
+    assert "[trait_lora] storage_conn_id (team_s3)" in str(refused.value)
+
+
 def test_a_symlink_out_of_a_root_fails_discover_before_anything_is_read_or_written(
     airflow_db, deployment, tmp_path
 ):

@@ -56,10 +56,35 @@ def test_dag_parses_and_is_scheduled_on_the_mapping_alias():
     param = dag.params.get_param("mapping_path")
     assert (dag.params["mapping_path"], param.schema["type"]) == (None, ["null", "string"])
     assert param.schema["title"] and "Default" in param.description and "alias" in dag.doc_md
-    for good in (None, "/data/out/hypernetwork_data.json"):
+    inside = str(REPO / "outputs" / "hypernetwork_data.json")  # conftest: the repo is a storage root
+    for good in (None, inside):
         assert copy.deepcopy(param).resolve(good) == good
     with pytest.raises(ParamValidationError):  # a worker's working directory is no place to resolve it
         copy.deepcopy(param).resolve("out/hypernetwork_data.json")
+    # the intake writes beside the mapping: outside [trait_lora] storage_roots it is refused at creation
+    for outside in ("/data/out/hypernetwork_data.json", "s3://someone-elses-bucket/hypernetwork_data.json"):
+        with pytest.raises(ParamValidationError, match=r"storage_roots"):
+            copy.deepcopy(param).resolve(outside)
+
+
+def test_a_mapping_outside_the_roots_is_refused_before_anything_is_read(tmp_path, monkeypatch):
+    """An Asset event can come from any DAG, and a symlink can lead anywhere: the task checks the
+    mapping it is about to read (symlinks resolved) and writes nothing beside one outside the roots."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from trait_lora.provider.intake import run_intake
+
+    allowed, elsewhere = tmp_path / "allowed", tmp_path / "elsewhere"
+    path = publish(elsewhere, ["joy_plus", "joy_minus"])
+    allowed.mkdir()
+    (allowed / "linked").symlink_to(elsewhere)
+    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__STORAGE_ROOTS", json.dumps([str(allowed)]))
+    for named in (str(path), str(allowed / "linked" / path.name)):
+        with pytest.raises(
+            AirflowFailException, match=r"outside the locations.*\[trait_lora\] storage_roots"
+        ):
+            run_intake({}, {"alias": [event(Path(named).as_uri(), 1)]})
+    assert not dataset(elsewhere).exists()  # the manual run of the test above is the control
 
 
 def test_manual_run_with_mapping_path_writes_the_dataset_then_a_bad_adapter_fails_it(airflow_db, tmp_path):

@@ -108,13 +108,14 @@ def test_the_pods_exact_argv_run_here_produces_a_verified_adapter(tmp_path, monk
 
 
 def s3_plan(tmp_path, s3_server, bucket, local_model="meta-llama/Meta-Llama-3.1-8B-Instruct"):
-    """A plan whose shard and output are in a bucket (the Kubernetes DAG without a PVC)."""
+    """A plan for joy_plus whose shard and output are in a bucket (the Kubernetes DAG without a PVC),
+    its opposite pole beside it; 20% held out."""
     client = s3_server.client()
-    for path in copy_shards(tmp_path / "shards", ["joy_plus"]).iterdir():
+    for path in copy_shards(tmp_path / "shards", ["joy_plus", "joy_minus"]).iterdir():
         client.put_object(Bucket=bucket, Key=f"shards/{path.name}", Body=path.read_bytes())
-    config = TrainingConfig(backend="local", local_model=local_model)
+    config = TrainingConfig(backend="local", local_model=local_model, eval_fraction=0.2)
     out = f"s3://aws_default@{bucket}/stage2"
-    plan = plan_traits(f"s3://aws_default@{bucket}/shards", out, config)[0].to_dict()
+    plan = plan_traits(f"s3://aws_default@{bucket}/shards", out, config, traits=["joy_plus"])[0].to_dict()
     return {**plan, "config": config.to_dict(), "output_dir": out}
 
 
@@ -197,7 +198,11 @@ def test_the_pods_argv_against_the_bucket_installs_a_content_addressed_adapter(
     assert installed["adapter_sha256"] == record["adapter_sha256"]
     assert record["adapter_path"] == f"lora_checkpoints/joy_plus/{record['adapter_sha256']}"
     assert store.read(f"{record['adapter_path']}/adapter_model.safetensors") is not None
-    assert store.read("metrics/joy_plus.json").json()["steps"]
+    metrics = store.read("metrics/joy_plus.json").json()
+    assert metrics["steps"]
+    # the pod fetched the opposite pole too: the same evaluation as on a volume or a worker
+    assert metrics["eval"]["opposite_trait"] == "joy_minus"
+    assert isinstance(metrics["eval"]["own_pole_margin"], float)
     assert not [k for k in store.list("") if ".staging-train" in k]  # staging removed once installed
 
     # a pod answer naming a place outside this run's staging folder is never read

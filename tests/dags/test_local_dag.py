@@ -208,19 +208,25 @@ def test_the_local_dag_trains_from_and_to_a_bucket(
     airflow_db, s3_server, s3_bucket, s3_conn, tmp_path, monkeypatch
 ):
     """trait_lora_local with both locations on S3: the shard copied to this worker, the adapter
-    trained in scratch and installed at its content-addressed key, the mapping in the bucket."""
+    trained in scratch and installed at its content-addressed key, the mapping in the bucket; the
+    held-out evaluation scores the opposite pole as it does on a local folder (own_pole_margin)."""
     from trait_lora.core.storage.records import as_store
     from trait_lora.train.tiny_model import build_tiny_model
 
-    shards = copy_shards(tmp_path / "shards", ["joy_plus"])
+    shards = copy_shards(tmp_path / "shards", ["joy_plus", "joy_minus"])
     model = build_tiny_model(shards, tmp_path / "model")
     client = s3_server.client()
-    client.put_object(
-        Bucket=s3_bucket, Key="shards/joy_plus.jsonl", Body=(shards / "joy_plus.jsonl").read_bytes()
-    )
+    for path in shards.iterdir():
+        client.put_object(Bucket=s3_bucket, Key=f"shards/{path.name}", Body=path.read_bytes())
     monkeypatch.setenv("AIRFLOW__TRAIT_LORA__STORAGE_ROOTS", json.dumps([f"s3://{s3_bucket}", str(tmp_path)]))
     out = f"s3://{s3_bucket}/stage2"
-    conf = {"shards_dir": f"s3://{s3_bucket}/shards", "output_dir": out, "base_model": str(model)}
+    conf = {
+        "shards_dir": f"s3://{s3_bucket}/shards",
+        "output_dir": out,
+        "base_model": str(model),
+        "traits": ["joy_plus"],
+        "eval_fraction": 0.2,
+    }
     dr = run_dag("trait_lora_local", conf)
     assert str(dr.state) == "success"
     store = as_store(out)
@@ -228,5 +234,7 @@ def test_the_local_dag_trains_from_and_to_a_bucket(
     entry = mapping["traits"]["joy_plus"]
     assert entry["backend"] == "local" and entry["adapter_url"] == f"{out}/{entry['adapter_path']}"
     assert store.read(f"{entry['adapter_path']}/adapter_model.safetensors") is not None
-    assert store.read("metrics/joy_plus.json").json()["steps"]
+    metrics = store.read("metrics/joy_plus.json").json()
+    assert metrics["steps"] and metrics["eval"]["opposite_trait"] == "joy_minus"
+    assert isinstance(metrics["eval"]["own_pole_margin"], float)
     assert not [k for k in store.list("") if ".staging-train" in k]

@@ -25,7 +25,7 @@ from trait_lora.core.errors import TraitLoraError
 from trait_lora.core.handoff.summary import METRICS_DIR
 from trait_lora.core.jobs.ledger import Ledger
 from trait_lora.core.shards.catalog import check_trait_name
-from trait_lora.core.shards.remote import shard_file, shard_source
+from trait_lora.core.shards.remote import opposite_shard_file, shard_file, shard_source
 from trait_lora.core.storage.opener import is_url, scratch_dir
 from trait_lora.core.storage.records import as_store
 from trait_lora.core.storage.store import encode_json
@@ -217,6 +217,8 @@ def train_trait(
         shown = shard_source(plan)
         if plan.get("shard_key"):
             plan = {**plan, "shard_path": str(shard_file(plan))}
+            if float(plan["config"].get("eval_fraction") or 0) > 0:
+                opposite_shard_file(plan)  # the held-out evaluation scores the opposite pole too
         argv = trainer_argv(plan, staging, gpu=gpu, micro_batch=micro_batch)
         log(f"{plan['trait']}: training {shown} ({plan['num_examples']} examples)")
         run_trainer(argv, log=log)

@@ -96,16 +96,28 @@ def pick_mapping(
 
 
 def run_intake(
-    params: Mapping[str, Any] | None, triggering: Mapping[Any, Iterable[Any]] | None
+    params: Mapping[str, Any] | None,
+    triggering: Mapping[Any, Iterable[Any]] | None,
+    *,
+    dag: Any = None,
 ) -> dict[str, Any]:
-    """Verify and stack the adapters of the mapping this run is about; returns a small JSON summary."""
+    """Verify and stack the adapters of the mapping this run is about; returns a small JSON summary.
+
+    The mapping, wherever it was named (the form or an Asset event, which any DAG can emit), must lie
+    inside ``[trait_lora] storage_roots``, symlinks resolved: the intake writes beside it."""
     from trait_lora.core.errors import IntakeError
     from trait_lora.core.handoff.intake_objects import build_intake_at
+    from trait_lora.core.storage.location import LocationError
     from trait_lora.core.storage.store import StoreError
+    from trait_lora.provider.storage import confine_conf, run_roots
     from trait_lora.provider.tracking import steps
 
     path, event = pick_mapping(params, triggering)
     source = "param mapping_path" if event is None else f"Asset event of run {event.source_run_id}"
+    try:
+        confine_conf(str(path), run_roots(dag), what=f"mapping_path ({source})")
+    except LocationError as exc:
+        raise AirflowFailException(str(exc)) from None
     try:
         result = build_intake_at(path)
     except (IntakeError, StoreError) as exc:

@@ -24,7 +24,7 @@ from trait_lora.core.config import (
 )
 from trait_lora.core.shards.catalog import TRAIT_PATTERN, discover_shards
 from trait_lora.core.storage.location import root_pattern
-from trait_lora.provider.storage import storage_roots
+from trait_lora.provider.storage import default_conn_id, storage_roots
 
 
 def default_dirs(project_dir: Path) -> tuple[Any, Any]:
@@ -63,23 +63,32 @@ def form_field(default: Any, **schema: Any) -> Param:
     return Param(default, **{"$schema": SCHEMA_DIALECT}, **schema)
 
 
+def roots_schema(roots: list[str]) -> tuple[str, str, str]:
+    """The pattern a location in the conf must match (inside a root, with the root's connection), the
+    schema's ``must`` text and the field's help."""
+    conn = default_conn_id()
+    # JSON schema has no error messages: a refusal prints the schema, so this key says what to do
+    # (validators and the UI ignore keys they do not know)
+    inside_help = (
+        f"lie inside [trait_lora] storage_roots ({', '.join(roots)}), naming no connection, the one its "
+        f"root names, or [trait_lora] storage_conn_id ({conn}); pick a location there, or ask an "
+        "administrator to add it to that setting"
+    )
+    roots_help = (
+        f" Must lie inside [trait_lora] storage_roots ({', '.join(roots)}); a location outside them, or one "
+        "naming another Airflow connection than its root (s3://conn@bucket/...), refuses the run: ask an "
+        "administrator to add it there."
+    )
+    return root_pattern(roots, conn), inside_help, roots_help
+
+
 def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
     """The form: every field titled, its range and default in its help (Airflow shows range errors
     only in a banner at the top), grouped in sections; only ``traits`` may be left empty (= all)."""
     shards_dir, output_dir = default_dirs(project_dir)
     traits = available_traits(shards_dir)
     roots = storage_roots(project_dir)
-    inside = root_pattern(roots)
-    # JSON schema has no error messages: a refusal prints the schema, so this key says what to do
-    # (validators and the UI ignore keys they do not know)
-    inside_help = (
-        f"lie inside [trait_lora] storage_roots ({', '.join(roots)}); pick a location there, or ask an "
-        "administrator to add it to that setting"
-    )
-    roots_help = (
-        f" Must lie inside [trait_lora] storage_roots ({', '.join(roots)}); a location outside them "
-        "refuses the run: ask an administrator to add it there."
-    )
+    inside, inside_help, roots_help = roots_schema(roots)
     d = TrainingConfig()
     item: dict[str, Any] = {"type": "string", "pattern": TRAIT_PATTERN}
     if traits:
@@ -378,3 +387,21 @@ def config_values(params: dict[str, Any], backend: str) -> dict[str, Any]:
     if params.get("base_model"):
         values["together_model" if backend == "together" else "local_model"] = params["base_model"]
     return values
+
+
+def mapping_path_param(project_dir: Path) -> Param:
+    """``hypernetwork_intake``'s manual mapping file: confined to the roots like ``output_dir``, because
+    the intake writes ``hypernetwork_dataset/`` beside whatever mapping it reads."""
+    inside, inside_help, roots_help = roots_schema(storage_roots(project_dir))
+    return form_field(
+        None,
+        type=["null", "string"],
+        pattern=inside,
+        must=inside_help,
+        title="Mapping file",
+        description="For a manual run: the hypernetwork_data.json to read, as an absolute path or "
+        "an s3://bucket/prefix/hypernetwork_data.json URL. "
+        "Default: empty, which reads the file named by the Asset event that triggered the run."
+        + roots_help,
+        section=PATHS,
+    )

@@ -42,8 +42,7 @@ def discover(
     from trait_lora.core.handoff import runs
     from trait_lora.core.jobs.plan import forced_nonce, plan_traits
     from trait_lora.core.storage.ledger_io import utc_now
-    from trait_lora.core.storage.location import confine
-    from trait_lora.provider.storage import run_roots
+    from trait_lora.provider.storage import confine_conf, run_roots
 
     try:
         config = from_mapping(config_values(params, backend), source="DAG params")
@@ -51,7 +50,7 @@ def discover(
         # before anything is read or written
         roots = run_roots(dag)
         where = {
-            key: confine(str(params[key]), roots, what=key, setting="storage_roots")
+            key: confine_conf(str(params[key]), roots, what=key)
             for key in ("shards_dir", "output_dir")
         }
         # a bad store stops the run here, before any upload or paid job: the output must honour

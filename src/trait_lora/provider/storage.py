@@ -14,7 +14,7 @@ from typing import Any
 
 from trait_lora import settings
 from trait_lora.core.storage.local import LocalStore
-from trait_lora.core.storage.location import Location, parse_location
+from trait_lora.core.storage.location import Location, confine, parse_location
 from trait_lora.core.storage.objects import S3Store, probe_conditional_writes
 from trait_lora.core.storage.opener import register_opener
 from trait_lora.core.storage.store import Store, StoreError
@@ -53,8 +53,19 @@ def open_store(location: Location | str, *, what: str = "location") -> Store:
     if loc.is_local:
         assert loc.path is not None
         return LocalStore(loc.path)
-    conn_id = loc.conn_id or settings.get_str("storage_conn_id")
+    conn_id = loc.conn_id or default_conn_id()
     return S3Store(s3_client(conn_id), loc.bucket, loc.prefix, location=loc.url)
+
+
+def default_conn_id(*, use_airflow: bool = True) -> str:
+    """The connection of an s3:// location that names none (``[trait_lora] storage_conn_id``)."""
+    return settings.get_str("storage_conn_id", use_airflow=use_airflow)
+
+
+def confine_conf(text: str, roots: list[str], *, what: str) -> Location:
+    """A location from a run's conf (or an Asset event), if it lies inside ``roots`` with the root's
+    connection; else a LocationError naming ``storage_roots`` / ``storage_conn_id``."""
+    return confine(text, roots, what=what, setting="storage_roots", default_conn=default_conn_id())
 
 
 def _open_s3(loc: Location) -> Store:

@@ -107,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="trait-lora-train-") as scratch:
         try:
             shard, out = _local_paths(args, Path(scratch))
+            if objects.is_s3(args.shard) and config.eval_fraction > 0:
+                objects.fetch_opposite(args.shard, shard.parent)  # for own_pole_margin, as on a volume
         except (FileNotFoundError, StoreError) as exc:
             print(f"error: cannot read shard {args.shard}: {exc}", file=err)
             return EXIT_BAD_INPUT

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trait_lora.core.adapter.spec import TRAINED_FILES
+from trait_lora.core.shards.catalog import SHARD_SUFFIX, opposite_trait
 from trait_lora.core.storage.location import parse_location
 from trait_lora.core.storage.objects import S3Store
 
@@ -37,6 +38,17 @@ def fetch(url: str, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes(blob.data)
     return dest
+
+
+def fetch_opposite(shard_url: str, folder: Path) -> Path | None:
+    """The opposite pole's shard, copied beside the pod's own (the held-out evaluation looks there);
+    None when the bucket has none: it only costs the ``own_pole_margin`` figure."""
+    base, _, name = shard_url.rpartition("/")
+    other = f"{opposite_trait(name.removesuffix(SHARD_SUFFIX))}{SHARD_SUFFIX}"
+    try:
+        return fetch(f"{base}/{other}", folder / other)
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def publish_dir(local: Path, url: str) -> None:

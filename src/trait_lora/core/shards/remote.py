@@ -22,6 +22,7 @@ from trait_lora.core.shards.catalog import (
     Discovery,
     IgnoredFile,
     Shard,
+    opposite_trait,
     parse_trait,
 )
 from trait_lora.core.storage.atomic import atomic_write_bytes
@@ -90,3 +91,20 @@ def shard_file(plan: Mapping[str, Any]) -> Path:
         return Path(plan["shard_path"])
     store = open_location(str(plan["shard_location"]), what="shards_dir")
     return fetch_shard(store, str(plan["shard_key"]), cache_dir(store))
+
+
+def opposite_shard_file(plan: Mapping[str, Any]) -> Path | None:
+    """The opposite pole's shard beside this worker's copy of the plan's shard, for the held-out
+    evaluation's ``own_pole_margin`` (the trainer looks for it next to the shard): copied too when the
+    shards live on object storage, so the figure is the same wherever the data lives. None when there
+    is no opposite shard; it is a yardstick, so its absence costs the figure, never the trait."""
+    if not plan.get("shard_key"):
+        return None
+    store = open_location(str(plan["shard_location"]), what="shards_dir")
+    key = str(plan["shard_key"])
+    folder, _, name = key.rpartition("/")
+    other = f"{opposite_trait(name[: -len(SHARD_SUFFIX)])}{SHARD_SUFFIX}"
+    try:
+        return fetch_shard(store, f"{folder}/{other}" if folder else other, cache_dir(store))
+    except FileNotFoundError:
+        return None

@@ -5,6 +5,11 @@ A location is a local path (or ``file://`` URL: the embedded default, unchanged 
 same URL here as in any other Airflow task. A run's conf is user input: ``storage_roots`` (settings)
 lists the only locations it may point into, checked when the run is created (a schema pattern) and
 again, with symlinks resolved, before a task reads or writes anything.
+
+The connection is part of a location: ``s3://conn@bucket/p`` is read and written as ``conn``'s identity,
+at ``conn``'s endpoint. A conf may therefore name a connection only where the matching root names it;
+a location that names none uses the deployment's ``default_conn`` (``[trait_lora] storage_conn_id``),
+so naming that one explicitly is the same location.
 """
 
 from __future__ import annotations
@@ -57,8 +62,13 @@ class Location:
             return str(self.path)
         return f"s3://{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
 
-    def contains(self, other: Location) -> bool:
-        """Whether ``other`` is this location or lies under it (by whole path segments)."""
+    def connection(self, default_conn: str | None) -> str | None:
+        """The connection this location is opened with: its own, else the deployment's default."""
+        return None if self.is_local else (self.conn_id or default_conn)
+
+    def covers(self, other: Location) -> bool:
+        """Whether ``other`` is this location or lies under it (by whole path segments), whatever
+        connection either names."""
         if self.scheme != other.scheme:
             return False
         if self.is_local:
@@ -67,6 +77,10 @@ class Location:
         if self.bucket != other.bucket:
             return False
         return not self.prefix or other.prefix == self.prefix or other.prefix.startswith(self.prefix + "/")
+
+    def contains(self, other: Location, default_conn: str | None = None) -> bool:
+        """Whether ``other`` lies under this location and is opened with the same connection."""
+        return self.covers(other) and self.connection(default_conn) == other.connection(default_conn)
 
 
 def _plain_parts(text: str, what: str, original: str) -> list[str]:
@@ -113,16 +127,38 @@ def resolved(location: Location) -> Location:
     return Location("file", path=Path(os.path.realpath(location.path)))
 
 
-def confine(text: str, roots: Iterable[str], *, what: str, setting: str) -> Location:
-    """The location ``text`` if it lies inside one of ``roots`` (symlinks resolved), else LocationError.
+def confine(
+    text: str,
+    roots: Iterable[str],
+    *,
+    what: str,
+    setting: str,
+    default_conn: str | None = None,
+    conn_setting: str = "storage_conn_id",
+) -> Location:
+    """The location ``text`` if it lies inside one of ``roots`` (symlinks resolved) with the root's
+    connection, else LocationError.
 
-    ``setting`` names what a deployment changes to allow more (the error says so)."""
+    ``setting`` names what a deployment changes to allow more (the error says so); ``default_conn``
+    is the connection of a location that names none (``conn_setting``)."""
     location = parse_location(text, what=what)
     allowed = [parse_location(r, what=f"{setting} entry") for r in roots if str(r).strip()]
     real = resolved(location)
     for root in allowed:
-        if root.contains(location) and resolved(root).contains(real):
+        if root.contains(location, default_conn) and resolved(root).contains(real, default_conn):
             return location
+    borrowed = [r for r in allowed if r.covers(location)]
+    if borrowed and not location.is_local:
+        used = location.connection(default_conn)
+        permitted = sorted({str(r.connection(default_conn)) for r in borrowed})
+        raise LocationError(
+            f"{what} {text!r} names Airflow connection {used!r}, which this deployment does not allow for "
+            f"that location: [trait_lora] {setting} allows it only with connection(s) "
+            f"{', '.join(repr(c) for c in permitted)} (a location naming no connection uses [trait_lora] "
+            f"{conn_setting} = {default_conn!r}). Write the location without a connection, or ask an "
+            f"administrator to add it with that connection to [trait_lora] {setting}. Nothing was read or "
+            "written"
+        )
     shown = ", ".join(r.url for r in allowed) or "(none)"
     raise LocationError(
         f"{what} {text!r} is outside the locations this deployment allows ({shown}); pick a location "
@@ -137,10 +173,10 @@ def _escape(text: str) -> str:
     return "".join("\\" + c if c in r".^$*+?()[]{}|\\" else c for c in text)
 
 
-def root_pattern(roots: Iterable[str]) -> str:
+def root_pattern(roots: Iterable[str], default_conn: str | None = None) -> str:
     """A JSON-schema ``pattern`` accepting exactly the locations inside ``roots`` (by text: no '.' or
-    '..' segment, the root or a path below it). The run is refused when created if it does not match;
-    symlinks are checked again by ``confine`` before any read or write."""
+    '..' segment, the root or a path below it, the root's connection). The run is refused when created
+    if it does not match; symlinks are checked again by ``confine`` before any read or write."""
     options = []
     for text in roots:
         if not str(text).strip():
@@ -150,7 +186,13 @@ def root_pattern(roots: Iterable[str]) -> str:
             body = _escape(str(root.path).rstrip("/"))
             options.append(f"(?:file://)?{body}")
         else:
-            user = r"(?:[^/@]+@)?"
+            conn = root.connection(default_conn)
+            if conn is None:  # no default known: only the connection-less form is the root's
+                user = ""
+            elif conn == default_conn:  # named or not, the same connection
+                user = f"(?:{_escape(conn)}@)?"
+            else:
+                user = f"{_escape(conn)}@"
             tail = "/" + _escape(root.prefix) if root.prefix else ""
             options.append(f"s3://{user}{_escape(root.bucket)}{tail}")
     if not options:

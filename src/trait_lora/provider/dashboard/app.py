@@ -57,7 +57,8 @@ def output_dir_of(dag_id: str, run_id: str | None = None) -> str:
     from sqlalchemy import select
 
     from trait_lora import settings
-    from trait_lora.core.storage.location import LocationError, confine
+    from trait_lora.core.storage.location import LocationError
+    from trait_lora.provider.storage import confine_conf
 
     with create_session() as session:
         default = _param_default(dag_id, session)
@@ -70,7 +71,7 @@ def output_dir_of(dag_id: str, run_id: str | None = None) -> str:
             chosen = conf if isinstance(conf, str) and conf else default
     roots = [default, *(str(r) for r in settings.get("storage_roots"))]
     try:
-        where = confine(chosen, roots, what="output_dir", setting="storage_roots")
+        where = confine_conf(chosen, roots, what="output_dir")
     except LocationError as exc:
         raise HTTPException(403, str(exc)) from None
     if where.is_local:
