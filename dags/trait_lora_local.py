@@ -12,13 +12,10 @@ from pathlib import Path
 
 from airflow.sdk import DAG, task
 
-from trait_lora import settings
 from trait_lora.provider import pipeline, tasks
-from trait_lora.provider.deployment import dag_args, params_handed_over_once
+from trait_lora.provider.deployment import dag_args, local_train_args, params_handed_over_once
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-# Training saturates the machine: traits train one at a time unless [trait_lora] local_concurrency says.
-CONCURRENCY = settings.get_int("local_concurrency")
 
 
 with DAG(
@@ -32,7 +29,8 @@ with DAG(
     doc_md=__doc__ + tasks.RUN_DOC,
 ) as dag, params_handed_over_once(dag):  # the DAG's params, not a copy per task
 
-    @task(map_index_template="{{ trait_label | default('') }}", max_active_tis_per_dagrun=CONCURRENCY)
+    # one trait per GPU at once (one at a time on a CPU), each bounded by local_timeout_minutes
+    @task(map_index_template="{{ trait_label | default('') }}", **local_train_args())
     def train(trait_plan, run_id=None, **context):
         return pipeline.train_local(trait_plan, run_id, context)
 

@@ -225,10 +225,40 @@ SETTINGS: tuple[Setting, ...] = (
     _s(
         "local_concurrency",
         "integer",
-        "1",
-        "Traits trained at once by trait_lora_local (training saturates the machine).",
+        "0",
+        "Traits trained at once by trait_lora_local; 0 = one per visible GPU (each trainer gets its own "
+        "GPU), one at a time on a machine without one (training saturates it).",
+        allowed="an integer >= 0",
+        check=_non_negative,
         read_at="parse",
-        **_POSITIVE_INT,
+    ),
+    _s(
+        "local_device",
+        "string",
+        "auto",
+        "Where trait_lora_local trains: auto (a CUDA GPU when the machine has one, else the CPU), cuda or "
+        "cpu. Precision follows the device: bf16 where the GPU supports it, else fp16; fp32 on the CPU.",
+        allowed="auto, cuda or cpu",
+        check=lambda v: v in ("auto", "cuda", "cpu"),
+    ),
+    _s(
+        "local_timeout_minutes",
+        "float",
+        "360",
+        "Longest a local train task may run (its execution_timeout); the trainer is stopped with it and "
+        "the retry resumes from its last checkpoint.",
+        allowed="a number > 0",
+        check=_positive,
+        read_at="parse",
+    ),
+    _s(
+        "checkpoint_every_steps",
+        "integer",
+        "50",
+        "The local trainer saves a checkpoint every N optimizer steps in its staging folder, so a retry "
+        "(a preempted spot GPU, a timeout) resumes instead of starting over; 0 = never.",
+        allowed="an integer >= 0",
+        check=_non_negative,
     ),
     _s(
         "together_dashboard_url",

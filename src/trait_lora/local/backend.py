@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -83,22 +85,57 @@ def staging_path(output_dir: str | Path, plan: dict[str, Any]) -> Path:
     return Path(output_dir) / STAGING_DIR / f"{check_trait_name(plan['trait'])}-{plan['job_key'][:16]}"
 
 
+STOP_GRACE_SECONDS = 10.0
+
+
+def _stop(proc: subprocess.Popen[str], grace: float = STOP_GRACE_SECONDS) -> None:
+    """Interrupt the trainer (it exits 130 writing nothing; its checkpoint stays), then kill it."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def run_trainer(
-    argv: list[str], *, log: Callable[[str], None] = print, timeout: float | None = None
+    argv: list[str],
+    *,
+    log: Callable[[str], None] = print,
+    timeout: float | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run the trainer, relay its progress lines, return its final JSON line."""
-    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    """Run the trainer, relay its progress lines, return its final JSON line.
+
+    Both pipes are drained at once (stdout by a thread), so a child that fills one pipe while we read
+    the other cannot deadlock the two. The child stays in the task's process group, which Airflow's
+    supervisor signals when the task is killed; when the task itself is interrupted (its
+    ``execution_timeout``, an exception) the child is stopped here before the error goes on, so no
+    trainer outlives its task holding a GPU."""
+    child_env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), **(env or {})}
     tail: deque[str] = deque(maxlen=20)
+    out_chunks: list[str] = []
     with subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, bufsize=1
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env, bufsize=1
     ) as proc:
         assert proc.stderr is not None and proc.stdout is not None
-        for line in proc.stderr:
-            line = line.rstrip()
-            tail.append(line)
-            log(line)
-        stdout = proc.stdout.read()
-        code = proc.wait(timeout=timeout)
+        stdout_pipe = proc.stdout
+        reader = threading.Thread(target=lambda: out_chunks.extend(stdout_pipe), daemon=True)
+        reader.start()
+        try:
+            for line in proc.stderr:
+                line = line.rstrip()
+                tail.append(line)
+                log(line)
+            code = proc.wait(timeout=timeout)
+        except BaseException:
+            _stop(proc)
+            raise
+        finally:
+            reader.join(timeout=5)
+    stdout = "".join(out_chunks)
     if code != 0:
         meaning = EXIT_MEANINGS.get(code, f"exit code {code}")
         detail = "\n".join(tail)
@@ -200,7 +237,9 @@ def train_trait(
     plan: dict[str, Any],
     *,
     output_dir: str | Path | None = None,
-    gpu: bool = False,
+    device: str = "cpu",
+    gpus: list[str] | None = None,
+    slot: int = 0,
     micro_batch: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -208,7 +247,25 @@ def train_trait(
 
     With an output on object storage the trainer writes to this worker's scratch folder and the
     adapter is installed at its content-addressed key; a shard on object storage is copied here first
-    (its sha256 is checked against the plan's by ``install_trained``)."""
+    (its sha256 is checked against the plan's by ``install_trained``). On ``cuda`` with GPUs visible
+    the trainer gets one of them to itself (``devices.gpu_claim``; ``slot`` spreads the first tries)."""
+    from trait_lora.local.devices import gpu_claim
+
+    if device == "cuda" and gpus:
+        with gpu_claim(gpus, first=slot, log=log) as gpu:
+            log(f"{plan['trait']}: training on GPU {gpu}")
+            return _train_and_install(plan, output_dir, True, micro_batch, log, {"CUDA_VISIBLE_DEVICES": gpu})
+    return _train_and_install(plan, output_dir, device == "cuda", micro_batch, log, {})
+
+
+def _train_and_install(
+    plan: dict[str, Any],
+    output_dir: str | Path | None,
+    gpu: bool,
+    micro_batch: int | None,
+    log: Callable[[str], None],
+    env: dict[str, str],
+) -> dict[str, Any]:
     location = str(output_dir or plan["output_dir"])
     out: str | Path = location if is_url(location) else Path(location)
     staging = scratch_dir(location, STAGING_DIR) / staging_path("", plan).name
@@ -221,7 +278,7 @@ def train_trait(
                 opposite_shard_file(plan)  # the held-out evaluation scores the opposite pole too
         argv = trainer_argv(plan, staging, gpu=gpu, micro_batch=micro_batch)
         log(f"{plan['trait']}: training {shown} ({plan['num_examples']} examples)")
-        run_trainer(argv, log=log)
+        run_trainer(argv, log=log, env=env)
         return install_trained(plan, staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

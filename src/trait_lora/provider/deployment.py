@@ -31,6 +31,21 @@ def dag_args(
     }
 
 
+def local_train_args() -> dict[str, Any]:
+    """The local ``train`` task's bounds: how many traits train at once (``[trait_lora]
+    local_concurrency``, 0 = one per visible GPU) and how long one may take (``local_timeout_minutes``:
+    a hung trainer must not hold the machine; the retry resumes from its checkpoint). Counting GPUs
+    reads the driver's folder, not torch: this runs at every parse."""
+    from trait_lora.local.devices import default_concurrency, visible_gpus
+
+    return {
+        "max_active_tis_per_dagrun": default_concurrency(
+            settings.get_int("local_concurrency"), visible_gpus()
+        ),
+        "execution_timeout": timedelta(minutes=settings.get_float("local_timeout_minutes")),
+    }
+
+
 @contextmanager
 def params_handed_over_once(dag: Any) -> Iterator[None]:
     """Build the tasks inside this block so that they do not each carry a copy of the DAG's params.

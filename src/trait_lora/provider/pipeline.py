@@ -15,6 +15,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from trait_lora import settings
 from trait_lora.core.config import from_mapping
 from trait_lora.core.errors import TraitLoraError
 from trait_lora.provider.params import config_values
@@ -49,10 +50,7 @@ def discover(
         # checked when the run was created (the form's pattern); again here with symlinks resolved,
         # before anything is read or written
         roots = run_roots(dag)
-        where = {
-            key: confine_conf(str(params[key]), roots, what=key)
-            for key in ("shards_dir", "output_dir")
-        }
+        where = {key: confine_conf(str(params[key]), roots, what=key) for key in ("shards_dir", "output_dir")}
         # a bad store stops the run here, before any upload or paid job: the output must honour
         # conditional writes (probed), the shards must be listable
         output_dir, shards_dir = (_opened(where[k], k) for k in ("output_dir", "shards_dir"))
@@ -193,7 +191,7 @@ def train_local(plan: dict[str, Any], run_id: str, context: Any) -> dict[str, An
             raise AirflowFailException(
                 f"{plan['trait']}: shard is invalid, nothing trained:\n" + "\n".join(plan["problems"])
             )
-        result = train_trait(plan)
+        result = train_trait(plan, **local_device_args(context))
     except (LocalTrainingError, TraitLoraError, AirflowFailException) as exc:
         runs.record_failure(output_dir, run_id, plan["trait"], "train", str(exc))
         if isinstance(exc, LocalTrainingError) and exc.exit_code in (1, 4):
@@ -202,6 +200,18 @@ def train_local(plan: dict[str, Any], run_id: str, context: Any) -> dict[str, An
     runs.clear_failure(output_dir, run_id, plan["trait"])
     steps.track_trait({**context, "run_id": run_id}, plan, result, "local")
     return result
+
+
+def local_device_args(context: Any) -> dict[str, Any]:
+    """``[trait_lora] local_device`` resolved on this worker: the device, the GPUs it sees, and the
+    task's map index to spread traits over them."""
+    from trait_lora.local.devices import resolve_device, visible_gpus
+
+    gpus = visible_gpus()
+    device = resolve_device(settings.get_str("local_device"), gpus)
+    ti = context.get("ti") if hasattr(context, "get") else None
+    slot = getattr(ti, "map_index", 0) or 0
+    return {"device": device.value, "gpus": gpus, "slot": max(0, int(slot))}
 
 
 def pod_spec(plan: dict[str, Any], context: Any) -> dict[str, Any]:
