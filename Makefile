@@ -47,7 +47,7 @@ constraints: $(STAMP)
 
 # The main job, embedded: trait_lora_local on include/sample_shards with a tiny Llama built offline,
 # with include/demo_config.json (small batches, 3 epochs, a wider adapter: the tiny model is random, so
-# the seed's q/v r=4 at lr 2e-4 would barely move in a demo's seconds; see README "make demo").
+# the seed's q/v r=4 at lr 2e-4 would barely move in a demo's seconds; see docs/running.md "make demo").
 # A second `make demo` skips every trait (unchanged shards, verified adapters).
 demo: $(STAMP)
 	$(VENV)/bin/trait-lora list

@@ -22,11 +22,16 @@ from typing import Any
 DAG_IDS = {"together": "trait_lora_together", "local": "trait_lora_local"}
 #: How long dag.test() waits when a pass of its loop finds nothing to run (Airflow's own: 1 s).
 BRISK_POLL_S = 0.05
+#: How long the same tasks must stay unrunnable before dag.test()'s "No tasks to run" is shown, and how
+#: often it is shown while they stay so (Airflow's own cadence, before the brisk polls).
+STALL_WARNING_S = 1.0
+STALL_MESSAGE = "No tasks to run"
 
 
 @contextmanager
 def brisk_dag_test_polls(interval: float = BRISK_POLL_S) -> Iterator[None]:
-    """Let dag.test() re-check its run every ``interval`` seconds instead of every second.
+    """Let dag.test() re-check its run every ``interval`` seconds instead of every second, and warn
+    "No tasks to run" only about a wait that lasts (``StallWarnings``).
 
     dag.test() sleeps a whole second each time a pass of its loop schedules nothing, which happens at
     every level of a mapped group that expands to nothing or is skipped: a rerun that skips every trait
@@ -44,11 +49,59 @@ def brisk_dag_test_polls(interval: float = BRISK_POLL_S) -> Iterator[None]:
         caller = sys._getframe(1)
         real_sleep(min(seconds, interval) if caller.f_code is loop_code else seconds)
 
+    loop_log = logging.getLogger(DAG.test.__module__)
+    stalls = StallWarnings()
     time.sleep = sleep
+    loop_log.addFilter(stalls)
     try:
         yield
     finally:
+        loop_log.removeFilter(stalls)
         time.sleep = real_sleep
+
+
+class StallWarnings(logging.Filter):
+    """Holds back dag.test()'s "No tasks to run. unrunnable tasks: ..." until the same tasks have been
+    unrunnable for ``after_s``, then lets it through at most once per ``after_s``.
+
+    Why a run that succeeded printed it: dag.test() checks a run's task instances once per pass, sorted
+    by task id, and expands a mapped task when its turn comes. When every trait skips, the per-trait
+    tasks (``train``; ``trait.*`` level by level) expand to nothing and are marked skipped after
+    ``check`` and ``publish_mapping`` were found still waiting for them, so that pass schedules nothing
+    and dag.test() warns before its next pass runs them. The scheduler takes the same extra passes
+    without a word. A real stall (a retry delay) keeps the same tasks unrunnable pass after pass and
+    is still reported, at Airflow's own once a second rather than at every brisk poll.
+    """
+
+    def __init__(self, after_s: float = STALL_WARNING_S, clock: Any = time.monotonic) -> None:
+        super().__init__()
+        self.after_s = after_s
+        self.clock = clock
+        self.waiting: frozenset[Any] | None = None
+        self.since = self.last_seen = 0.0
+        self.last_shown = float("-inf")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(STALL_MESSAGE):
+            return True
+        now = self.clock()
+        waiting = _unrunnable(record)
+        if waiting != self.waiting or now - self.last_seen > self.after_s:  # a new wait begins
+            self.waiting, self.since = waiting, now
+        self.last_seen = now
+        if now - self.since < self.after_s or now - self.last_shown < self.after_s:
+            return False
+        self.last_shown = now
+        return True
+
+
+def _unrunnable(record: logging.LogRecord) -> frozenset[Any]:
+    """Which task instances the warning names, in which state (its argument: a set of them)."""
+    tis = record.args[0] if isinstance(record.args, tuple) and record.args else ()
+    try:
+        return frozenset((ti.task_id, ti.map_index, str(ti.state)) for ti in tis)
+    except (AttributeError, TypeError):
+        return frozenset([record.getMessage()])
 
 
 def configure_airflow(
@@ -161,6 +214,35 @@ def ensure_smollm2_model(output_dir: str) -> str:
     return str(target)
 
 
+def _mapping_digest(output_dir: str) -> str | None:
+    """The published mapping's content digest (what decides its Asset event); None without one, or
+    when it cannot be read: the run's discover then says what is wrong with the store, and the last
+    line only claims "mapping written", which is true of every run that publishes."""
+    from trait_lora.core.handoff.mapping import MAPPING_FILE, mapping_sha256
+    from trait_lora.core.storage.records import as_store
+    from trait_lora.provider import storage  # noqa: F401  (opens s3:// output locations)
+
+    try:
+        blob = as_store(output_dir).read(MAPPING_FILE)
+        return mapping_sha256(blob.json()) if blob is not None else None
+    except Exception:
+        return None
+
+
+def outcome(summary: dict[str, Any], before: str | None, after: str | None) -> str:
+    """What the run did, in the words of its last line: "8 skipped, mapping unchanged"."""
+    counts = ", ".join(f"{n} {a}" for a, n in sorted(summary["counts"].items())) or "no traits"
+    if summary.get("dry_run"):
+        published = "dry run, mapping not written"
+    elif after is None:
+        published = "no mapping written"
+    elif before is None:
+        published = "mapping written"
+    else:
+        published = "mapping unchanged" if after == before else "mapping changed"
+    return f"{counts}, {published}"
+
+
 def run_training(
     *,
     backend: str,
@@ -204,6 +286,7 @@ def run_training(
     if not verbose:
         logging.getLogger("airflow").setLevel(logging.WARNING)
     print(f"running {dag_id} in-process (AIRFLOW_HOME={airflow_home}) with conf {json.dumps(conf)}")
+    before = _mapping_digest(conf["output_dir"])
     try:
         with brisk_dag_test_polls():
             dagrun = bag.dags[dag_id].test(run_conf=conf)
@@ -230,5 +313,6 @@ def run_training(
                 print(f"adapter:  {entry.get('adapter_url') or store.url(entry['adapter_path'])}")
     if summary.get("loss_plot"):
         print(f"losses:   {summary['loss_plot']}")
-    print(f"run {dagrun.run_id}: {dagrun.state}")
+    did = outcome(summary, before, _mapping_digest(conf["output_dir"]))
+    print(f"run {dagrun.run_id}: {dagrun.state} ({did})")
     return 0 if str(dagrun.state) == "success" and not summary.get("failed") else 1

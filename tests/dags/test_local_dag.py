@@ -12,6 +12,8 @@ test_together_on_s3.py.
 """
 
 import json
+import logging
+import logging.handlers
 import os
 import shutil
 import subprocess
@@ -88,6 +90,8 @@ def test_the_bad_shard_fails_alone_and_the_others_are_trained_and_published(trac
     assert [table[t] for t in ["broken_minus", *PAIR]] == ["failed", "trained", "trained"]
     summary = json.loads((first / "run_summary.json").read_text())
     assert summary["loss_plot"] and Path(summary["loss_plot"]).read_bytes()[:4] == b"\x89PNG"
+    last = tracked["stdout"].strip().splitlines()[-1]  # what the run did, in its last line
+    assert last.endswith(": failed (1 failed, 2 trained, mapping written)"), last
 
 
 def test_every_adapter_is_evaluated_on_held_out_examples(tracked):
@@ -112,8 +116,9 @@ def test_every_adapter_is_evaluated_on_held_out_examples(tracked):
 
 def test_the_gate_keeps_the_old_adapter_and_a_plain_rerun_then_skips(tracked, airflow_db):
     """An improvement nobody can reach refuses the new adapter and the old one stays published; a rerun
-    without force_retrain then finds the shard unchanged and its published adapter verified. Both runs
-    are the same DAG in this process (the CLI's part was checked on the first run), untracked."""
+    without force_retrain then finds the shard unchanged and its published adapter verified, and ends
+    without a warning. Both runs are the same DAG in this process (the CLI's part was checked on the
+    first run), untracked."""
     work, out = tracked["work"], tracked["out"]
     mapping = json.loads((tracked["first"] / "hypernetwork_data.json").read_text())
     before = {t: e["adapter_sha256"] for t, e in mapping["traits"].items()}
@@ -132,7 +137,16 @@ def test_the_gate_keeps_the_old_adapter_and_a_plain_rerun_then_skips(tracked, ai
     assert "adapter not installed" in reason and "min_eval_improvement 100.0" in reason
     assert "held-out loss" in reason and "base" in reason  # the figures, so the user sees how far off
 
-    assert str(run_dag("trait_lora_local", conf).state) == "success"
+    log = logging.handlers.BufferingHandler(capacity=100_000)  # caplog's handler: gone with Airflow's setup
+    logging.getLogger().addHandler(log)
+    try:
+        assert str(run_dag("trait_lora_local", conf).state) == "success"
+    finally:
+        logging.getLogger().removeHandler(log)
+    said = [(r.levelno, r.getMessage()) for r in log.buffer]
+    assert any(m.startswith("mapping unchanged") for _, m in said), said
+    # dag.test()'s "No tasks to run. unrunnable tasks: ..." read as a failure on every all-skip rerun
+    assert not [m for level, m in said if level >= logging.WARNING]
     rows = json.loads((out / "run_summary.json").read_text())["traits"]
     assert [(r["trait"], r["action"]) for r in rows] == [("joy_plus", "skipped")]
     now = json.loads((out / "hypernetwork_data.json").read_text())["traits"]

@@ -88,6 +88,8 @@ def test_traits_train_from_and_to_a_bucket_then_rerun_for_free(fake_together, s3
     second = train(tmp_path, shards, out, {**env, **tracking.tracking_env(tmp_path)})
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert len(fake_together.calls) == calls  # nothing asked of Together, nothing paid for
+    assert second.stdout.rstrip().endswith(f"({len(TRAITS)} skipped, mapping unchanged)"), second.stdout
+    assert "No tasks to run" not in second.stdout + second.stderr  # dag.test()'s warning: not a failure
     rows = json.loads(read("run_summary.json"))["traits"]
     assert {r["action"] for r in rows} == {"skipped"} and len(rows) == len(TRAITS)
     assert sorted(json.loads(read("hypernetwork_data.json"))["traits"]) == TRAITS
