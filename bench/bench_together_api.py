@@ -16,7 +16,15 @@ Also: the time a duplicate upload takes to resolve to the file Together already 
 a known checksum with 409 and no retry hint, which the SDK retries like a 429 (~50 s over 8 retries);
 ``TogetherHook.upload_file`` must resolve it at once (goal < 2 s), shown beside the SDK's own upload.
 
+And the duplicate-job guard on an account with a history (``--past-jobs N``, default 5,000): before any
+create, a launch looks for a job already paid for under its key among the account's jobs. Together's
+list has no paging, and its entries need not carry a suffix or output name (the spec promises only id,
+status and timestamps): the fake lists them that way. Reported per launch, for a first run, a forced
+rerun and a plain rerun of the Together DAG: lists, whole-job reads of past jobs (goal: each past job
+read whole at most once ever, so ~0 per launch after the first), and every Together request.
+
 Usage: python bench/bench_together_api.py [--polls 10 50 200] [--cpu-polls 1000] [--no-cycle] [--sdk-409]
+       [--past-jobs 5000] [--guard-traits 4] [--only-guard]
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 os.environ.setdefault("AIRFLOW__TRAIT_LORA__POLL_SECONDS", "0.01")
 os.environ.setdefault("AIRFLOW__TRAIT_LORA__RETRY_DELAY_SECONDS", "0.5")
+# The runs' shards and outputs live in temporary folders: let the runs' conf name them.
+os.environ.setdefault("AIRFLOW__TRAIT_LORA__STORAGE_ROOTS", json.dumps([tempfile.gettempdir(), str(REPO)]))
 os.environ.pop("TOGETHER_API_KEY", None)
 os.environ.pop("TOGETHER_BASE_URL", None)
 
@@ -140,11 +150,7 @@ def bench_cycle() -> None:
 
     from tests.fake_together.server import FakeTogether
 
-    home = Path(os.environ["AIRFLOW_HOME"])
-    if not (home / ".migrated").exists():
-        airflow = Path(sys.executable).with_name("airflow")
-        subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True)
-        (home / ".migrated").touch()
+    migrate_once()
     from tests.support.airflow import run_dag
 
     work = Path(tempfile.mkdtemp(prefix="bench-together-cycle-"))
@@ -183,6 +189,72 @@ def bench_cycle() -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+GUARD_TRAITS = ("joy_plus", "joy_minus", "wisdom_plus", "wisdom_minus", "intellect_plus", "intellect_minus")
+
+
+def migrate_once() -> None:
+    home = Path(os.environ["AIRFLOW_HOME"])
+    if not (home / ".migrated").exists():
+        airflow = Path(sys.executable).with_name("airflow")
+        subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True)
+        (home / ".migrated").touch()
+
+
+def bench_guard(past_jobs: int, n_traits: int) -> None:
+    """Requests per launch with ``past_jobs`` finished jobs listed without suffix or output name."""
+    import contextlib
+    import io
+    import shutil
+
+    from tests.fake_together.server import FakeTogether
+
+    migrate_once()
+    from tests.support.airflow import run_dag
+
+    traits = list(GUARD_TRAITS[:n_traits])
+    work = Path(tempfile.mkdtemp(prefix="bench-together-guard-"))
+    shards = work / "shards"
+    shards.mkdir()
+    for trait in traits:
+        shutil.copy(REPO / "include" / "sample_shards" / f"{trait}.jsonl", shards)
+    conf = {"shards_dir": str(shards), "output_dir": str(work / "out"), "traits": traits}
+    print(
+        f"\nDuplicate-job guard: {past_jobs:,} past jobs listed without suffix or output name, "
+        f"{len(traits)} traits (one launch each per run)"
+    )
+    print(f"  {'run':<14} {'state':<8} {'lists/launch':>12} {'past reads/launch':>17} {'(in all)':>8} "
+          f"{'read twice':>10} {'requests/launch':>15} {'wall s':>7}")  # fmt: skip
+    with FakeTogether(job_polls=0) as fake:
+        use_fake(fake)
+        fake.list_shows_names = False
+        past = set(fake.add_past_jobs(past_jobs))
+        reads_ever: collections.Counter[str] = collections.Counter()
+        for label, extra in (("first run", {}), ("forced rerun", {"force_retrain": True}), ("rerun", {})):
+            before = len(fake.calls)
+            creates = fake.creates
+            t0 = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()):
+                dagrun = run_dag("trait_lora_together", {**conf, **extra})
+            wall = time.perf_counter() - t0
+            calls = [(m, p) for m, p in fake.calls[before:] if not p.startswith("/storage/")]
+            lists = sum(1 for m, p in calls if m == "GET" and p == "/v1/fine-tunes")
+            past_reads = [
+                p.rsplit("/", 1)[-1] for m, p in calls if m == "GET" and p.rsplit("/", 1)[-1] in past
+            ]
+            reads_ever.update(past_reads)
+            twice = sum(1 for n in reads_ever.values() if n > 1)
+            launches = fake.creates - creates or len(traits)
+            print(
+                f"  {label:<14} {dagrun.state!s:<8} {lists / launches:>12.1f} "
+                f"{len(past_reads) / launches:>17.1f} {len(past_reads):>8} {twice:>10} "
+                f"{len(calls) / launches:>15.1f} {wall:>7.1f}"
+            )
+    shutil.rmtree(work, ignore_errors=True)
+    print("  launches: the jobs created, else one per trait (a plain rerun launches none).")
+    print("  read twice: past jobs read whole more than once so far, over all runs (goal 0).")
+    print("  requests/launch: every Together request of the run (upload, launch, wait, download).")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -191,12 +263,20 @@ def main() -> None:
     parser.add_argument("--cpu-polls", type=int, default=1000)
     parser.add_argument("--no-cycle", action="store_true", help="skip the whole-DAG cycle (needs a DB)")
     parser.add_argument("--sdk-409", action="store_true", help="also time the SDK's own upload (~50 s)")
+    parser.add_argument("--past-jobs", type=int, default=5000, help="account history for the guard (0: skip)")
+    parser.add_argument("--guard-traits", type=int, default=4, choices=range(1, len(GUARD_TRAITS) + 1))
+    parser.add_argument("--only-guard", action="store_true", help="run only the duplicate-job guard bench")
     args = parser.parse_args()
+    if args.only_guard:
+        bench_guard(args.past_jobs, args.guard_traits)
+        return
     bench_trigger_calls(args.polls)
     bench_trigger_cpu(args.cpu_polls)
     bench_duplicate_upload(args.sdk_409)
     if not args.no_cycle:
         bench_cycle()
+        if args.past_jobs:
+            bench_guard(args.past_jobs, args.guard_traits)
 
 
 if __name__ == "__main__":

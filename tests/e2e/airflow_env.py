@@ -2,7 +2,8 @@
 
 Apart from ``deployment`` because it is configuration, not process control: what to read to see how
 the e2e's Airflow is set up, and the home of ``WORKER_TUNING*``, the shipped worker settings that
-``tests/deploy/test_compose.py`` holds docker-compose to. Imports only ``procs`` at run time.
+``tests/deploy/test_compose.py`` holds docker-compose to. Imports only ``procs`` and ``services``:
+``AirflowSetup`` says what it reads of a deployment, so it does not import ``deployment`` back.
 """
 
 from __future__ import annotations
@@ -10,12 +11,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Any, Protocol
 
 from tests.e2e.procs import REPO, VENV_BIN, free_port
-
-if TYPE_CHECKING:
-    from tests.e2e.deployment import LiveDeployment
+from tests.e2e.services import FakeProcess, Postgres, Redis
 
 # Worker settings of the shipped deployment (docker-compose.yaml, docs/operations.md section 4), so the
 # e2e and the benches measure what users run; tests/deploy/test_compose.py holds compose to them. Why each
@@ -36,7 +36,25 @@ WORKER_TUNING_LOCAL = {
 }
 
 
-def airflow_env(dep: LiveDeployment) -> dict[str, str]:
+class AirflowSetup(Protocol):
+    """What the environment is made of: the parts of a deployment (``LiveDeployment`` is one)."""
+
+    home: Path
+    api_url: str
+    postgres: Postgres | None
+    redis: Redis | None
+    fake: FakeProcess | None
+    celery_workers: tuple[str, ...]
+    worker_concurrency: int
+    worker_tuning: bool
+    parallelism: int
+    poll_seconds: float
+    shards_dir: Any  # a folder or an s3:// URL
+    output_dir: Any
+    extra_env: dict[str, str]
+
+
+def airflow_env(dep: AirflowSetup) -> dict[str, str]:
     """The environment of every Airflow process of ``dep``: its config, as ``AIRFLOW__*`` variables."""
     assert dep.postgres is not None and dep.fake is not None
     from cryptography.fernet import Fernet

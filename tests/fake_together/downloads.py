@@ -13,6 +13,7 @@ from tests.fake_together.archives import (
 from tests.fake_together.common import (
     ZSTD_CONTENT_TYPE,
 )
+from tests.fake_together.jobs import JobsMixin
 from tests.fake_together.wire import (
     _BadRequest,
     _encoded,
@@ -23,7 +24,7 @@ from tests.fake_together.wire import (
 from tests.support.adapters import LLAMA_8B_SHAPES
 
 
-class DownloadsMixin:
+class DownloadsMixin(JobsMixin):
     """The download routes of ``FakeTogether`` (state lives on the fake)."""
 
     def _download(self, req: _Request) -> _Reply:

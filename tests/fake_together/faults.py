@@ -7,6 +7,7 @@ import random
 import re
 from typing import Any
 
+from tests.fake_together.state import FakeState
 from tests.fake_together.wire import (
     _error,
     _Fault,
@@ -22,7 +23,7 @@ from tests.fake_together.wire import (
 # --------------------------------------------------------------------------------------------------
 
 
-class FaultsMixin:
+class FaultsMixin(FakeState):
     """Fault injection of ``FakeTogether`` (state lives on the fake)."""
 
     # ----------------------------------------------------------------------------------------------

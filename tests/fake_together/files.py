@@ -17,6 +17,7 @@ from tests.fake_together.common import (
     FILE_PURPOSES,
     FILE_TYPES,
 )
+from tests.fake_together.state import FakeState
 from tests.fake_together.wire import (
     _BadRequest,
     _error,
@@ -29,7 +30,7 @@ from tests.fake_together.wire import (
 )
 
 
-class FilesMixin:
+class FilesMixin(FakeState):
     """The file routes of ``FakeTogether`` (state lives on the fake)."""
 
     # ----------------------------------------------------------------------------------------------
@@ -47,9 +48,6 @@ class FilesMixin:
         if record is None:
             raise _BadRequest(f"file {file_id} not found", 404)
         return record
-
-    def _sign(self, file_id: str) -> str:
-        return hmac.new(self._signing_key, file_id.encode(), hashlib.sha256).hexdigest()
 
     def _files_create(self, req: _Request) -> _Reply:
         content_type = req.headers.get("Content-Type", "")

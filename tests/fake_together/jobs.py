@@ -8,6 +8,7 @@ import math
 import re
 import secrets
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tests.fake_together.common import (
@@ -21,6 +22,7 @@ from tests.fake_together.common import (
     _now,
     default_model_limits,
 )
+from tests.fake_together.simulation import JobSimulationMixin
 from tests.fake_together.wire import (
     _BadRequest,
     _batch_bounds,
@@ -34,9 +36,29 @@ from tests.fake_together.wire import (
     _schedule,
 )
 
+# What a list entry may leave out: the spec requires only id, status, created_at and updated_at of a
+# ``FinetuneResponseTruncated``; SDK 3.1.1 documents the suffix and output names there as well.
+LIST_NAME_KEYS = frozenset({"suffix", "model_output_name", "adapter_output_name"})
 
-class JobsMixin:
+
+class JobsMixin(JobSimulationMixin):
     """The job routes of ``FakeTogether`` (state lives on the fake)."""
+
+    # True: list entries carry the suffix and output names (SDK 3.1.1's shape). False: they do not, as
+    # the spec allows; a client then learns a job's suffix only by reading the job whole.
+    list_shows_names: bool = True
+
+    def add_past_jobs(self, n: int, *, suffixed: bool = True) -> list[str]:
+        """Seed ``n`` finished jobs of other work (an account's history), oldest first, an hour apart
+        and ending an hour ago; returns their ids. ``suffixed``: each has a suffix of its own (never a
+        key tag of ours), else none."""
+        start = datetime.now(UTC) - timedelta(hours=n)
+        ids = []
+        for i in range(n):
+            at = (start + timedelta(hours=i)).isoformat().replace("+00:00", "Z")
+            suffix = f"past-{i:05d}-{secrets.token_hex(4)}" if suffixed else None
+            ids.append(self.add_job(suffix=suffix, status="completed", created_at=at, updated_at=at))
+        return ids
 
     # ----------------------------------------------------------------------------------------------
     # Limits and price
@@ -299,7 +321,10 @@ class JobsMixin:
         return _json_reply(200, self._view(self.jobs[id], full=True))
 
     def _jobs_list(self, req: _Request) -> _Reply:
-        return _json_reply(200, {"data": [self._view(job, full=False) for job in self.jobs.values()]})
+        entries = [self._view(job, full=False) for job in self.jobs.values()]
+        if not self.list_shows_names:
+            entries = [{k: v for k, v in e.items() if k not in LIST_NAME_KEYS} for e in entries]
+        return _json_reply(200, {"data": entries})
 
     def _jobs_delete(self, req: _Request, id: str) -> _Reply:
         job = self._job(id)

@@ -12,12 +12,13 @@ from tests.fake_together.common import (
     TERMINAL_STATUSES,
     _now,
 )
+from tests.fake_together.state import FakeState
 from tests.fake_together.wire import (
     _Run,
 )
 
 
-class JobSimulationMixin:
+class JobSimulationMixin(FakeState):
     """A job's progress in ``FakeTogether`` (state lives on the fake)."""
 
     # ----------------------------------------------------------------------------------------------

@@ -18,7 +18,9 @@ import re
 import time
 from typing import Any
 
-from tests.fake_together.server import STAGES, TERMINAL_STATUSES, FakeTogether, _json_reply, _Request
+from tests.fake_together.common import STAGES, TERMINAL_STATUSES
+from tests.fake_together.server import FakeTogether
+from tests.fake_together.wire import _json_reply, _Request
 
 # Stage boundaries as fractions of the job time: pending, queued, running, compressing, uploading.
 STAGE_FRACTIONS = (("queued", 0.05), ("running", 0.1), ("compressing", 0.8), ("uploading", 0.9))

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from tests.fake_together.common import (
@@ -24,9 +24,6 @@ from tests.fake_together.common import (
     _is_int,
     _is_number,
 )
-
-if TYPE_CHECKING:
-    from tests.fake_together.server import FakeTogether
 
 # --------------------------------------------------------------------------------------------------
 # Plumbing
@@ -134,6 +131,12 @@ class _BadRequest(Exception):
         self.status = status
 
 
+class _Dispatcher(Protocol):
+    """What the HTTP server needs of the fake: an answer per request (``FakeTogether`` is one)."""
+
+    def _dispatch(self, req: _Request) -> _Reply: ...
+
+
 class _Handler(BaseHTTPRequestHandler):
     """Reads a request, lets ``FakeTogether`` decide, writes (or withholds) the answer."""
 
@@ -219,7 +222,7 @@ class _Server(ThreadingHTTPServer):
     """Tracks open connections so that ``stop()`` also ends keep-alive ones (a stopped fake is down)."""
 
     daemon_threads = True
-    fake: FakeTogether  # set by FakeTogether.start()
+    fake: _Dispatcher  # set by FakeTogether.start()
 
     def __init__(self, address: tuple[str, int]) -> None:
         super().__init__(address, _Handler)

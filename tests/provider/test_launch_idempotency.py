@@ -7,7 +7,9 @@ actually created.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from tests.provider.helpers import DAG_ID, conf_for, plans_for, read_json
@@ -28,6 +30,13 @@ def summary_actions(conf: dict[str, Any]) -> dict[str, str]:
 
 def jobs_per_tag(fake: Any, tag: str) -> int:
     return sum(1 for job in fake.jobs.values() if (job.get("suffix") or "").endswith(tag))
+
+
+def whole_reads(calls: Iterable[tuple[str, str]], ids: Iterable[str]) -> Counter[str]:
+    """How often each of ``ids`` was read whole (``GET /v1/fine-tunes/{id}``) in ``calls``."""
+    wanted = set(ids)
+    reads = (re.fullmatch(r"/v1/fine-tunes/([^/]+)", p) for m, p in calls if m == "GET")
+    return Counter(r.group(1) for r in reads if r and r.group(1) in wanted)
 
 
 def after_create(fake: Any, action: Callable[[], None]) -> None:
@@ -51,10 +60,17 @@ def after_create(fake: Any, action: Callable[[], None]) -> None:
 
 def test_rerun_is_free_and_force_retrain_buys_exactly_one_job_per_trait(airflow_db, together_conn, tmp_path):
     fake = together_conn
+    # An account with a history, listed with the least the spec promises of an entry (no suffix, no
+    # output name): the guard must tell those jobs apart without reading each one at every launch.
+    fake.list_shows_names = False
+    past = fake.add_past_jobs(200)
     conf = conf_for(tmp_path, TRAITS)
     assert str(run_dag(DAG_ID, conf).state) == "success"
     assert (fake.uploads, fake.creates) == (2, 2)
     first = {t: e["job_id"] for t, e in mapping(conf)["traits"].items()}
+    assert fake.count("GET", r"^/v1/fine-tunes$") == len(TRAITS)  # one list per launch
+    assert whole_reads(fake.calls, past) == Counter(past)  # the first launch read each once; the next none
+    first_run_calls = len(fake.calls)
 
     # Nothing changed: no upload, no create, no API call at all.
     calls = len(fake.calls)
@@ -74,7 +90,10 @@ def test_rerun_is_free_and_force_retrain_buys_exactly_one_job_per_trait(airflow_
     # Reused from the ledger, not even offered again: Together's 409 for known bytes would hide a
     # re-upload from the byte count above, so count the upload requests themselves.
     assert fake.count("POST", r"^/v1/files$") == file_posts
-    assert len(fake.jobs) == 4
+    assert len(fake.jobs) == len(past) + 4
+    # The second run's launches (retries and reconciling lists included) read no past job whole again,
+    # nor the first run's jobs (remembered when they were created).
+    assert not whole_reads(fake.calls[first_run_calls:], [*past, *first.values()])
     second = {t: e["job_id"] for t, e in mapping(conf)["traits"].items()}
     assert set(second) == set(TRAITS)
     for trait in TRAITS:

@@ -26,6 +26,7 @@ from typing import Any
 from trait_lora.core.errors import LedgerError
 from trait_lora.core.jobs.claims import Claim, Holder, check_holder
 from trait_lora.core.jobs.job_status import JobStatus
+from trait_lora.core.jobs.known_jobs import KnownJobs
 from trait_lora.core.jobs.seed_format import (
     FILES,
     HASHES,
@@ -136,6 +137,10 @@ class Ledger:
 
     def hash_record(self, trait: str) -> Record | None:
         return self._one(HASHES, trait)
+
+    def known_jobs(self) -> KnownJobs:
+        """What Together's jobs are called, remembered beside this ledger (``known_jobs``)."""
+        return KnownJobs(self.store, prepare=self._ensure_layout)
 
     def find_uploaded_file(self, sha256: str) -> str | None:
         """A Together file id already holding these exact bytes (saves a re-upload): a whole shard, or
@@ -352,14 +357,18 @@ class Ledger:
         base_model: str,
         evaluation: Mapping[str, Any] | None = None,
         adapter_path: str | None = None,
+        base: Mapping[str, Any] | None = None,
     ) -> Record:
         """``record_adapter`` for the trait a run planned: the keys come from the plan, never recomputed.
 
         ``evaluation`` (held-out figures) travels with the adapter into the mapping; ``adapter_path``
-        is the content-addressed folder of an adapter on object storage (``adapter.content``)."""
+        is the content-addressed folder of an adapter on object storage (``adapter.content``); ``base``
+        says exactly which base it was trained on (``base_model_source``, ``base_model_revision``,
+        ``quantization``), so stage 3 never pairs an adapter with other weights."""
         extra: dict[str, Any] = {"eval": dict(evaluation)} if evaluation else {}
         if adapter_path:
             extra["adapter_path"] = adapter_path
+        extra.update(base or {})
         return self.record_adapter(
             plan["trait"],
             shard_sha256=plan["shard_sha256"],

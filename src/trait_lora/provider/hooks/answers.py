@@ -227,3 +227,29 @@ def first_error_message(events: Iterable[dict[str, Any]]) -> str | None:
         if level in ERROR_LEVELS or kind in ERROR_TYPES:
             message = event.get("message") or message
     return message
+
+
+# The SDK's ValueError messages for our parameters (lib/resources/fine_tuning.py), by the parameter
+# they are about: the message then names our run parameter, not only the SDK's words.
+_SDK_CHECKS = (
+    ("batch size", "batch_size"),
+    ("warmup ratio", "warmup_ratio"),
+    ("min learning rate ratio", "min_lr_ratio"),
+    ("gradient norm", "max_grad_norm"),
+    ("weight decay", "weight_decay"),
+    ("sequence length", "max_seq_length"),
+    ("lora dropout", "lora_dropout"),
+    ("number of cycles", "scheduler_num_cycles"),
+    ("early stopping", "eval_fraction"),
+)
+
+
+def sdk_refusal(trait: str, exc: ValueError) -> str:
+    """Our parameter refused by the SDK's own checks: which one, and the SDK's words (with the range)."""
+    text = str(exc)
+    names = [name for words, name in _SDK_CHECKS if words in text.lower()]
+    which = f"parameter {names[0]}" if names else "a parameter"
+    return (
+        f"{trait}: the Together SDK refused {which} before anything was sent: {text}. Change it in "
+        "the run's parameters and trigger again"
+    )

@@ -41,6 +41,8 @@ from trait_lora.provider.hooks.tls import shared_tls_context
 if TYPE_CHECKING:
     from together import AsyncTogether, Together
 
+    from trait_lora.core.jobs.known_jobs import KnownJobs
+
 
 class TogetherConfigError(Exception):
     """The Together connection is missing or incomplete."""
@@ -276,30 +278,40 @@ class TogetherHook(BaseHook):
     def list_jobs(self) -> list[dict[str, Any]]:
         return [job_to_dict(j) for j in self.client.fine_tuning.list().data]
 
-    def find_jobs(self, tag: str) -> list[dict[str, Any]]:
-        """Together's jobs whose suffix carries ``tag``, newest first (the duplicate-job guard).
+    def find_jobs_by_tags(
+        self, tags: Sequence[str], known: KnownJobs | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
+        """tag -> Together's jobs carrying it, newest first, from one list of the account's jobs.
 
         The spec's list entries promise only id, status and timestamps: an entry that shows neither a
-        suffix nor an output name is read whole once, never assumed to be someone else's job.
+        suffix nor an output name is matched by the names ``known`` remembers for it, else read whole
+        once and remembered (``job_search``), never assumed to be someone else's job.
         """
-        jobs = []
-        for job in self.list_jobs():
-            if not (job.get("suffix") or output_name(job)) and job.get("id"):
-                job = {**job, **self.get_job(str(job["id"]))}
-            if job_matches_tag(job, tag):
-                jobs.append(job)
-        return sorted(jobs, key=lambda j: str(j.get("created_at") or ""), reverse=True)
+        from trait_lora.provider.hooks.job_search import jobs_by_tag
+
+        return jobs_by_tag(self.list_jobs(), tags, read=self._job_if_any, known=known, log=self.log)
 
     def get_job(self, job_id: str) -> dict[str, Any]:
         return job_to_dict(self.client.fine_tuning.retrieve(job_id))
 
-    def find_existing_job(self, key_tag: str, known_ids: Sequence[str] = ()) -> dict[str, Any] | None:
+    def _job_if_any(self, job_id: str) -> dict[str, Any] | None:
+        from together import NotFoundError
+
+        try:
+            return self.get_job(job_id)
+        except NotFoundError:  # deleted since it was listed: nothing to adopt
+            return None
+
+    def find_existing_job(
+        self, key_tag: str, known_ids: Sequence[str] = (), known: KnownJobs | None = None
+    ) -> dict[str, Any] | None:
         """The job already paid for under this key, if any: the duplicate-job guard before every create.
 
         ``known_ids`` (our ledger, Airflow's task state store) are read first, then Together's own list
-        by the key's tag in ``suffix``. A job is adopted unless it failed or is being cancelled; a
-        status nobody documented is adopted too (and said loudly): duplicating a job whose status we
-        cannot read would pay twice. A known id Together no longer has (404) is passed over.
+        by the key's tag in ``suffix`` (``known``: the names of jobs read whole before). A job is
+        adopted unless it failed or is being cancelled; a status nobody documented is adopted too (and
+        said loudly): duplicating a job whose status we cannot read would pay twice. A known id
+        Together no longer has (404) is passed over.
         """
         from together import NotFoundError
 
@@ -311,25 +323,19 @@ class TogetherHook(BaseHook):
                 continue
             if self._adoptable(job):
                 return job
-        for job in self.find_jobs(key_tag):
-            if self._adoptable(job):
-                return job
-        return None
+        return self.find_existing_jobs([key_tag], known)[key_tag]
 
     def _adoptable(self, job: dict[str, Any]) -> bool:
-        from trait_lora.core.jobs.job_status import JobStatus
+        from trait_lora.provider.hooks.job_search import adoptable
 
-        status = JobStatus.of(job.get("status"))
-        if not status.is_known:
-            self.log.warning(
-                "job %s has status %r, which this version does not know; adopting and polling it "
-                "(never starting a duplicate) until Together reports an end",
-                job.get("id"),
-                status.value,
-            )
-        if not status.is_adoptable:
-            self.log.info("job %s is %s; not adopting it", job.get("id"), status)
-        return status.is_adoptable
+        return adoptable(job, self.log)
+
+    def find_existing_jobs(
+        self, key_tags: Sequence[str], known: KnownJobs | None = None
+    ) -> dict[str, dict[str, Any] | None]:
+        """``find_existing_job`` by tags alone for several keys at once, from one list."""
+        found = self.find_jobs_by_tags(key_tags, known)
+        return {tag: next((job for job in found[tag] if self._adoptable(job)), None) for tag in found}
 
     def list_events(self, job_id: str) -> list[dict[str, Any]]:
         return [job_to_dict(e) for e in self.client.fine_tuning.list_events(job_id).data]

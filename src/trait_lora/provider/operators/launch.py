@@ -2,7 +2,8 @@
 ends once the job exists (the wait step is the sensor that polls it).
 
 Before any create: adoption (``TogetherHook.find_existing_job``: our ledger, Airflow's task state store
-which survives retries unlike XCom, then Together's own list by the key's tag), the model's limits
+which survives retries unlike XCom, then Together's own list by the key's tag, once; a job that list
+shows without a name is read whole once ever, ``core.jobs.known_jobs``), the model's limits
 (a parameter out of range fails here, naming the range), the cost gate (``core.budget``), and a slot
 under the cap on jobs in flight (claimed in the ledger under its lock; at the cap the task defers on a
 timer, holding no worker slot, and tries again). The create itself is sent with SDK retries off; after
@@ -19,12 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from trait_lora.provider.hooks.answers import sdk_refusal as sdk_refusal
 from trait_lora.provider.hooks.together import backoff_delay, is_permanent, output_name
 from trait_lora.provider.links import JOB_URL_XCOM_KEY, TogetherJobLink, dashboard_url
 from trait_lora.provider.operators.base import TogetherStep, setting_or
 
 if TYPE_CHECKING:
     from trait_lora.core.jobs.claims import Claim, Holder
+    from trait_lora.core.jobs.known_jobs import KnownJobs
     from trait_lora.provider.records import TraitJob
 
 STATE_JOB_ID = "together_job_id"
@@ -95,7 +98,8 @@ class TogetherLaunchOperator(TogetherStep):
         if store is not None and (stored := store.get(STATE_JOB_ID)):
             known.append(str(stored))
             ours.add(str(stored))
-        found = self.hook.find_existing_job(job_tag(job.job_key), known)
+        names = self.ledger.known_jobs()
+        found = self.hook.find_existing_job(job_tag(job.job_key), known, names)
         estimate = None
         adopted = found is not None
         claim = None
@@ -104,10 +108,10 @@ class TogetherLaunchOperator(TogetherStep):
             estimate = self._cost_gate(context, job)
             claim = self._claim_slot(job, context)
             if claim.took_over:  # the claim's last holder may have posted: search before posting again
-                found = self.hook.find_existing_job(job_tag(job.job_key))
+                found = self.hook.find_existing_job(job_tag(job.job_key), known=names)
                 adopted = found is not None
             if found is None:
-                found = self._create(job, store, claim)
+                found = self._create(job, store, claim, names)
         job_id = str(found["id"])
         if store is not None:
             store.set(STATE_JOB_ID, job_id)
@@ -260,18 +264,20 @@ class TogetherLaunchOperator(TogetherStep):
         self.ledger.update_job(job.trait, claim=claim, job_key=job.job_key, status=NOT_CREATED, posted=False)
 
     def _refresh(self, holders: dict[str, dict[str, Any]]) -> None:
-        """Ask Together about the jobs counted at the cap; record those that ended. A create that may
-        have been posted (``posted``, no job id) is looked up by its key's tag."""
+        """Ask Together about the jobs counted at the cap; record those that ended. Creates that may
+        have been posted (``posted``, no job id) are looked up by their keys' tags, in one list."""
         from together import NotFoundError
 
         from trait_lora.core.jobs.job_status import JobStatus
         from trait_lora.core.jobs.keys import job_tag
 
+        posted = [job_tag(r["job_key"]) for r in holders.values() if _maybe_posted(r)]
+        existing = self.hook.find_existing_jobs(posted, self.ledger.known_jobs()) if posted else {}
         for entry, record in holders.items():
             trait = entry.split("@", 1)[0]
             if not record.get("job_id"):
-                if record.get("posted") and record.get("job_key"):
-                    found = self.hook.find_existing_job(job_tag(record["job_key"]))
+                if _maybe_posted(record):
+                    found = existing.get(job_tag(record["job_key"]))
                     if found is not None:
                         self.ledger.update_job(
                             trait,
@@ -288,7 +294,7 @@ class TogetherLaunchOperator(TogetherStep):
             if status.is_terminal:
                 self.ledger.record_job_end(trait, job_id=record["job_id"], status=status.value)
 
-    def _create(self, job: TraitJob, store: Any, claim: Claim) -> dict[str, Any]:
+    def _create(self, job: TraitJob, store: Any, claim: Claim, names: KnownJobs) -> dict[str, Any]:
         from together import APIConnectionError, APIStatusError
 
         from trait_lora.core.jobs.keys import job_tag
@@ -335,7 +341,7 @@ class TogetherLaunchOperator(TogetherStep):
                     type(exc).__name__,
                 )
                 # List with the retrying client; an unreachable API here fails the try, never re-posts.
-                found = self.hook.find_existing_job(job_tag(job.job_key))
+                found = self.hook.find_existing_job(job_tag(job.job_key), known=names)
                 if found is not None:
                     self.log.info("%s: the job exists after all: %s", job.trait, found["id"])
                     return found
@@ -345,40 +351,28 @@ class TogetherLaunchOperator(TogetherStep):
                 continue
             if not created.get("id"):  # a job may exist: find it by its tag, never post again blindly
                 self.log.warning("%s: Together's create answer has no job id; reconciling", job.trait)
-                found = self.hook.find_existing_job(job_tag(job.job_key))
+                found = self.hook.find_existing_job(job_tag(job.job_key), known=names)
                 if found is None:
                     raise UnreadableAnswer("POST /v1/fine-tunes", "id", "and no job carries the key's tag")
                 created = found
             if store is not None:
                 store.set(STATE_JOB_ID, created["id"])
+            self._remember(names, created, job.plan["suffix"])
             return created
         raise AssertionError("unreachable")
 
+    def _remember(self, names: KnownJobs, created: dict[str, Any], suffix: str) -> None:
+        """Add the job just created to the memory of job names: no launch beside this one or after it
+        reads it whole to learn the suffix we chose. Only a saving: a memory that cannot be written
+        costs one read later, never a second job."""
+        from trait_lora.core.errors import LedgerError
+        from trait_lora.core.jobs.known_jobs import JobNames
+        from trait_lora.core.storage.store import StoreError
 
-# The SDK's ValueError messages for our parameters (lib/resources/fine_tuning.py), by the parameter
-# they are about: the message then names our run parameter, not only the SDK's words.
-_SDK_CHECKS = (
-    ("batch size", "batch_size"),
-    ("warmup ratio", "warmup_ratio"),
-    ("min learning rate ratio", "min_lr_ratio"),
-    ("gradient norm", "max_grad_norm"),
-    ("weight decay", "weight_decay"),
-    ("sequence length", "max_seq_length"),
-    ("lora dropout", "lora_dropout"),
-    ("number of cycles", "scheduler_num_cycles"),
-    ("early stopping", "eval_fraction"),
-)
-
-
-def sdk_refusal(trait: str, exc: ValueError) -> str:
-    """Our parameter refused by the SDK's own checks: which one, and the SDK's words (with the range)."""
-    text = str(exc)
-    names = [name for words, name in _SDK_CHECKS if words in text.lower()]
-    which = f"parameter {names[0]}" if names else "a parameter"
-    return (
-        f"{trait}: the Together SDK refused {which} before anything was sent: {text}. Change it in "
-        "the run's parameters and trigger again"
-    )
+        try:
+            names.remember({str(created["id"]): JobNames(suffix, output_name(created))})
+        except (LedgerError, StoreError, OSError) as exc:  # the job exists: this try must not fail now
+            self.log.warning("%s; job %s is read whole once by a later launch instead", exc, created["id"])
 
 
 def holder_of(context: Any) -> Holder:
@@ -388,6 +382,11 @@ def holder_of(context: Any) -> Holder:
     ti = context["ti"]
     ident = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{getattr(ti, 'map_index', -1)}"
     return Holder(ident, int(getattr(ti, "try_number", 1) or 1))
+
+
+def _maybe_posted(record: dict[str, Any]) -> bool:
+    """A create of this slot's holder may have reached Together: no job id recorded, ``posted``."""
+    return bool(not record.get("job_id") and record.get("posted") and record.get("job_key"))
 
 
 def _as_float(*values: Any) -> float | None:
