@@ -40,7 +40,13 @@ os.environ.setdefault("AIRFLOW__TRAIT_LORA__STORAGE_ROOTS", json.dumps([tempfile
 os.environ.pop("TOGETHER_API_KEY", None)
 os.environ.pop("TOGETHER_BASE_URL", None)
 
-pytest_plugins = ["tests.fake_together.fixtures", "tests.support.airflow", "tests.support.s3"]
+pytest_plugins = [
+    "tests.fake_together.fixtures",
+    "tests.fake_hub.fixtures",
+    "tests.fake_kubernetes.fixtures",
+    "tests.support.airflow",
+    "tests.support.s3",
+]
 
 # Files that take longest, longest first (per-file worker seconds of a `make test`, stop 31): handed to
 # the xdist workers first, so that no long file starts near the end and keeps one worker busy after the
