@@ -207,6 +207,47 @@ def cmd_download(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_k8s_pod(args: argparse.Namespace) -> int:
+    """The pod manifest trait_lora_kubernetes would create for one trait, for a review before a run."""
+    import contextlib
+    from datetime import UTC, datetime
+
+    from trait_lora.core.config import from_mapping
+    from trait_lora.core.jobs.plan import plan_traits
+    from trait_lora.provider.pod_operator import pod_manifest
+
+    values: dict[str, Any] = json.loads(Path(args.config).read_text()) if args.config else {}
+    model = args.model or values.pop("base_model", None)
+    if model:
+        values["local_model"] = model
+    config = from_mapping({**values, "backend": "local"}, source=args.config or "--model")
+    output_dir = location_arg(args.output_dir)
+    # Airflow's and the operator's log lines go to stderr: stdout is the manifest alone
+    with contextlib.redirect_stdout(sys.stderr):
+        plans = plan_traits(
+            location_arg(args.shards_dir), output_dir, config, traits=[args.trait], force_retrain=True
+        )
+        plan = plans[0].to_dict()
+        if plan["action"] == "invalid":
+            print(f"trait-lora k8s-pod: {args.trait}: shard is invalid, no pod would start:")
+            print("\n".join(plan["problems"]))
+            return 1
+        run_id = f"manual__{datetime.now(UTC).isoformat()}"
+        manifest = pod_manifest({**plan, "config": config.to_dict(), "output_dir": output_dir}, run_id=run_id)
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+        return 0
+    import yaml  # PyYAML comes with Airflow
+
+    print(
+        f"# The pod trait_lora_kubernetes would create for {args.trait} (first try of a manual run).\n"
+        "# Its name's last 8 characters are random; the Airflow Variables trait_lora_trainer_image\n"
+        "# and trait_lora_k8s_namespace, when set, replace image and namespace."
+    )
+    print(yaml.safe_dump(manifest, sort_keys=False), end="")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="trait-lora", description=HELP)
     sub = root.add_subparsers(dest="command", required=True)
@@ -293,6 +334,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--airflow-home", default=settings.airflow_home_default(), help="embedded Airflow home")
     p.add_argument("-v", "--verbose", action="store_true", help="show Airflow's task logs")
     p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser(
+        "k8s-pod",
+        help="print the pod manifest trait_lora_kubernetes would create for a trait (YAML)",
+        description="Print the pod the Kubernetes DAG would create for TRAIT, with this deployment's "
+        "[trait_lora] settings, so it can be reviewed (or checked with kubectl apply --dry-run=server) "
+        "before a first run. Nothing is created.",
+    )
+    dirs(p, output=True)
+    p.add_argument("trait", help="the trait, e.g. joy_plus")
+    p.add_argument("--config", help="JSON file of training-config overrides (DAG param names)")
+    p.add_argument("--model", help="base model: a Hugging Face repo id, a path in the pod, or s3://...")
+    p.add_argument("--json", action="store_true", help="JSON instead of YAML")
+    p.set_defaults(func=cmd_k8s_pod)
     return root
 
 

@@ -7,6 +7,7 @@ module only declares, so the provider's config section, the docs table and the c
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,32 @@ def _positive(value: float) -> bool:
 
 def _non_negative(value: float) -> bool:
     return value >= 0
+
+
+# What the API server accepts (k8s.io/apimachinery): a quantity, a DNS-1123 subdomain (names of
+# PVCs, Secrets), and the fields of a toleration in the pod spec's own (camelCase) spelling.
+_QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[numkMGTPE])?$")
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+TOLERATION_FIELDS = ("key", "operator", "value", "effect", "tolerationSeconds")
+
+
+def _quantity(value: str) -> bool:
+    return bool(_QUANTITY.match(value))
+
+
+def _pvc_or_empty(value: str) -> bool:
+    return value == "" or (len(value) <= 253 and bool(_SUBDOMAIN.match(value)))
+
+
+def _tolerations(value: list[Any]) -> bool:
+    return all(
+        isinstance(t, dict)
+        and set(t) <= set(TOLERATION_FIELDS)
+        and t.get("operator", "Equal") in ("Equal", "Exists")
+        and t.get("effect", "") in ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
+        and (t.get("tolerationSeconds") is None or type(t["tolerationSeconds"]) is int)
+        for t in value
+    )
 
 
 def _parse_bool(text: str) -> bool:
@@ -233,6 +260,26 @@ SETTINGS: tuple[Setting, ...] = (
         read_at="parse",
     ),
     _s(
+        "hf_conn_id",
+        "string",
+        "huggingface_default",
+        "Airflow connection to the Hugging Face Hub for a base_model that is a repo id (org/name or "
+        "org/name@revision): password = the token (a gated model such as Llama-3.1 needs one whose "
+        "account accepted its licence), host = a mirror or proxy endpoint (empty: the Hub). A missing "
+        "connection means anonymous downloads.",
+        allowed="a connection id",
+        example="hf_mirror",
+    ),
+    _s(
+        "model_cache_dir",
+        "string",
+        "",
+        "Folder on each worker where base models from the Hub or s3:// are downloaded once and reused "
+        "(Hugging Face's cache layout; several GB per model). Empty: ~/.cache/trait-lora/models.",
+        allowed="a folder path, or empty",
+        example="/data/trait-lora/models",
+    ),
+    _s(
         "local_device",
         "string",
         "auto",
@@ -300,10 +347,12 @@ SETTINGS: tuple[Setting, ...] = (
         "k8s_tolerations",
         "json",
         '[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]',
-        "Tolerations of the training pods (a JSON list of V1Toleration fields).",
-        allowed="a JSON list of objects",
+        "Tolerations of the training pods, as in a pod spec: a JSON list of objects with key, "
+        "operator (Equal or Exists), value, effect (NoSchedule, PreferNoSchedule, NoExecute) and "
+        "tolerationSeconds.",
+        allowed="a JSON list of tolerations with only the fields " + ", ".join(TOLERATION_FIELDS),
         json_type=list,
-        check=lambda v: all(isinstance(t, dict) for t in v),
+        check=_tolerations,
     ),
     _s(
         "k8s_gpus",
@@ -313,8 +362,22 @@ SETTINGS: tuple[Setting, ...] = (
         allowed="an integer >= 0",
         check=_non_negative,
     ),
-    _s("k8s_cpu", "string", "8", "CPU request of a training pod (a Kubernetes quantity)."),
-    _s("k8s_memory", "string", "64Gi", "Memory request and limit of a training pod (a Kubernetes quantity)."),
+    _s(
+        "k8s_cpu",
+        "string",
+        "8",
+        "CPU request of a training pod (a Kubernetes quantity).",
+        allowed="a Kubernetes quantity such as 8 or 7500m",
+        check=_quantity,
+    ),
+    _s(
+        "k8s_memory",
+        "string",
+        "64Gi",
+        "Memory request and limit of a training pod (a Kubernetes quantity).",
+        allowed="a Kubernetes quantity such as 64Gi",
+        check=_quantity,
+    ),
     _s("k8s_hf_secret", "string", "hf-token", "Kubernetes Secret holding the Hugging Face token."),
     _s("k8s_hf_secret_key", "string", "token", "Key of the token in that Secret (mounted as HF_TOKEN)."),
     _s(
@@ -385,15 +448,124 @@ SETTINGS: tuple[Setting, ...] = (
         "k8s_micro_batch",
         "integer",
         "4",
-        "Micro-batch of the trainer on a GPU (gradient accumulation makes up the batch size).",
+        "Micro-batch of the trainer in a pod (gradient accumulation makes up the batch size); the "
+        "retry of an OOMKilled pod runs with half of it.",
         **_POSITIVE_INT,
     ),
     _s(
-        "k8s_xcom_file",
+        "k8s_conn_id",
         "string",
-        "/airflow/xcom/return.json",
-        "Where the pod writes its result for the KubernetesPodOperator's xcom sidecar; only tests "
-        "running the argv locally change it.",
+        "kubernetes_default",
+        "Airflow connection (Kubernetes type) to the cluster of the training pods; when "
+        "kubernetes_default is not defined, the worker's in-cluster service account or kubeconfig.",
+        allowed="a connection id",
+    ),
+    _s(
+        "k8s_max_pods",
+        "integer",
+        "4",
+        "Most training pods of a run at once (max_active_tis_per_dagrun of trait.train_pod); each "
+        "holds k8s_gpus GPUs, the other traits wait their turn in Airflow, not as Pending pods.",
+        read_at="parse",
+        **_POSITIVE_INT,
+    ),
+    _s(
+        "k8s_schedule_timeout_minutes",
+        "float",
+        "10",
+        "How long a training pod may wait for a node (no GPU free, no node matching the selector "
+        "or tolerations) before the try fails with the scheduler's message (fractions allowed).",
+        allowed="a number > 0",
+        check=_positive,
+    ),
+    _s(
+        "k8s_poll_seconds",
+        "float",
+        "5",
+        "How often the triggerer checks a training pod: while it waits for a node and starts (a "
+        "missing Secret or image is noticed within this), and while it trains.",
+        allowed="a number > 0",
+        check=_positive,
+    ),
+    _s(
+        "k8s_retry_delay_seconds",
+        "float",
+        "120",
+        "Delay before a failed training pod of trait_lora_kubernetes is retried (an evicted or "
+        "OOM-killed pod, a lost node): time for the node pool to recover or scale up.",
+        allowed="a number >= 0",
+        check=_non_negative,
+        read_at="parse",
+    ),
+    _s(
+        "k8s_startup_timeout_minutes",
+        "integer",
+        "15",
+        "How long a scheduled pod may take to start: mostly pulling the trainer image onto a fresh "
+        "node. A missing Secret or an image that cannot be pulled fails at once, not after this.",
+        **_POSITIVE_INT,
+    ),
+    _s(
+        "k8s_active_deadline_minutes",
+        "integer",
+        "720",
+        "Longest a training pod may run (activeDeadlineSeconds): past it Kubernetes stops it "
+        "(DeadlineExceeded) and frees the GPU. 0: no limit.",
+        allowed="an integer >= 0",
+        check=_non_negative,
+    ),
+    _s(
+        "k8s_logging_interval_seconds",
+        "integer",
+        "120",
+        "How often the trainer's log lines reach the task log while the pod runs (each time the "
+        "task resumes on a worker for a moment). 0: only once the pod has finished.",
+        allowed="an integer >= 0",
+        check=_non_negative,
+    ),
+    _s(
+        "k8s_run_as_user",
+        "integer",
+        "1000",
+        "runAsUser of the training pods: the trainer image's user (uid 1000 in Dockerfile.trainer).",
+        allowed="an integer >= 0",
+        check=_non_negative,
+    ),
+    _s(
+        "k8s_run_as_group",
+        "integer",
+        "1000",
+        "runAsGroup of the training pods.",
+        allowed="an integer >= 0",
+        check=_non_negative,
+    ),
+    _s(
+        "k8s_fs_group",
+        "integer",
+        "1000",
+        "fsGroup of the training pods: the PVC and the model cache become writable by this group.",
+        allowed="an integer >= 0",
+        check=_non_negative,
+    ),
+    _s(
+        "k8s_model_cache",
+        "string",
+        "",
+        "Where training pods keep the base model (mounted at /models, HF_HOME): the name of an "
+        "existing PersistentVolumeClaim that every pod shares (downloaded once), or empty for an "
+        "emptyDir of k8s_model_cache_size per pod (each pod downloads it).",
+        allowed="empty, or a PersistentVolumeClaim name (a DNS-1123 subdomain)",
+        check=_pvc_or_empty,
+        example="trait-lora-models",
+    ),
+    _s(
+        "k8s_model_cache_size",
+        "string",
+        "40Gi",
+        "Size limit of the per-pod emptyDir model cache (when k8s_model_cache is empty): the base "
+        "model's download must fit, on the node's disk.",
+        allowed="a Kubernetes quantity such as 40Gi",
+        check=_quantity,
     ),
 )
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}

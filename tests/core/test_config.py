@@ -145,8 +145,26 @@ def test_each_advanced_setting_is_sent_and_changes_the_key_off_its_default(field
     changed = base.replace(**{field: value})
     assert changed.together_create_kwargs()[field] == value
     assert changed.config_hash() != base.config_hash()
-    # the local trainer does not read them: a local config's key does not claim them
-    assert changed.replace(backend="local").config_hash() == base.replace(backend="local").config_hash()
+    # the local trainer honours them too (and keys them by the same rule), except the accumulation: its
+    # micro-batch x accumulation always makes batch_size, so a local key does not claim that field
+    local, local_base = changed.replace(backend="local"), base.replace(backend="local")
+    assert (local.config_hash() != local_base.config_hash()) == (field != "gradient_accumulation_steps")
+
+
+def test_quantization_keys_only_when_set_and_only_for_the_local_backend():
+    local = TrainingConfig(backend="local")
+    assert from_mapping({"backend": "local", "quantization": None}).config_hash() == local.config_hash()
+    assert local.replace(quantization="4bit").config_hash() != local.config_hash()
+    with pytest.raises(ConfigError, match=r'quantization must be null .* or "4bit"'):
+        local.replace(quantization="8bit")
+    with pytest.raises(ConfigError, match="quantization applies to the local backend only"):
+        TrainingConfig(quantization="4bit")
+
+
+def test_packing_is_refused_for_the_local_backend_with_what_to_do():
+    assert TrainingConfig(packing=True).together_create_kwargs()["packing"] is True
+    with pytest.raises(ConfigError, match=r"not supported by the local backend.*set packing to false"):
+        TrainingConfig(backend="local", packing=True)
 
 
 def test_cosine_cycles_count_only_with_the_cosine_schedule():

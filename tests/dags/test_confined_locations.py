@@ -76,8 +76,9 @@ def test_a_symlink_out_of_a_root_fails_discover_before_anything_is_read_or_writt
     assert states[("discover", -1)] == "failed"
     assert not any(outputs.iterdir()), "nothing may be written for a refused run"
     # the control: the same dry run from inside the root plans
-    allowed = run_dag(
-        "trait_lora_local", {"shards_dir": str(shards), "output_dir": str(outputs), "dry_run": True}
+    allowed = run_dag(  # a local model folder: a dry run with a Hub model would pin it (no Hub here)
+        "trait_lora_local",
+        {"shards_dir": str(shards), "output_dir": str(outputs), "dry_run": True, "base_model": str(tmp_path)},
     )
     assert task_states(allowed)[("discover", -1)] == "success"
 

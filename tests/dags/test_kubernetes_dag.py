@@ -1,18 +1,22 @@
-"""The GPU pod per trait, checked without a cluster: the rendered pod spec, and its argv run here."""
+"""The GPU pod per trait, checked without a cluster: the pod the operator builds (and the manifest
+``trait-lora k8s-pod`` prints, against Kubernetes' schema and the API server's own rules), and its argv
+run here. The pod's lifecycle against an API server is the e2e against tests/fake_kubernetes."""
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.support.airflow import copy_shards, get_dag
+from tests.support.airflow import SAMPLE_SHARDS, copy_shards, get_dag
 from trait_lora.core.config import TrainingConfig
 from trait_lora.core.errors import TraitNameError
 from trait_lora.core.jobs.ledger import Ledger
 from trait_lora.core.jobs.plan import plan_traits
 from trait_lora.provider import kubernetes
-from trait_lora.provider.pipeline import install_pod_result
+from trait_lora.provider.pod_operator import TrainingPodOperator
+from trait_lora.provider.pod_tasks import install_pod_result
 
 
 def make_plan(tmp_path, monkeypatch, local_model="meta-llama/Meta-Llama-3.1-8B-Instruct"):
@@ -25,8 +29,12 @@ def make_plan(tmp_path, monkeypatch, local_model="meta-llama/Meta-Llama-3.1-8B-I
 
 def rendered_pod(plan):
     spec = kubernetes.pod_spec(plan)
-    op = kubernetes.TrainingPodOperator(
-        task_id="train_pod", name=spec["name"], arguments=spec["arguments"], labels=spec["labels"]
+    op = TrainingPodOperator(
+        task_id="train_pod",
+        name=spec["name"],
+        arguments=spec["arguments"],
+        labels=spec["labels"],
+        annotations=spec["annotations"],
     )
     op.render_template_fields({"var": {"value": {"trait_lora_trainer_image": "registry.local/trainer:7"}}})
     return spec, op.build_pod_request_obj(dry_run=True)
@@ -43,16 +51,29 @@ def test_rendered_pod_asks_for_a_gpu_mounts_the_pvc_and_reads_the_hf_token_from_
     assert container.resources.limits["nvidia.com/gpu"] == "1"
     assert pod.spec.node_selector == {"nvidia.com/gpu.present": "true"}
     assert pod.spec.tolerations[0].key == "nvidia.com/gpu"
-    assert [(m.name, m.mount_path) for m in container.volume_mounts if m.name == "trait-lora-data"] == [
-        ("trait-lora-data", str(tmp_path))
-    ]
-    claim = next(v for v in pod.spec.volumes if v.name == "trait-lora-data").persistent_volume_claim
-    assert claim.claim_name == "trait-lora-data"
-    hf = next(e for e in container.env if e.name == "HF_TOKEN")
+    mounts = {m.name: m.mount_path for m in container.volume_mounts}
+    assert mounts == {"trait-lora-data": str(tmp_path), "model-cache": "/models"}
+    volumes = {v.name: v for v in pod.spec.volumes}
+    assert volumes["trait-lora-data"].persistent_volume_claim.claim_name == "trait-lora-data"
+    # no shared model cache configured: each pod gets a bounded emptyDir, and asks for the disk it needs
+    assert volumes["model-cache"].empty_dir.size_limit == "40Gi"
+    assert container.resources.requests["ephemeral-storage"] == "40Gi"
+    env = {e.name: e for e in container.env}
+    assert (env["HF_HOME"].value, env["HF_HUB_CACHE"].value) == ("/models", "/models/hub")
+    hf = env["HF_TOKEN"]  # a Hub model: the token comes from the Secret, by reference
     assert hf.value is None and hf.value_from.secret_key_ref.name == "hf-token"
     assert container.command == ["python", "-m", "trait_lora.train"]
     assert container.args == spec["arguments"] and "--gpu" in container.args
     assert pod.metadata.labels["trait"] == "joy-plus"
+    assert pod.metadata.annotations == {"trait-lora/trait": "joy_plus"}
+    # the image's user (uid 1000), volumes writable through fsGroup, nothing a restricted namespace refuses
+    security = pod.spec.security_context
+    assert (security.run_as_user, security.run_as_group, security.fs_group) == (1000, 1000, 1000)
+    assert security.run_as_non_root and security.seccomp_profile.type == "RuntimeDefault"
+    assert container.security_context.allow_privilege_escalation is False
+    assert container.security_context.capabilities.drop == ["ALL"]
+    assert pod.spec.active_deadline_seconds == 720 * 60  # a hung trainer does not hold the GPU forever
+    assert [c.name for c in pod.spec.containers] == ["base"]  # no xcom sidecar (no alpine, no exec)
 
 
 @pytest.mark.parametrize(
@@ -70,7 +91,9 @@ def test_paths_off_the_pvc_are_refused(tmp_path, monkeypatch):
         kubernetes.pod_spec({**plan, "shard_path": "/etc/passwd"})
 
 
-def test_kubernetes_dag_maps_one_pod_per_trait():
+def test_kubernetes_dag_maps_one_pod_per_trait_bounded_and_kept_when_it_fails():
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
     dag = get_dag("trait_lora_kubernetes")
     assert {
         "discover",
@@ -80,6 +103,16 @@ def test_kubernetes_dag_maps_one_pod_per_trait():
         "publish_mapping",
         "check",
     } <= set(dag.task_ids)
+    pod = dag.get_task("trait.train_pod")
+    assert isinstance(pod, KubernetesPodOperator)  # the provider's own lifecycle, not a wrapper's
+    assert pod.max_active_tis_per_dagrun == 4  # [trait_lora] k8s_max_pods: never N GPU pods at once
+    assert pod.deferrable and not pod.do_xcom_push and pod.get_logs
+    assert pod.logging_interval == 120  # logs while it trains, not only at the end
+    assert pod.on_finish_action.value == "delete_succeeded_pod"  # a failed pod stays for kubectl
+    # waiting for a node: [trait_lora] k8s_schedule_timeout_minutes, not 30 minutes
+    assert (pod.schedule_timeout_seconds, pod.startup_timeout_seconds) == (600, 900)
+    assert pod.kubernetes_conn_id == "kubernetes_default"
+    assert dag.get_task("trait.install").upstream_task_ids == {"trait.train_pod", "discover"}
 
 
 def test_the_pods_exact_argv_run_here_produces_a_verified_adapter(tmp_path, monkeypatch):
@@ -88,11 +121,10 @@ def test_the_pods_exact_argv_run_here_produces_a_verified_adapter(tmp_path, monk
     copy_shards(tmp_path / "model-shards", ["joy_plus"])
     model = build_tiny_model(tmp_path / "model-shards", tmp_path / "model")
     plan = make_plan(tmp_path, monkeypatch, local_model=str(model))
-    xcom = tmp_path / "xcom" / "return.json"
-    # No GPU here; everything else is the pod's argv.
-    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__K8S_GPU_FLAG", "0")
-    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__K8S_XCOM_FILE", str(xcom))
+    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__K8S_GPU_FLAG", "0")  # no GPU here; the rest is the pod's argv
     spec = kubernetes.pod_spec(plan)
+    with pytest.raises(Exception, match=r"left no result\.json"):  # the pod has not run yet
+        install_pod_result(plan, "manual__test", {})
     done = subprocess.run(
         [sys.executable, "-m", "trait_lora.train", *spec["arguments"]],
         capture_output=True,
@@ -100,9 +132,11 @@ def test_the_pods_exact_argv_run_here_produces_a_verified_adapter(tmp_path, monk
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(xcom.read_text())
+    # the result record the trainer printed is also beside its adapter, where install reads it
+    result = json.loads((Path(spec["adapter_dir"]) / "result.json").read_text())
+    assert result == json.loads(done.stdout.strip().splitlines()[-1])
     assert result["adapter_dir"] == spec["adapter_dir"]
-    installed = install_pod_result(plan, result, "manual__test", {})
+    installed = install_pod_result(plan, "manual__test", {})
     assert installed["adapter_sha256"] == Ledger(tmp_path / "out").hash_record("joy_plus")["adapter_sha256"]
     assert (tmp_path / "out" / "lora_checkpoints" / "joy_plus" / "adapter_config.json").is_file()
 
@@ -133,7 +167,7 @@ def test_without_a_pvc_the_pod_reads_and_writes_the_bucket_with_credentials_by_r
     args = container.args
     assert args[args.index("--shard") + 1] == f"s3://{s3_bucket}/shards/joy_plus.jsonl"  # no conn id
     assert args[args.index("--out") + 1].startswith(f"s3://{s3_bucket}/stage2/.staging-train/joy_plus-")
-    assert not [v for v in pod.spec.volumes if v.persistent_volume_claim]  # no PVC at all (xcom only)
+    assert not [v for v in pod.spec.volumes if v.persistent_volume_claim]  # no PVC at all
     assert "trait-lora-data" not in [m.name for m in container.volume_mounts or []]
     assert pod.spec.service_account_name == "trait-lora-trainer"
     env = {e.name: e for e in container.env}
@@ -170,9 +204,7 @@ def test_the_pods_argv_against_the_bucket_installs_a_content_addressed_adapter(
     copy_shards(tmp_path / "model-shards", ["joy_plus"])
     model = build_tiny_model(tmp_path / "model-shards", tmp_path / "model")
     plan = s3_plan(tmp_path, s3_server, s3_bucket, local_model=str(model))
-    xcom = tmp_path / "xcom" / "return.json"
     monkeypatch.setenv("AIRFLOW__TRAIT_LORA__K8S_GPU_FLAG", "0")
-    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__K8S_XCOM_FILE", str(xcom))
     spec = kubernetes.pod_spec(plan)
     pod_env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))}
     pod_env.update(
@@ -189,11 +221,12 @@ def test_the_pods_argv_against_the_bucket_installs_a_content_addressed_adapter(
         env=pod_env,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(xcom.read_text())
+    store = as_store(plan["output_dir"])
+    staging = spec["adapter_dir"].split("/stage2/", 1)[1]
+    result = store.read(f"{staging}/result.json").json()  # uploaded with the adapter
     assert result["adapter_dir"] == spec["adapter_dir"] and result["adapter_dir"].startswith("s3://")
 
-    installed = install_pod_result(plan, result, "manual__test", {})
-    store = as_store(plan["output_dir"])
+    installed = install_pod_result(plan, "manual__test", {})
     record = Ledger(store).hash_record("joy_plus")
     assert installed["adapter_sha256"] == record["adapter_sha256"]
     assert record["adapter_path"] == f"lora_checkpoints/joy_plus/{record['adapter_sha256']}"
@@ -205,6 +238,214 @@ def test_the_pods_argv_against_the_bucket_installs_a_content_addressed_adapter(
     assert isinstance(metrics["eval"]["own_pole_margin"], float)
     assert not [k for k in store.list("") if ".staging-train" in k]  # staging removed once installed
 
-    # a pod answer naming a place outside this run's staging folder is never read
-    with pytest.raises(Exception, match="outside this run's staging folder"):
-        install_pod_result(plan, {"adapter_dir": f"s3://{s3_bucket}/elsewhere"}, "manual__test", {})
+    # installed once: a second install finds no result.json and says the pod did not finish
+    with pytest.raises(Exception, match=r"left no result\.json"):
+        install_pod_result(plan, "manual__test", {})
+
+
+# A trait name as long as names may be (a 64-character axis): its label would be 65+ characters, which
+# the API server refuses (422) though the schema alone accepts it.
+LONGEST = "openness_to_experience_and_intellectual_curiosity_in_everyday_li" + "_minus"
+
+
+def reviewed_manifest(capsys, *argv):
+    """What ``trait-lora k8s-pod --json`` prints, checked as the API server would: Kubernetes 1.37's
+    schema in strict mode (no unknown field), then the rules it checks in code (names, labels,
+    quantities, GPUs requested as limited)."""
+    import kubernetes_validate
+
+    from tests.fake_kubernetes.validation import pod_errors
+    from trait_lora.cli import main
+
+    capsys.readouterr()  # what the fixtures printed
+    assert main(["k8s-pod", LONGEST, "--json", *argv]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    kubernetes_validate.validate(manifest, "1.37.0", strict=True)
+    assert pod_errors(manifest) == []
+    return manifest
+
+
+@pytest.mark.parametrize("storage", ["pvc", "s3"])
+def test_the_reviewed_manifest_of_the_longest_trait_is_one_a_cluster_accepts(
+    storage, tmp_path, monkeypatch, capsys, request
+):
+    assert len(LONGEST) == 70
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / f"{LONGEST}.jsonl").write_bytes((SAMPLE_SHARDS / "joy_minus.jsonl").read_bytes())
+    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__K8S_MOUNT_PATH", str(tmp_path))
+    where = ["--shards-dir", str(shards), "--output-dir", str(tmp_path / "out")]
+    if storage == "s3":
+        s3_server, bucket = request.getfixturevalue("s3_server"), request.getfixturevalue("s3_bucket")
+        request.getfixturevalue("s3_conn")
+        s3_server.client().put_object(
+            Bucket=bucket, Key=f"shards/{LONGEST}.jsonl", Body=(shards / f"{LONGEST}.jsonl").read_bytes()
+        )
+        where = ["--shards-dir", f"s3://aws_default@{bucket}/shards", "--output-dir", f"s3://{bucket}/out"]
+    manifest = reviewed_manifest(capsys, *where, "--model", "/models/llama-3.1-8b")
+    meta, spec = manifest["metadata"], manifest["spec"]
+    assert len(meta["name"]) <= 63 and meta["name"].startswith("trait-lora-openness-to-experience")
+    assert all(len(v) <= 63 for v in meta["labels"].values())
+    assert meta["labels"]["trait"] == kubernetes.trait_label(LONGEST)  # its head and a hash
+    assert meta["annotations"] == {"trait-lora/trait": LONGEST}  # the full name, for people and tools
+    claims = [
+        v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v
+    ]
+    assert claims == ([] if storage == "s3" else ["trait-lora-data"])
+    env = {e["name"] for e in spec["containers"][0]["env"]}
+    assert "HF_TOKEN" not in env  # a model path in the pod: no Hub token Secret to create
+    assert [c["name"] for c in spec["containers"]] == ["base"]
+
+
+def test_two_long_traits_sharing_a_head_get_different_labels_and_names():
+    twin = LONGEST.replace("_minus", "_plus")
+    assert kubernetes.trait_label(LONGEST) != kubernetes.trait_label(twin)
+    assert kubernetes.pod_name(LONGEST) != kubernetes.pod_name(twin)
+    assert kubernetes.trait_label("joy_plus") == "joy-plus"  # short names stay readable
+
+
+def test_tolerations_take_every_field_of_a_pod_spec_and_refuse_others(tmp_path, monkeypatch):
+    from trait_lora.settings import SettingError
+
+    monkeypatch.setenv(
+        "AIRFLOW__TRAIT_LORA__K8S_TOLERATIONS",
+        json.dumps(
+            [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                {
+                    "key": "sku",
+                    "operator": "Equal",
+                    "value": "gpu",
+                    "effect": "NoExecute",
+                    "tolerationSeconds": 300,
+                },
+            ]
+        ),
+    )
+    _, pod = rendered_pod(make_plan(tmp_path, monkeypatch))
+    gpu, sku = pod.spec.tolerations
+    assert (sku.key, sku.value, sku.effect, sku.toleration_seconds) == ("sku", "gpu", "NoExecute", 300)
+    assert gpu.toleration_seconds is None
+    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__K8S_TOLERATIONS", '[{"key": "a", "tolerationSecond": 5}]')
+    with pytest.raises(
+        SettingError, match=r"k8s_tolerations .* only the fields key, operator, value, effect"
+    ):
+        rendered_pod(make_plan(tmp_path / "again", monkeypatch))
+
+
+@pytest.mark.parametrize(
+    ("model", "hub"),
+    [("meta-llama/Meta-Llama-3.1-8B-Instruct", True), ("/models/llama", False), ("s3://models/llama", False)],
+)
+def test_the_hub_token_secret_and_endpoint_only_for_a_hub_model(tmp_path, monkeypatch, model, hub):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_HUGGINGFACE_DEFAULT",
+        json.dumps(
+            {"conn_type": "generic", "host": "https://hf-mirror.internal", "password": "hf_secret_token"}
+        ),
+    )
+    _, pod = rendered_pod(make_plan(tmp_path, monkeypatch, local_model=model))
+    env = {e.name: e for e in pod.spec.containers[0].env}
+    assert ("HF_TOKEN" in env) is hub
+    assert (env["HF_ENDPOINT"].value if "HF_ENDPOINT" in env else None) == (
+        "https://hf-mirror.internal" if hub else None
+    )
+    assert "hf_secret_token" not in json.dumps(pod.to_dict(), default=str)  # the token stays in Airflow
+
+
+def test_a_shared_model_cache_is_the_named_claim(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__K8S_MODEL_CACHE", "trait-lora-models")
+    _, pod = rendered_pod(make_plan(tmp_path, monkeypatch))
+    cache = next(v for v in pod.spec.volumes if v.name == "model-cache")
+    assert cache.persistent_volume_claim.claim_name == "trait-lora-models" and cache.empty_dir is None
+    assert "ephemeral-storage" not in pod.spec.containers[0].resources.requests
+
+
+def test_a_missing_secret_as_the_kubelet_reports_it_ends_the_wait_naming_it():
+    """The trigger's check, on the status a kubelet writes for a missing Secret (the provider itself
+    only fails fast on image pull errors); its run against an API server is the e2e's."""
+    from kubernetes.client import models as k8s
+
+    from trait_lora.provider.pod_operator import TrainingPodTrigger, config_error
+
+    def pod(waiting):
+        state = k8s.V1ContainerState(waiting=waiting)
+        container = k8s.V1ContainerStatus(
+            name="base", image="trainer", image_id="", ready=False, restart_count=0, state=state
+        )
+        status = k8s.V1PodStatus(phase="Pending", container_statuses=[container])
+        return k8s.V1Pod(
+            metadata=k8s.V1ObjectMeta(name="trait-lora-joy-plus-x", namespace="ml"), status=status
+        )
+
+    missing = k8s.V1ContainerStateWaiting(
+        reason="CreateContainerConfigError", message='secret "hf-token" not found'
+    )
+    message = config_error(pod(missing))
+    assert message is not None and 'secret "hf-token" not found' in message
+    assert "ml/trait-lora-joy-plus-x" in message and "k8s_hf_secret" in message  # which pod, what to change
+    assert config_error(pod(k8s.V1ContainerStateWaiting(reason="ContainerCreating"))) is None  # pulling: wait
+
+    from datetime import UTC, datetime
+
+    trigger = TrainingPodTrigger(
+        pod_name="p", pod_namespace="ml", trigger_start_time=datetime.now(UTC), base_container_name="base"
+    )
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "trait_lora.provider.pod_operator.TrainingPodTrigger"  # what the triggerer loads
+    assert type(TrainingPodTrigger(**kwargs)) is TrainingPodTrigger
+
+
+def test_the_trigger_ends_the_wait_for_a_pod_whose_secret_is_missing_within_seconds(
+    tmp_path, monkeypatch, kubernetes_conn
+):
+    """The pod as the operator builds it, created on the fake API server (a GPU node to run on, the
+    PVC, no ``hf-token`` Secret): the trigger's event names the Secret long before the startup
+    timeout (15 minutes), as the provider's own check does for an image that cannot be pulled."""
+    import asyncio
+    import time
+    from datetime import UTC, datetime
+
+    from trait_lora.provider.pod_operator import TrainingPodTrigger
+
+    fake = kubernetes_conn
+    fake.add_namespace("airflow")
+    fake.add_pvc("trait-lora-data", tmp_path, namespace="airflow")
+    fake.add_node(
+        "gpu-1",
+        cpu="16",
+        memory="128Gi",
+        gpus=1,
+        labels={"nvidia.com/gpu.present": "true"},
+        taints=[{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}],
+    )
+    spec = kubernetes.pod_spec(make_plan(tmp_path, monkeypatch))  # a Hub model: HF_TOKEN from hf-token
+    op = TrainingPodOperator(
+        task_id="train_pod",
+        name=spec["name"],
+        arguments=spec["arguments"],
+        labels=spec["labels"],
+        image="registry.local/trainer:7",
+        namespace="airflow",
+    )
+    pod = op.pod_manager.create_pod(op.build_pod_request_obj(dry_run=True))
+    trigger = TrainingPodTrigger(
+        pod_name=pod.metadata.name,
+        pod_namespace="airflow",
+        trigger_start_time=datetime.now(UTC),
+        base_container_name="base",
+        kubernetes_conn_id="kubernetes_default",
+        startup_timeout=900,
+        startup_check_interval=0.2,
+        schedule_timeout=600,
+    )
+
+    async def first_event():
+        async for event in trigger.run():
+            return event.payload
+
+    started = time.monotonic()
+    event = asyncio.run(asyncio.wait_for(first_event(), timeout=60))
+    assert time.monotonic() - started < 30
+    assert event["status"] == "timeout"  # the provider's "could not start": it fails the try, no re-defer
+    assert 'secret "hf-token" not found' in event["message"] and "k8s_hf_secret" in event["message"]

@@ -5,7 +5,7 @@ names a lineage reader joins on, and that nothing is collected while OpenLineage
 
 from __future__ import annotations
 
-from trait_lora.provider.kubernetes import TrainingPodOperator
+from trait_lora.provider.pod_operator import TrainingPodOperator
 from trait_lora.provider.tracking import lineage
 
 

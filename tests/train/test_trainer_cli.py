@@ -30,7 +30,7 @@ from tests.train.helpers import (
 pytestmark = pytest.mark.slow
 
 BASE_ID = "meta-llama/Meta-Llama-3.1-8B-Instruct"
-ADAPTER_FILES = {"adapter_model.safetensors", "adapter_config.json", "metrics.json"}
+ADAPTER_FILES = {"adapter_model.safetensors", "adapter_config.json", "metrics.json", "result.json"}
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,7 @@ def test_success_prints_one_json_line_describing_the_adapter(chat_run: dict[str,
     assert result["sha256"] == hashlib.sha256((out / "adapter_model.safetensors").read_bytes()).hexdigest()
     assert result["num_examples"] == 16
     assert result["final_loss"] == json.loads((out / "metrics.json").read_text())["final_loss"]
+    assert json.loads((out / "result.json").read_text()) == result  # where a pod's install task reads it
     assert {p.name for p in out.iterdir()} == ADAPTER_FILES
     # Nothing but the result on stdout; progress goes to stderr.
     assert len([line for line in chat_run["proc"].stdout.splitlines() if line.strip()]) == 1
@@ -115,6 +116,65 @@ def test_metrics_record_steps_throughput_and_batching(chat_run: dict[str, Any]) 
     # The linear schedule decays from the configured learning rate.
     rates = [s["learning_rate"] for s in metrics["steps"]]
     assert rates[0] == pytest.approx(2e-3) and rates == sorted(rates, reverse=True)
+    # Every setting it was trained with: the config's fields (the seed as overridden) and the hardware's.
+    assert (metrics["precision"], metrics["quantization"]) == ("fp32", None)
+    config = json.loads(chat_run["argv"][chat_run["argv"].index("--config-json") + 1])
+    assert {name: metrics["settings"][name] for name in config} == {**config, "random_seed": 7}
+
+
+def test_the_configs_random_seed_is_the_runs_seed(chat_run: dict[str, Any], tmp_path: Path) -> None:
+    argv = [str(a) for a in chat_run["argv"]]
+    config = json.loads(argv[argv.index("--config-json") + 1])
+    argv[argv.index("--config-json") + 1] = json.dumps({**config, "random_seed": 7})
+    argv[argv.index("--out") + 1] = str(tmp_path / "seeded")
+    del argv[argv.index("--seed") : argv.index("--seed") + 2]
+    proc = train_here(*argv)
+    assert proc.returncode == 0, proc.stderr
+    weights = "adapter_model.safetensors"
+    assert (tmp_path / "seeded" / weights).read_bytes() == (chat_run["out"] / weights).read_bytes()
+
+
+def test_schedule_clipping_decay_and_sequence_length_come_from_the_config(
+    tiny_model: Path, shards_dir: Path, tokenizer: Any, tmp_path: Path
+) -> None:
+    from trait_lora.core.shards.validation import iter_examples
+    from trait_lora.train.data import encode_records
+
+    shard = shards_dir / "wisdom_plus.jsonl"
+    settings = {
+        "lr_scheduler_type": "cosine", "warmup_ratio": 0.25, "min_lr_ratio": 0.5, "max_seq_length": 64,
+        "weight_decay": 0.1, "max_grad_norm": 0.5,
+    }  # fmt: skip
+    out = tmp_path / "adapter"
+    proc = train_here("--shard", shard, "--out", out, "--config-json", config_json(tiny_model, **settings))
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    # 4 steps: one of warmup from 0, then half a cosine from 2e-3 down towards the 50% floor.
+    rates = [s["learning_rate"] for s in metrics["steps"]]
+    assert rates == pytest.approx([0.0, 2e-3, 1.75e-3, 1.25e-3])
+    # Examples are cut to max_seq_length tokens, keeping their start (as Together truncates).
+    full, _ = encode_records(tokenizer, iter_examples(shard), "chat", train_on_inputs=False, max_length=10**6)
+    assert max(len(e.input_ids) for e in full) > 64
+    assert metrics["real_tokens"] == sum(min(len(e.input_ids), 64) for e in full)
+    assert {name: metrics["settings"][name] for name in settings} == settings
+
+
+@pytest.mark.skipif("__import__('torch').cuda.is_available()", reason="this machine has a GPU")
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--gpu"], "--device cuda (or --gpu) was given but torch sees no CUDA device"),
+        (["--device", "cuda"], "--device cuda (or --gpu) was given but torch sees no CUDA device"),
+        (["--precision", "bf16"], "--precision bf16 needs a CUDA device; the CPU trains in fp32"),
+    ],
+)
+def test_asking_for_a_gpu_this_machine_lacks_exits_2(
+    tiny_model: Path, shards_dir: Path, tmp_path: Path, flags: list[str], needle: str
+) -> None:
+    shard, out = shards_dir / "calm_minus.jsonl", tmp_path / "out"
+    proc = train_here("--shard", shard, "--out", out, "--config-json", config_json(tiny_model), *flags)
+    assert proc.returncode == 2 and needle in proc.stderr
+    assert not out.exists()
 
 
 def test_loss_falls_over_the_run(chat_run: dict[str, Any]) -> None:

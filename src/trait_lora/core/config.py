@@ -21,6 +21,7 @@ LOCAL_MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 BACKENDS = ("together", "local")
 KNOWN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SCHEDULERS = ("linear", "cosine")
+QUANTIZATIONS = ("4bit",)  # QLoRA: the frozen base in bitsandbytes NF4, LoRA weights in full precision
 DEFAULT_EVAL_FRACTION = 0.1  # the local form's default; Together's is 0 (a held-out part costs a retrain)
 MAX_EVAL_FRACTION = 0.5
 FLOAT_FIELDS = (
@@ -50,15 +51,17 @@ HASHED_FIELDS = (
     "packing",
     "train_on_inputs",
     "eval_fraction",
+    "quantization",
 )
-# Hashed only when set: a config without a held-out split keeps the hash (and the adapters) it had
-# before the field existed.
-HASHED_WHEN_SET = ("eval_fraction",)
+# Hashed only when set: a config without a held-out split (or without quantization) keeps the hash (and
+# the adapters) it had before the field existed.
+HASHED_WHEN_SET = ("eval_fraction", "quantization")
 # ``fine_tuning.create`` arguments that change the trained weights and were once left to Together's
 # server (seed, accumulation, sequence length) or to the SDK's client defaults (the rest). Each is now
 # sent explicitly, and hashed only when it differs from the default here: adapters trained before
 # these fields existed keep their job keys (no paid retrain for an upgrade), while any change retrains.
-# Together-only: the local trainer does not read them, so they are not in a local config's hash.
+# The local trainer honours the same settings (and hashes them by the same rule), except the ones in
+# LOCAL_IGNORED: its micro-batch x accumulation is a memory setting that always makes ``batch_size``.
 TOGETHER_ADVANCED = {
     "random_seed": 42,  # the spec: "If omitted or null, the server applies its default seed (e.g. 42)"
     "gradient_accumulation_steps": 1,
@@ -68,6 +71,7 @@ TOGETHER_ADVANCED = {
     "min_lr_ratio": 0.0,
     "scheduler_num_cycles": 0.5,  # cosine only: sent, and hashed, only with lr_scheduler_type cosine
 }
+LOCAL_IGNORED = ("gradient_accumulation_steps",)
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,8 @@ class TrainingConfig:
     weight_decay: float = 0.0
     min_lr_ratio: float = 0.0
     scheduler_num_cycles: float = 0.5
+    # Local backend only: None trains on the base in its own precision, "4bit" on an NF4-quantized base.
+    quantization: str | None = None
 
     def __post_init__(self) -> None:
         _check(self)
@@ -117,14 +123,15 @@ class TrainingConfig:
             elif name in FLOAT_FIELDS:
                 value = repr(float(value))  # 0 and 0.0 from JSON must hash alike: a new hash = a paid retrain
             out[name] = value
-        if self.backend == "together":
-            for name, default in TOGETHER_ADVANCED.items():
-                value = getattr(self, name)
-                if name == "scheduler_num_cycles" and self.lr_scheduler_type != "cosine":
-                    continue
-                if value == default:
-                    continue
-                out[name] = repr(float(value)) if name in FLOAT_FIELDS else value
+        for name, default in TOGETHER_ADVANCED.items():
+            if self.backend == "local" and name in LOCAL_IGNORED:
+                continue
+            value = getattr(self, name)
+            if name == "scheduler_num_cycles" and self.lr_scheduler_type != "cosine":
+                continue
+            if value == default:
+                continue
+            out[name] = repr(float(value)) if name in FLOAT_FIELDS else value
         return out
 
     def config_hash(self) -> str:
@@ -262,3 +269,15 @@ def _check(cfg: TrainingConfig) -> None:
         raise bad("min_lr_ratio", "a number in [0, 1]")
     if not _is_number(cfg.scheduler_num_cycles) or cfg.scheduler_num_cycles <= 0:
         raise bad("scheduler_num_cycles", "a number > 0")
+    if cfg.quantization is not None and cfg.quantization not in QUANTIZATIONS:
+        raise bad("quantization", 'null (train on the base as it is) or "4bit" (QLoRA, local backend only)')
+    if cfg.backend == "together" and cfg.quantization is not None:
+        raise ConfigError(
+            "quantization applies to the local backend only (Together trains its own way); "
+            "set quantization to null for backend together"
+        )
+    if cfg.backend == "local" and cfg.packing:
+        raise ConfigError(
+            "packing is not supported by the local backend: it trains each example on its own, padded "
+            "per micro-batch; set packing to false for backend local"
+        )

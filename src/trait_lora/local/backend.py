@@ -36,7 +36,8 @@ EXIT_MEANINGS = {
     1: "the trainer crashed (see the log above)",
     2: "bad shard, config or arguments",
     3: "base model missing or unusable: pass a local model path (base_model) or pre-download it",
-    4: "out of memory: lower micro_batch (the effective batch stays the same)",
+    4: "out of memory even at micro-batch 1: set quantization to 4bit, lower max_seq_length, or use a "
+    "GPU with more memory",
 }
 STAGING_DIR = ".staging-train"
 
@@ -57,10 +58,18 @@ def trainer_argv(
     gpu: bool = False,
     micro_batch: int | None = None,
     max_steps: int | None = None,
+    model_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
 ) -> list[str]:
-    """The trainer's argv as a list (never a shell string); the trait is re-validated first."""
+    """The trainer's argv as a list (never a shell string); the trait is re-validated first.
+
+    ``model_dir`` is this machine's copy of a pinned Hub or S3 model: the trainer loads it from there
+    (offline) and records the model's id, not the cache path, in the adapter's config."""
     check_trait_name(plan["trait"])
     config = from_mapping({**plan["config"], "backend": "local"})
+    base_id = base_model_record(plan)["base_model"]
+    if model_dir is not None:
+        config = from_mapping({**config.to_dict(), "local_model": str(model_dir)})
     argv = [
         python,
         "-m",
@@ -72,13 +81,36 @@ def trainer_argv(
         "--config-json",
         json.dumps(config.to_dict(), sort_keys=True),
     ]
+    if model_dir is not None:
+        argv += ["--base-model-id", base_id]
     if gpu:
         argv.append("--gpu")
     if micro_batch:
         argv += ["--micro-batch", str(int(micro_batch))]
     if max_steps:
         argv += ["--max-steps", str(int(max_steps))]
+    if checkpoint_every:  # beside the staging folder, which a retry on this machine finds again
+        argv += ["--checkpoint-every", str(int(checkpoint_every))]
     return argv
+
+
+def base_model_record(plan: dict[str, Any]) -> dict[str, Any]:
+    """Which base the plan's adapter trains on, as the ledger and the mapping record it: the model id,
+    its source, the pinned revision (``discover``'s ``base_model_pin``) and the quantization."""
+    config = plan["config"]
+    pin = plan.get("base_model_pin")
+    if pin:
+        from trait_lora.models import PinnedModel
+
+        record: dict[str, Any] = PinnedModel.from_dict(pin).record()
+    else:
+        record = {
+            "base_model": config.get("local_model"),
+            "base_model_source": "local",
+            "base_model_revision": None,
+        }
+    record["quantization"] = config.get("quantization")
+    return record
 
 
 def staging_path(output_dir: str | Path, plan: dict[str, Any]) -> Path:
@@ -180,20 +212,30 @@ def install_trained(plan: dict[str, Any], adapter_src: str | Path, output_dir: s
                 "eval": evaluation,
                 **{
                     k: metrics[k]
-                    for k in ("tokens_per_second", "wall_seconds", "real_tokens", "device")
+                    for k in (
+                        "tokens_per_second",
+                        "wall_seconds",
+                        "real_tokens",
+                        "device",
+                        "precision",
+                        "quantization",
+                        "peak_memory_bytes",
+                    )
                     if k in metrics
                 },
             }
         ),
     )
+    base = base_model_record(plan)
     record = Ledger(store).record_planned_adapter(
         plan,
         adapter_sha256=info.sha256,
         job_id=None,
         backend="local",
-        base_model=config.local_model,
+        base_model=base.pop("base_model") or config.local_model,
         evaluation=evaluation,
         adapter_path=folder,
+        base=base,
     )
     return {
         "trait": trait,
@@ -206,6 +248,7 @@ def install_trained(plan: dict[str, Any], adapter_src: str | Path, output_dir: s
         "tokens_per_second": metrics.get("tokens_per_second"),
         "eval": evaluation,
         "trained_at": record["trained_at"],
+        "base_model_revision": record.get("base_model_revision"),
     }
 
 
@@ -241,6 +284,8 @@ def train_trait(
     gpus: list[str] | None = None,
     slot: int = 0,
     micro_batch: int | None = None,
+    model_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train, verify, install, record one trait; the staging directory never outlives the call.
@@ -254,8 +299,13 @@ def train_trait(
     if device == "cuda" and gpus:
         with gpu_claim(gpus, first=slot, log=log) as gpu:
             log(f"{plan['trait']}: training on GPU {gpu}")
-            return _train_and_install(plan, output_dir, True, micro_batch, log, {"CUDA_VISIBLE_DEVICES": gpu})
-    return _train_and_install(plan, output_dir, device == "cuda", micro_batch, log, {})
+            env = {"CUDA_VISIBLE_DEVICES": gpu}
+            return _train_and_install(
+                plan, output_dir, True, micro_batch, model_dir, checkpoint_every, log, env
+            )
+    return _train_and_install(
+        plan, output_dir, device == "cuda", micro_batch, model_dir, checkpoint_every, log, {}
+    )
 
 
 def _train_and_install(
@@ -263,6 +313,8 @@ def _train_and_install(
     output_dir: str | Path | None,
     gpu: bool,
     micro_batch: int | None,
+    model_dir: str | Path | None,
+    checkpoint_every: int,
     log: Callable[[str], None],
     env: dict[str, str],
 ) -> dict[str, Any]:
@@ -276,7 +328,14 @@ def _train_and_install(
             plan = {**plan, "shard_path": str(shard_file(plan))}
             if float(plan["config"].get("eval_fraction") or 0) > 0:
                 opposite_shard_file(plan)  # the held-out evaluation scores the opposite pole too
-        argv = trainer_argv(plan, staging, gpu=gpu, micro_batch=micro_batch)
+        argv = trainer_argv(
+            plan,
+            staging,
+            gpu=gpu,
+            micro_batch=micro_batch,
+            model_dir=model_dir,
+            checkpoint_every=checkpoint_every,
+        )
         log(f"{plan['trait']}: training {shown} ({plan['num_examples']} examples)")
         run_trainer(argv, log=log, env=env)
         return install_trained(plan, staging, out)

@@ -1,20 +1,23 @@
-"""The GPU pod per trait: settings, argv and the ``KubernetesPodOperator`` arguments.
+"""The GPU pod per trait: its per-trait values (argv, name, labels) and what the settings put around it.
 
-Settings (``[trait_lora] k8s_*`` and ``trainer_image``, see ``trait_lora.settings``) are read in the
-worker when the task runs; the image and the namespace read Airflow Variables first, so they can
-change without a redeploy.
+Both halves are plain functions, so the pod operator (``pod_operator.TrainingPodOperator``), the
+``trait-lora k8s-pod`` command and the tests build the same pod. Settings (``[trait_lora] k8s_*`` and
+``trainer_image``, see ``trait_lora.settings``) are read in the worker when the pod is built.
 The trainer's arguments are a list built from validated trait names and paths, never a shell string,
-so nothing from a run's conf can reach a shell in the pod.
+so nothing from a run's conf can reach a shell in the pod. Names and labels are cut to what the API
+server accepts (63 characters, DNS-1123) with a hash, so two long traits never share one; the full
+trait name travels in an annotation.
+
+This module imports the Kubernetes client only inside ``pod_settings``, so the pod's values can be
+built and checked without it; the operator is ``pod_operator.TrainingPodOperator``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import Any
-
-from airflow.sdk import BaseOperator
 
 from trait_lora import settings
 from trait_lora.core.config import from_mapping
@@ -22,11 +25,37 @@ from trait_lora.core.shards.catalog import check_trait_name
 from trait_lora.core.storage.location import parse_location
 from trait_lora.core.storage.opener import is_url
 
+LABEL_MAX = 63  # label values and pod names (the provider appends "-" + 8 random characters)
+NAME_MAX = LABEL_MAX - 9
+TRAIT_ANNOTATION = "trait-lora/trait"
+MODEL_CACHE_MOUNT = "/models"
+DATA_VOLUME = "trait-lora-data"
+CACHE_VOLUME = "model-cache"
+MICRO_BATCH_FLAG = "--micro-batch"
 
-def variable_template(variable: str) -> str:
-    """A template reading the Airflow Variable at run time; empty when unset, so the setting applies
-    (``TrainingPodOperator.pod_operator`` reads it in the worker, not at parse)."""
-    return "{{ var.value.get('" + variable + "', '') }}"
+
+def shortened(text: str, limit: int) -> str:
+    """``text`` when it fits ``limit``, else its head and a hash of the whole (so two long names that
+    share a head still differ), ending in an alphanumeric as label values and DNS names must."""
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return f"{text[: limit - len(digest) - 1].rstrip('-_.')}-{digest}"
+
+
+def trait_label(trait: str) -> str:
+    return shortened(trait.replace("_", "-"), LABEL_MAX)
+
+
+def pod_name(trait: str) -> str:
+    """A DNS-1123 name that stays within 63 characters once the provider adds its random suffix."""
+    return shortened(f"trait-lora-{trait.replace('_', '-')}", NAME_MAX)
+
+
+def variable_template(variable: str, default: str) -> str:
+    """The Airflow Variable at render time, else ``default`` (the setting): an empty Variable counts as
+    unset, so clearing it brings the setting back without a redeploy."""
+    return "{{ var.value.get('" + variable + "', '') or " + json.dumps(default) + " }}"
 
 
 def under_mount(path: str) -> str:
@@ -41,14 +70,19 @@ def under_mount(path: str) -> str:
     return str(resolved)
 
 
-def _locations(plan: dict[str, Any], trait: str) -> tuple[str, str]:
+def staging_name(plan: dict[str, Any]) -> str:
+    """The pod's folder under ``<output>/.staging-train``: one per trait and job key, chosen here."""
+    return f"{check_trait_name(plan['trait'])}-{plan['job_key'][:16]}"
+
+
+def locations(plan: dict[str, Any]) -> tuple[str, str]:
     """The pod's shard and adapter locations: both on the PVC, or both in the bucket (no PVC).
 
     On object storage the URLs carry no Airflow connection id (the pod has no Airflow): the pod's
-    credentials come from its environment (``pod_operator_kwargs``)."""
+    credentials come from its environment (``pod_settings``)."""
     from trait_lora.local.backend import STAGING_DIR  # the same staging folder as the in-process trainer
 
-    staging = f"{STAGING_DIR}/{trait}-{plan['job_key'][:16]}"
+    staging = f"{STAGING_DIR}/{staging_name(plan)}"
     out_remote = is_url(str(plan["output_dir"]))
     shard_remote = bool(plan.get("shard_key"))
     if out_remote != shard_remote:
@@ -64,10 +98,11 @@ def _locations(plan: dict[str, Any], trait: str) -> tuple[str, str]:
 
 
 def pod_spec(plan: dict[str, Any]) -> dict[str, Any]:
-    """Per-trait pod values: argv list, labels, pod name, and where the adapter will appear."""
+    """Per-trait pod values: argv list, name, labels, the full trait as an annotation, and where the
+    trainer writes its adapter and ``result.json`` (the install task reads them there)."""
     trait = check_trait_name(plan["trait"])
     config = from_mapping({**plan["config"], "backend": "local"})
-    shard, out = _locations(plan, trait)
+    shard, out = locations(plan)
     arguments = [
         "--shard",
         shard,
@@ -75,163 +110,165 @@ def pod_spec(plan: dict[str, Any]) -> dict[str, Any]:
         out,
         "--config-json",
         json.dumps(config.to_dict(), sort_keys=True),
-        "--xcom-file",
-        settings.get_str("k8s_xcom_file"),
     ]
+    if plan.get("base_model_pin"):  # the pod fetches exactly the run's pin into its cache volume
+        arguments += ["--model-pin", json.dumps(plan["base_model_pin"], sort_keys=True)]
+        arguments += ["--model-cache", f"{MODEL_CACHE_MOUNT}/hub"]
+    if every := settings.get_int("checkpoint_every_steps"):  # a replacement pod resumes, not restarts
+        arguments += ["--checkpoint-every", str(every)]
     if settings.get_bool("k8s_gpu_flag"):
         arguments.append("--gpu")
-        arguments += ["--micro-batch", str(settings.get_int("k8s_micro_batch"))]
+    # always explicit: a retry after an OOMKilled pod halves it (pod_operator.TrainingPodOperator)
+    arguments += [MICRO_BATCH_FLAG, str(settings.get_int("k8s_micro_batch"))]
     return {
         "arguments": arguments,
-        "labels": {"app": "trait-lora", "trait": trait.replace("_", "-")},
-        "name": f"trait-lora-{trait.replace('_', '-')}"[:63],
+        "labels": {"app": "trait-lora", "trait": trait_label(trait)},
+        "annotations": {TRAIT_ANNOTATION: trait},
+        "name": pod_name(trait),
         "adapter_dir": out,
+        # where the operator records why a try failed (runs.record_failure), as install does
+        "run_record": {"trait": trait, "output_dir": str(plan["output_dir"])},
     }
 
 
-def pod_operator_kwargs(object_storage: bool = False) -> dict[str, Any]:
-    """Everything but the per-trait values and the templated image/namespace, as pod-operator kwargs.
+def argument(arguments: Any, flag: str) -> str | None:
+    """The value after ``flag`` in the pod's argv, or None."""
+    args = [str(a) for a in arguments or []]
+    return args[args.index(flag) + 1] if flag in args[:-1] else None
 
-    Called in the worker (it imports the Kubernetes client), never while a DAG file is parsed.
-    ``object_storage``: the pod reads and writes a bucket, so it mounts no PVC; its credentials are
-    references to a Secret (``k8s_storage_secret``) or its service account, never values.
+
+def is_hub_model(arguments: Any) -> bool:
+    """Whether the pod downloads its base model from the Hub (and so needs the token Secret): a repo
+    id, not a path inside the image or on a volume, not an ``s3://`` folder."""
+    from trait_lora.models import ModelKind, parse_model_ref
+
+    config = json.loads(argument(arguments, "--config-json") or "{}")
+    model = str(config.get("local_model") or "")
+    return bool(model) and parse_model_ref(model).kind is ModelKind.HUB
+
+
+def tolerations(values: list[dict[str, Any]]) -> list[Any]:
+    """``k8s_tolerations`` as written in a pod spec (camelCase) -> the client's ``V1Toleration``."""
+    from kubernetes.client import models as k8s
+
+    snake = {"tolerationSeconds": "toleration_seconds"}
+    return [k8s.V1Toleration(**{snake.get(k, k): v for k, v in t.items()}) for t in values]
+
+
+def pod_settings(arguments: Any) -> dict[str, Any]:
+    """The pod-operator attributes that come from the settings, for this pod's argv.
+
+    Called in the worker when the pod is built (it imports the Kubernetes client), never while a DAG
+    file is parsed. A pod on object storage mounts no PVC; its credentials are references to a Secret
+    (``k8s_storage_secret``) or its service account, never values. The Hub token Secret is mounted only
+    when the base model comes from the Hub, so a pod on a local or S3 model needs no such Secret.
     """
     from airflow.providers.cncf.kubernetes.secret import Secret
     from kubernetes.client import models as k8s
 
+    object_storage = str(argument(arguments, "--out") or "").startswith("s3://")
     gpus = str(settings.get_int("k8s_gpus"))
-    resources = k8s.V1ResourceRequirements(
-        limits={"nvidia.com/gpu": gpus, "memory": settings.get_str("k8s_memory")},
-        requests={
-            "nvidia.com/gpu": gpus,
-            "cpu": settings.get_str("k8s_cpu"),
-            "memory": settings.get_str("k8s_memory"),
-        },
-    )
-    tolerations = [k8s.V1Toleration(**t) for t in settings.get("k8s_tolerations")]
-    mount = settings.get_str("k8s_mount_path")
-    secrets = [
-        Secret("env", "HF_TOKEN", settings.get_str("k8s_hf_secret"), settings.get_str("k8s_hf_secret_key"))
-    ]
-    env_vars = [k8s.V1EnvVar(name="HF_HUB_DISABLE_TELEMETRY", value="1")]
-    storage: dict[str, Any] = {
-        "volumes": [
-            k8s.V1Volume(
-                name="trait-lora-data",
-                persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-                    claim_name=settings.get_str("k8s_pvc")
-                ),
-            )
-        ],
-        "volume_mounts": [k8s.V1VolumeMount(name="trait-lora-data", mount_path=mount)],
+    cache_pvc = settings.get_str("k8s_model_cache")
+    requests = {
+        "nvidia.com/gpu": gpus,
+        "cpu": settings.get_str("k8s_cpu"),
+        "memory": settings.get_str("k8s_memory"),
     }
+    if not cache_pvc:  # the emptyDir lives on the node's disk: schedule where the model fits
+        requests["ephemeral-storage"] = settings.get_str("k8s_model_cache_size")
+    resources = k8s.V1ResourceRequirements(
+        limits={"nvidia.com/gpu": gpus, "memory": settings.get_str("k8s_memory")}, requests=requests
+    )
+    cache = (
+        k8s.V1Volume(
+            name=CACHE_VOLUME,
+            persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(claim_name=cache_pvc),
+        )
+        if cache_pvc
+        else k8s.V1Volume(
+            name=CACHE_VOLUME,
+            empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=settings.get_str("k8s_model_cache_size")),
+        )
+    )
+    volumes = [cache]
+    mounts = [k8s.V1VolumeMount(name=CACHE_VOLUME, mount_path=MODEL_CACHE_MOUNT)]
+    env = {
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HOME": MODEL_CACHE_MOUNT,
+        "HF_HUB_CACHE": f"{MODEL_CACHE_MOUNT}/hub",
+    }
+    secrets: list[Any] = []
+    if is_hub_model(arguments):
+        from trait_lora.provider.models import hub_credentials
+
+        endpoint = hub_credentials()[1]  # a mirror's address only: the token stays in the worker
+        if endpoint:
+            env["HF_ENDPOINT"] = endpoint
+        secrets.append(
+            Secret(
+                "env", "HF_TOKEN", settings.get_str("k8s_hf_secret"), settings.get_str("k8s_hf_secret_key")
+            )
+        )
     if object_storage:
-        storage = {}
         secret = settings.get_str("k8s_storage_secret")
         if secret:
             secrets += [
                 Secret("env", "AWS_ACCESS_KEY_ID", secret, "aws_access_key_id"),
                 Secret("env", "AWS_SECRET_ACCESS_KEY", secret, "aws_secret_access_key"),
             ]
-        endpoint = settings.get_str("k8s_s3_endpoint_url")
-        if endpoint:
-            env_vars.append(k8s.V1EnvVar(name="AWS_ENDPOINT_URL_S3", value=endpoint))
-    account = settings.get_str("k8s_service_account")
-    if account:
-        storage["service_account_name"] = account
+        if endpoint := settings.get_str("k8s_s3_endpoint_url"):
+            env["AWS_ENDPOINT_URL_S3"] = endpoint
+    else:
+        claim = k8s.V1PersistentVolumeClaimVolumeSource(claim_name=settings.get_str("k8s_pvc"))
+        volumes.insert(0, k8s.V1Volume(name=DATA_VOLUME, persistent_volume_claim=claim))
+        mounts.insert(0, k8s.V1VolumeMount(name=DATA_VOLUME, mount_path=settings.get_str("k8s_mount_path")))
+    uid = settings.get_int("k8s_run_as_user")
+    deadline = settings.get_int("k8s_active_deadline_minutes") * 60
     return {
-        "cmds": ["python", "-m", "trait_lora.train"],
         "container_resources": resources,
         "node_selector": settings.get("k8s_node_selector"),
-        "tolerations": tolerations,
-        **storage,
+        "tolerations": tolerations(settings.get("k8s_tolerations")),
+        "volumes": volumes,
+        "volume_mounts": mounts,
+        "env_vars": [k8s.V1EnvVar(name=k, value=v) for k, v in env.items()],
         "secrets": secrets,
-        "env_vars": env_vars,
-        "deferrable": True,
-        "do_xcom_push": True,
-        "get_logs": True,
-        "on_finish_action": "delete_pod",
-        "startup_timeout_seconds": 1800,
+        "service_account_name": settings.get_str("k8s_service_account") or None,
+        "active_deadline_seconds": deadline or None,
+        # the image's user; fsGroup makes the volumes writable for it (OnRootMismatch: a large model
+        # cache is not re-chowned at every pod start); nothing a "restricted" namespace would refuse
+        "security_context": k8s.V1PodSecurityContext(
+            run_as_user=uid,
+            run_as_group=settings.get_int("k8s_run_as_group"),
+            fs_group=settings.get_int("k8s_fs_group"),
+            fs_group_change_policy="OnRootMismatch",
+            run_as_non_root=uid != 0,
+            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+        ),
+        "container_security_context": k8s.V1SecurityContext(
+            allow_privilege_escalation=False, capabilities=k8s.V1Capabilities(drop=["ALL"])
+        ),
     }
 
 
-def _on_object_storage(arguments: Any) -> bool:
-    args = list(arguments)
-    return "--out" in args and str(args[args.index("--out") + 1]).startswith("s3://")
+def operator_settings() -> dict[str, Any]:
+    """The pod operator's own behaviour from the settings: where the cluster is, how long a pod may
+    wait for a node and to start, how often its logs are fetched. Plain values, read wherever the DAG
+    file is parsed (a worker re-parses it for each task, so a change applies to the next try)."""
+    interval = settings.get_int("k8s_logging_interval_seconds")
+    poll = settings.get_float("k8s_poll_seconds")
+    return {
+        "kubernetes_conn_id": settings.get_str("k8s_conn_id"),
+        "schedule_timeout_seconds": settings.get_float("k8s_schedule_timeout_minutes") * 60,
+        "startup_timeout_seconds": settings.get_int("k8s_startup_timeout_minutes") * 60,
+        "logging_interval": interval or None,
+        "poll_interval": poll,
+        "startup_check_interval_seconds": poll,
+    }
 
 
-class TrainingPodOperator(BaseOperator):
-    """A ``KubernetesPodOperator`` built when the task runs, not when the DAG file is parsed.
-
-    Importing the Kubernetes provider costs the DAG processor about a second per parse; this operator
-    keeps the pod's per-trait values as plain templated fields and builds the real operator in the
-    worker. Deferral works unchanged: the pod operator defers with ``method_name="trigger_reentry"``,
-    and the task resumes through this class's ``trigger_reentry``, which rebuilds it from the event.
-    """
-
-    template_fields: Sequence[str] = ("image", "namespace", "name", "arguments", "labels")
-    ui_color = "#d6f5e3"
-
-    def __init__(
-        self,
-        *,
-        name: str | Any,
-        arguments: list[str] | Any,
-        labels: dict[str, str] | Any,
-        image: str | None = None,
-        namespace: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        kwargs.setdefault("map_index_template", "{{ trait_label | default('') }}")
-        super().__init__(**kwargs)
-        self.name = name
-        self.arguments = arguments
-        self.labels = labels
-        self.image = image or variable_template("trait_lora_trainer_image")
-        self.namespace = namespace or variable_template("trait_lora_k8s_namespace")
-        self._pod_op: Any = None
-
-    def pod_operator(self) -> Any:
-        from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-
-        if self._pod_op is None:
-            self._pod_op = KubernetesPodOperator(
-                task_id=self.task_id,
-                name=self.name,
-                arguments=list(self.arguments),
-                labels=dict(self.labels),
-                image=str(self.image or "").strip() or settings.get_str("trainer_image"),
-                namespace=str(self.namespace or "").strip() or settings.get_str("k8s_namespace"),
-                **pod_operator_kwargs(object_storage=_on_object_storage(self.arguments)),
-            )
-        return self._pod_op
-
-    def build_pod_request_obj(self, context: Any = None, *, dry_run: bool = False) -> Any:
-        return self.pod_operator().build_pod_request_obj(context, dry_run=dry_run)
-
-    def execute(self, context: Any) -> Any:
-        context["trait_label"] = str(dict(self.labels).get("trait", "")).replace("-", "_")
-        return self.pod_operator().execute(context)
-
-    def trigger_reentry(self, context: Any, event: dict[str, Any]) -> Any:
-        context["trait_label"] = str(dict(self.labels).get("trait", "")).replace("-", "_")
-        return self.pod_operator().trigger_reentry(context, event)
-
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        """The pod trained on the shard and wrote its adapter to staging (the install task then
-        names the installed adapter)."""
-        from trait_lora.provider.tracking import lineage
-
-        args = [str(a) for a in self.arguments]
-
-        def value(flag: str) -> list[tuple[str, str]]:
-            return [lineage.dataset_id(args[args.index(flag) + 1])] if flag in args[:-1] else []
-
-        trait = str(dict(self.labels).get("trait", "")).replace("-", "_")
-        return lineage.operator_lineage(
-            value("--shard"), value("--out"), {"trait": trait, "backend": "kubernetes"}
-        )
-
-    def on_kill(self) -> None:
-        if self._pod_op is not None:
-            self._pod_op.on_kill()
+def advice_settings() -> dict[str, Any]:
+    """The settings a failure's advice names, with their values (``pod_failure.diagnose``)."""
+    return {
+        key: settings.get(key)
+        for key in ("k8s_memory", "k8s_schedule_timeout_minutes", "k8s_active_deadline_minutes")
+    }

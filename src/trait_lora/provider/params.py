@@ -401,7 +401,6 @@ def mapping_path_param(project_dir: Path) -> Param:
         title="Mapping file",
         description="For a manual run: the hypernetwork_data.json to read, as an absolute path or "
         "an s3://bucket/prefix/hypernetwork_data.json URL. "
-        "Default: empty, which reads the file named by the Asset event that triggered the run."
-        + roots_help,
+        "Default: empty, which reads the file named by the Asset event that triggered the run." + roots_help,
         section=PATHS,
     )

@@ -6,10 +6,7 @@ the same decisions and write the same mapping, summary and Asset metadata.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +62,11 @@ def discover(
             ),
         )
         recover = recovery_plans(plans, params.get("download_job_ids") or {}, backend)
+        base_pin = None
+        if backend != "together" and any(p.to_dict()["action"] in ("train", "resume") for p in plans):
+            from trait_lora.provider.models import pin_base_model  # an all-skip rerun asks no Hub
+
+            base_pin = pin_base_model(config.local_model)  # one version for every trait of the run
     except (TraitLoraError, FileNotFoundError) as exc:
         raise AirflowFailException(str(exc)) from None
     planned_at = utc_now()
@@ -75,6 +77,7 @@ def discover(
         "max_job_price_usd": params.get("max_job_price_usd"),
         "max_run_price_usd": params.get("max_run_price_usd"),
         "min_eval_improvement": params.get("min_eval_improvement"),
+        "base_model_pin": base_pin,
     }
     all_plans = [{**p.to_dict(), **extra, **recover.get(p.trait, {})} for p in plans]
     dry_run = bool(params.get("dry_run"))
@@ -191,7 +194,17 @@ def train_local(plan: dict[str, Any], run_id: str, context: Any) -> dict[str, An
             raise AirflowFailException(
                 f"{plan['trait']}: shard is invalid, nothing trained:\n" + "\n".join(plan["problems"])
             )
-        result = train_trait(plan, **local_device_args(context))
+        model_dir = None
+        if plan.get("base_model_pin"):
+            from trait_lora.provider.models import model_folder
+
+            model_dir = model_folder(plan["base_model_pin"])  # downloaded once per worker, then reused
+        result = train_trait(
+            plan,
+            model_dir=model_dir,
+            checkpoint_every=settings.get_int("checkpoint_every_steps"),
+            **local_device_args(context),
+        )
     except (LocalTrainingError, TraitLoraError, AirflowFailException) as exc:
         runs.record_failure(output_dir, run_id, plan["trait"], "train", str(exc))
         if isinstance(exc, LocalTrainingError) and exc.exit_code in (1, 4):
@@ -212,75 +225,6 @@ def local_device_args(context: Any) -> dict[str, Any]:
     ti = context.get("ti") if hasattr(context, "get") else None
     slot = getattr(ti, "map_index", 0) or 0
     return {"device": device.value, "gpus": gpus, "slot": max(0, int(slot))}
-
-
-def pod_spec(plan: dict[str, Any], context: Any) -> dict[str, Any]:
-    """The pod's per-trait values; an invalid shard fails here, before any pod is scheduled."""
-    from trait_lora.core.handoff import runs
-    from trait_lora.provider.kubernetes import pod_spec as build
-
-    context["trait_label"] = plan["trait"]
-    plan = runs.load_trait_plan(plan)
-    if plan["action"] == "invalid":
-        reason = f"{plan['trait']}: shard is invalid, no pod started:\n" + "\n".join(plan["problems"])
-        runs.record_failure(plan["output_dir"], context["run_id"], plan["trait"], "pod_spec", reason)
-        raise AirflowFailException(reason)
-    return build(plan)
-
-
-def install_pod_result(plan: dict[str, Any], pod_result: Any, run_id: str, context: Any) -> dict[str, Any]:
-    """Verify and install what the pod wrote on the PVC, like any other adapter."""
-    from trait_lora.core.handoff import runs
-    from trait_lora.local.backend import install_trained
-
-    context["trait_label"] = plan["trait"]
-    plan = runs.load_trait_plan(plan)
-    try:
-        if not isinstance(pod_result, dict) or not pod_result.get("adapter_dir"):
-            raise AirflowFailException(
-                f"{plan['trait']}: the pod returned no adapter_dir (got {pod_result!r})"
-            )
-        with pod_adapter(plan, str(pod_result["adapter_dir"])) as adapter_dir:
-            result = install_trained(plan, adapter_dir, plan["output_dir"])
-    except (TraitLoraError, AirflowFailException) as exc:
-        runs.record_failure(plan["output_dir"], run_id, plan["trait"], "install", str(exc))
-        raise AirflowFailException(str(exc)) from None
-    runs.clear_failure(plan["output_dir"], run_id, plan["trait"])
-    steps.track_trait({**context, "run_id": run_id}, plan, result, "kubernetes")
-    return result
-
-
-@contextlib.contextmanager
-def pod_adapter(plan: dict[str, Any], adapter_dir: str) -> Iterator[str]:
-    """The pod's adapter as a local folder: on the PVC as it is; from the bucket, its files copied into
-    a temp folder (and the staging objects removed once installed). Only a key under this run's
-    output location is read: the pod's answer is not trusted to name any other place."""
-    from trait_lora.core.adapter.spec import TRAINED_FILES
-    from trait_lora.core.storage.location import parse_location
-    from trait_lora.core.storage.opener import is_url
-    from trait_lora.core.storage.records import as_store
-    from trait_lora.local.backend import STAGING_DIR
-
-    if not is_url(adapter_dir):
-        yield adapter_dir
-        return
-    store = as_store(plan["output_dir"])
-    base = parse_location(str(plan["output_dir"])).public_url.rstrip("/") + "/"
-    staging = f"{base}{STAGING_DIR}/"
-    if not adapter_dir.startswith(staging):
-        raise AirflowFailException(
-            f"{plan['trait']}: the pod reported its adapter at {adapter_dir}, outside this run's "
-            f"staging folder {staging}; nothing installed"
-        )
-    prefix = adapter_dir[len(base) :].rstrip("/")
-    with tempfile.TemporaryDirectory(prefix=f"trait-lora-{plan['trait']}-") as tmp:
-        for name in TRAINED_FILES:
-            blob = store.read(f"{prefix}/{name}")
-            if blob is not None:
-                (Path(tmp) / name).write_bytes(blob.data)
-        yield tmp
-    for name in TRAINED_FILES:
-        store.delete(f"{prefix}/{name}")
 
 
 def normalise_results(results: Any) -> dict[str, dict[str, Any]]:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from trait_lora.core.adapter.spec import RESULT_FILE
 from trait_lora.core.config import from_mapping
 from trait_lora.core.errors import ConfigError, ShardError
 from trait_lora.core.shards.validation import require_valid
@@ -29,11 +31,16 @@ from trait_lora.train import (
     EXIT_OOM,
     ModelLoadError,
     TrainInputError,
+    TrainOutOfMemory,
+    is_out_of_memory,
     objects,
     require_model_dir,
 )
 
-OOM_HINT = "out of memory: retry with a smaller --micro-batch (accumulation keeps the effective batch)"
+OOM_HINT = (
+    "out of memory outside the training step (loading the model or evaluating): set quantization "
+    '"4bit", pass a smaller --micro-batch or use a device with more memory'
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train one LoRA adapter on one trait shard with transformers + peft (offline).",
         epilog=(
             "exit codes: 0 ok (one JSON line on stdout), 1 unexpected failure, 2 bad shard/config/arguments, "
-            "3 base model missing or unusable, 4 out of memory"
+            "3 base model missing or unusable, 4 out of memory even at micro-batch 1"
         ),
     )
     parser.add_argument(
@@ -64,18 +71,62 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="model id recorded in adapter_config.json (default: the config's local_model)",
     )
-    parser.add_argument("--gpu", action="store_true", help="CUDA: bf16, sdpa, gradient checkpointing")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cuda", "cpu"),
+        default="auto",
+        help="where to train (default auto: CUDA when torch sees a GPU, else the CPU)",
+    )
+    parser.add_argument(
+        "--gpu", dest="device", action="store_const", const="cuda", help="the same as --device cuda"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        default="auto",
+        help="number format (default auto: bf16 on GPUs that have it, fp16 with loss scaling on those "
+        "that do not, fp32 on the CPU)",
+    )
     parser.add_argument(
         "--micro-batch",
         type=int,
         default=None,
         help="examples per forward pass (default 8 on CPU, 4 on GPU); gradient accumulation makes up "
-        "the config's batch_size",
+        "the config's batch_size, and the trainer halves it by itself when a step runs out of memory",
     )
     parser.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps")
-    parser.add_argument("--seed", type=int, default=42, help="seed for LoRA init and data order")
     parser.add_argument(
-        "--max-length", type=int, default=None, help="truncate examples to N tokens (default 4096)"
+        "--seed", type=int, default=None, help="override the config's random_seed (LoRA init, data order)"
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="override the config's max_seq_length: truncate examples to N tokens",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help="save a checkpoint every N optimizer steps; a rerun with the same --out resumes from it",
+    )
+    parser.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="where checkpoints go (default: <out>.checkpoint beside --out; with an s3:// --out, "
+        "<out>.checkpoint/ in the bucket)",
+    )
+    parser.add_argument(
+        "--model-pin",
+        default=None,
+        help="the run's pinned base model (JSON from discover): a Hub commit or an s3:// digest, fetched "
+        "into --model-cache first (token from HF_TOKEN, mirror from HF_ENDPOINT); the config's local_model "
+        "is then read from there",
+    )
+    parser.add_argument(
+        "--model-cache",
+        default=None,
+        help="folder for --model-pin's download (default: HF_HUB_CACHE, the pod's cache volume)",
     )
     parser.add_argument(
         "--xcom-file",
@@ -84,13 +135,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the result JSON here (a KubernetesPodOperator reads /airflow/xcom/return.json)",
     )
     return parser
-
-
-def _is_oom(exc: BaseException) -> bool:
-    if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,13 +156,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (FileNotFoundError, StoreError) as exc:
             print(f"error: cannot read shard {args.shard}: {exc}", file=err)
             return EXIT_BAD_INPUT
-        code, summary = _train(args, config, shard, out, err)
+        remote = _remote_checkpoint(args, Path(scratch), err)
+        code, summary = _train(args, config, shard, out, err, remote)
         if code != EXIT_OK or summary is None:
             return code
         if objects.is_s3(args.out):
-            objects.publish_dir(out, args.out)
             summary["adapter_dir"] = args.out  # where the worker finds it, not this pod's scratch
         line = json.dumps(summary, sort_keys=True)
+        (out / RESULT_FILE).write_text(line + "\n")  # a pod's install task reads it here (no xcom sidecar)
+        if objects.is_s3(args.out):
+            objects.publish_dir(out, args.out)  # result.json goes up last: once there, so is the adapter
+        if remote is not None:  # after the adapter is up: a pod lost in between still has something to resume
+            try:
+                remote.remove()
+            except StoreError as exc:  # the adapter is done; a stale checkpoint only costs storage
+                print(f"note: cannot delete the checkpoint in {remote.url}: {exc}", file=err)
         if args.xcom_file:
             args.xcom_file.parent.mkdir(parents=True, exist_ok=True)
             args.xcom_file.write_text(line)
@@ -138,8 +190,27 @@ def _local_paths(args: argparse.Namespace, scratch: Path) -> tuple[Path, Path]:
     return shard, out
 
 
+def _remote_checkpoint(args: argparse.Namespace, scratch: Path, err: Any) -> objects.RemoteCheckpoint | None:
+    """With an s3:// --out and no --checkpoint-dir, checkpoints live in the bucket (a pod has no
+    volume to survive it); the one a previous pod left is pulled down first."""
+    if not (objects.is_s3(args.out) and args.checkpoint_every and not args.checkpoint_dir):
+        return None
+    remote = objects.RemoteCheckpoint.beside(args.out, scratch / "checkpoint")
+    try:
+        if remote.pull():
+            print(f"found a checkpoint in {remote.url}", file=err, flush=True)
+    except StoreError as exc:  # a checkpoint only saves time: train from the start rather than fail
+        print(f"note: cannot read the checkpoint in {remote.url} ({exc}); starting over", file=err)
+    return remote
+
+
 def _train(
-    args: argparse.Namespace, config: Any, shard: Path, out: Path, err: Any
+    args: argparse.Namespace,
+    config: Any,
+    shard: Path,
+    out: Path,
+    err: Any,
+    remote: objects.RemoteCheckpoint | None = None,
 ) -> tuple[int, dict[str, Any] | None]:
     """Validate and train; the exit code, and the result's summary when it succeeded."""
     try:
@@ -152,6 +223,17 @@ def _train(
     except OSError as exc:
         print(f"error: cannot read shard {args.shard}: {exc}", file=err)
         return EXIT_BAD_INPUT, None
+    if args.model_pin:  # a pod: the run's pin fetched into its cache volume (once per volume)
+        from trait_lora.models import ModelDeliveryError
+        from trait_lora.train.delivery import pod_model
+
+        try:
+            folder, record = pod_model(args.model_pin, args.model_cache)
+        except (ModelDeliveryError, ValueError, KeyError) as exc:
+            print(f"error: cannot fetch the base model: {exc}", file=err)
+            return EXIT_MODEL, None
+        config = from_mapping({**config.to_dict(), "local_model": str(folder)}, source="--model-pin")
+        args.base_model_id = args.base_model_id or record["base_model"]
     try:  # before the arguments train_adapter checks: with both wrong, exit 3 names the model first
         require_model_dir(config.local_model)
     except ModelLoadError as exc:
@@ -160,19 +242,22 @@ def _train(
 
     from trait_lora.train import trainer  # torch, transformers, peft: only once the input is known good
 
-    kwargs = {"max_length": args.max_length} if args.max_length else {}
     try:
         result = trainer.train_adapter(
             shard,
             out,
             config,
             base_model_id=args.base_model_id,
-            gpu=args.gpu,
+            device=args.device,
+            precision=args.precision,
             micro_batch=args.micro_batch,
             max_steps=args.max_steps,
             seed=args.seed,
+            max_length=args.max_length,
+            checkpoint_every=args.checkpoint_every,
+            checkpoint_dir=remote.local if remote else args.checkpoint_dir,
+            on_checkpoint=remote.upload if remote else None,
             report=report,
-            **kwargs,
         )
     except ModelLoadError as exc:
         print(f"error: {exc}", file=err)
@@ -182,11 +267,18 @@ def _train(
         for problem in getattr(exc, "problems", []):
             print(problem, file=err)
         return EXIT_BAD_INPUT, None
+    except TrainOutOfMemory as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_OOM, None
     except KeyboardInterrupt:
-        print("error: interrupted; no adapter was written", file=err)
+        print(
+            "error: interrupted; no adapter was written (a rerun with the same --out resumes from the "
+            "last checkpoint, if one was saved)",
+            file=err,
+        )
         return 130, None
     except (RuntimeError, MemoryError) as exc:
-        if _is_oom(exc):
+        if is_out_of_memory(exc):
             print(
                 f"error: {OOM_HINT} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
                 file=err,
@@ -196,9 +288,17 @@ def _train(
     return EXIT_OK, result.summary()
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run() -> None:
     """Entry point that turns an unexpected exception into exit 1 with a traceback on stderr, and
-    exits without collecting the heap torch and transformers leave (~0.8 s after the result line)."""
+    exits without collecting the heap torch and transformers leave (~0.8 s after the result line).
+
+    SIGTERM (a killed task, a preempted pod) is handled like Ctrl-C: the staging folder is removed and
+    the exit (130) says a rerun resumes from the last checkpoint, instead of dying mid-write."""
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         code = main()
     except SystemExit:

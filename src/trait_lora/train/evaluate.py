@@ -9,6 +9,7 @@ that learned its trait (not just the shared chat format) lowers its own pole's l
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +21,16 @@ from trait_lora.core.shards.catalog import opposite_trait
 from trait_lora.core.shards.split import split_examples
 from trait_lora.core.shards.validation import iter_examples, require_valid
 from trait_lora.train.data import DynamicPaddingCollator, Encoded, encode_records
+from trait_lora.train.loss import label_loss_sum
 
 
-def mean_label_loss(model: Any, examples: Sequence[Encoded], pad_token_id: int, micro: int) -> float | None:
-    """Mean next-token loss over the labelled tokens of ``examples``; None when there are none."""
+def mean_label_loss(
+    model: Any, examples: Sequence[Encoded], pad_token_id: int, micro: int, autocast: Any = None
+) -> float | None:
+    """Mean next-token loss over the labelled tokens of ``examples``; None when there are none.
+
+    Through the trainer's chunked loss, so evaluating an 8B model never holds a batch's logits either.
+    """
     if not examples:
         return None
     collator = DynamicPaddingCollator(pad_token_id)  # its own: eval tokens must not count as training speed
@@ -32,27 +39,28 @@ def mean_label_loss(model: Any, examples: Sequence[Encoded], pad_token_id: int, 
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast() if autocast else contextlib.nullcontext():
             for start in range(0, len(examples), micro):
-                batch = collator([e.as_feature() for e in examples[start : start + micro]])
-                labels = batch.pop("labels").to(device)
-                logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-                target = labels[:, 1:]
-                mask = target != -100
-                picked = logits[:, :-1][mask].float()  # only labelled positions: a 49k-vocab head is costly
-                total += float(torch.nn.functional.cross_entropy(picked, target[mask], reduction="sum"))
-                count += int(mask.sum())
+                batch = {
+                    k: v.to(device)
+                    for k, v in collator([e.as_feature() for e in examples[start : start + micro]]).items()
+                }
+                summed, n = label_loss_sum(
+                    model, batch["input_ids"], batch["attention_mask"], batch["labels"]
+                )
+                total += float(summed)
+                count += n
     finally:
         model.train(was_training)
     return total / count if count else None
 
 
 def base_and_adapter_loss(
-    model: Any, examples: Sequence[Encoded], pad_token_id: int, micro: int
+    model: Any, examples: Sequence[Encoded], pad_token_id: int, micro: int, autocast: Any = None
 ) -> tuple[float | None, float | None]:
-    adapter = mean_label_loss(model, examples, pad_token_id, micro)
+    adapter = mean_label_loss(model, examples, pad_token_id, micro, autocast)
     with model.disable_adapter():
-        base = mean_label_loss(model, examples, pad_token_id, micro)
+        base = mean_label_loss(model, examples, pad_token_id, micro, autocast)
     return base, adapter
 
 
@@ -89,11 +97,12 @@ def eval_figures(
     pad_token_id: int,
     micro: int,
     opposite: tuple[str | None, Sequence[Encoded]] = (None, ()),
+    autocast: Any = None,
 ) -> dict[str, Any] | None:
     """What goes to ``metrics/<trait>.json`` as ``eval`` (None when the shard had no held-out split)."""
     if not held_out:
         return None
-    base, adapter = base_and_adapter_loss(model, held_out, pad_token_id, micro)
+    base, adapter = base_and_adapter_loss(model, held_out, pad_token_id, micro, autocast)
     figures: dict[str, Any] = {
         "n_held_out": len(held_out),
         "base_loss": base,
@@ -102,7 +111,7 @@ def eval_figures(
     }
     name, other = opposite
     if name and other:
-        o_base, o_adapter = base_and_adapter_loss(model, other, pad_token_id, micro)
+        o_base, o_adapter = base_and_adapter_loss(model, other, pad_token_id, micro, autocast)
         figures.update(opposite_trait=name, n_opposite_held_out=len(other))
         figures.update(opposite_base_loss=o_base, opposite_adapter_loss=o_adapter)
         if None not in (o_base, o_adapter) and figures["improvement"] is not None:

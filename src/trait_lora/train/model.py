@@ -10,29 +10,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-from trait_lora.train import ModelLoadError, require_model_dir
+from trait_lora.train import ModelLoadError, TrainInputError, require_model_dir
+from trait_lora.train.precision import Runtime
 
 PAD_FALLBACK = "<|finetune_right_pad_id|>"  # Llama-3.1 ships this token but sets no pad_token
 
 
-def load_base_model(model_ref: str, *, gpu: bool) -> tuple[Any, Any]:
+def load_base_model(model_ref: str, runtime: Runtime, *, quantization: str | None = None) -> tuple[Any, Any]:
     """Tokenizer and model from a local directory or the local Hugging Face cache, never the network.
 
     Training must be reproducible against a pinned copy, and the machines that run it often have no
     internet: a miss is a ``ModelLoadError`` telling the user how to provide the model, not a hang.
+    The weights come in the run's precision, straight onto its device; with ``quantization="4bit"``
+    every linear layer of the blocks is stored in NF4 (double-quantized) and computes in that
+    precision, while the LM head and embeddings stay as they are (bitsandbytes' QLoRA recipe).
     """
     require_model_dir(model_ref)
     path = Path(model_ref).expanduser()
     ref = str(path) if path.is_dir() else model_ref
-    kwargs: dict[str, Any] = {"local_files_only": True}
+    kwargs: dict[str, Any] = {"local_files_only": True, "dtype": runtime.dtype}
+    if runtime.cuda:
+        kwargs.update(attn_implementation="sdpa", device_map={"": torch.cuda.current_device()})
+    if quantization == "4bit":
+        kwargs["quantization_config"] = four_bit_config(runtime.dtype)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(ref, **kwargs)
-        if gpu:
-            kwargs.update(dtype=torch.bfloat16, attn_implementation="sdpa")
-        else:
-            kwargs.update(dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
@@ -41,7 +45,31 @@ def load_base_model(model_ref: str, *, gpu: bool) -> tuple[Any, Any]:
             f"(`hf download {model_ref}`) into this machine's Hugging Face cache; the trainer never "
             "downloads."
         ) from None
+    if quantization:
+        for module in model.modules():
+            # bitsandbytes' CPU inference path (CPUs with AVX512-BF16) repacks the weights in place the
+            # first time a layer runs in eval mode, and refuses layers whose input size is not a multiple
+            # of its block; the held-out evaluation runs in eval mode, so keep the training kernels.
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     return tokenizer, model
+
+
+def four_bit_config(compute_dtype: torch.dtype) -> Any:
+    """QLoRA's storage: NF4 with double quantization, computing in the run's precision."""
+    try:
+        import bitsandbytes  # noqa: F401  (transformers only says "install it" deep in from_pretrained)
+    except ImportError:
+        raise TrainInputError(
+            'quantization "4bit" needs the bitsandbytes package: pip install bitsandbytes==0.50.2 '
+            "(or set quantization to null)"
+        ) from None
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -9,6 +9,7 @@ worker chose; the worker verifies it before anything is installed, as it does a 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from trait_lora.core.adapter.spec import TRAINED_FILES
@@ -58,3 +59,38 @@ def publish_dir(local: Path, url: str) -> None:
         path = local / name
         if path.is_file():
             store.put(f"{prefix}/{name}", path.read_bytes())
+
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class RemoteCheckpoint:
+    """A run's checkpoint kept in the bucket beside its adapter prefix (``<out>.checkpoint/``).
+
+    A pod without a volume loses its scratch when it is preempted; the retry is a new pod that pulls
+    the checkpoint back before training and so resumes instead of starting over.
+    """
+
+    url: str  # s3://bucket/prefix.checkpoint
+    local: Path
+
+    @classmethod
+    def beside(cls, out_url: str, local: Path) -> RemoteCheckpoint:
+        return cls(f"{out_url.rstrip('/')}.checkpoint", local)
+
+    def pull(self) -> bool:
+        """Copy the checkpoint down when the bucket has one; whether it did."""
+        try:
+            fetch(f"{self.url}/{CHECKPOINT_FILE}", self.local / CHECKPOINT_FILE)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def upload(self, path: Path) -> None:
+        store, prefix = _store(f"{self.url}/{path.name}")
+        store.put(prefix, path.read_bytes())
+
+    def remove(self) -> None:
+        store, prefix = _store(f"{self.url}/{CHECKPOINT_FILE}")
+        store.delete(prefix)

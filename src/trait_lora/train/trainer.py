@@ -1,57 +1,62 @@
-"""Train one LoRA adapter from one validated shard with ``transformers.Trainer`` + peft.
+"""Train one LoRA adapter from one validated shard with peft and the loop in ``loop``.
 
-Why plain ``Trainer`` and an own collator: it is as fast as a hand-written loop, TRL adds ~270 MB of
-dependencies, and TRL's assistant-only mode refuses the real Llama-3.1 template. What makes CPU training
-fast is avoiding padding, so every micro-batch is padded only to its own longest example and the sampler
-groups similar lengths together (``train_sampling_strategy="group_by_length"``).
+Every hyperparameter comes from the one ``TrainingConfig`` both backends share: sequence length,
+learning-rate schedule, weight decay, clipping, seed and quantization included (Together reads the same
+fields; ``packing`` is refused for this backend by the config). The effective batch is the config's
+``batch_size``, reached as micro-batch x gradient accumulation; the loss is normalised by the labelled
+tokens of the whole effective batch, so the micro-batch size changes speed and memory, not the maths.
+What makes CPU training fast is avoiding padding: every micro-batch is padded only to its own longest
+example and batches group similar lengths.
 
-Every hyperparameter comes from the one ``TrainingConfig`` both backends share. The effective batch is the
-config's ``batch_size``, reached as micro-batch x gradient accumulation; the Trainer normalises the loss by
-the number of labeled tokens in the whole effective batch, so the micro-batch size changes speed and
-memory, not the maths.
+The hardware decides the number format (``precision``): bf16 on GPUs that have it, fp16 with loss
+scaling on those that do not, fp32 on the CPU. Each adapter's ``metrics.json`` records every setting
+it was trained with.
 
-The output directory appears only complete: everything is written to a temp dir beside ``out`` and renamed
-over it at the end, so a crash never leaves something that looks like an adapter.
+The output directory appears only complete: everything is written to a temp dir beside ``out`` and
+renamed over it at the end, so a crash never leaves something that looks like an adapter. Checkpoints
+(``--checkpoint-every``) go to ``<out>.checkpoint`` and a rerun with the same ``out`` resumes from them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import math
 import os
+import resource
 import shutil
 import sys
 import tempfile
-import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
-import torch
-import transformers
-from peft import LoraConfig, get_peft_model
-from transformers import (
-    PrinterCallback,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-)
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its CPU backend warns of an optional package
 
-from trait_lora.core.config import TrainingConfig
-from trait_lora.core.hashing import sha256_file
-from trait_lora.core.shards.split import split_examples
-from trait_lora.core.shards.validation import ShardReport, iter_examples, require_valid
-from trait_lora.core.storage.atomic import fsync_dir
-from trait_lora.train import ModelLoadError, TrainInputError
-from trait_lora.train.data import DynamicPaddingCollator, LengthGroupedOrder, encode_records
-from trait_lora.train.evaluate import eval_figures, opposite_held_out
-from trait_lora.train.model import load_base_model, pad_token_id
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from peft import LoraConfig, get_peft_model  # noqa: E402
+
+from trait_lora.core.config import TrainingConfig  # noqa: E402
+from trait_lora.core.hashing import sha256_file  # noqa: E402
+from trait_lora.core.shards.split import split_examples  # noqa: E402
+from trait_lora.core.shards.validation import ShardReport, iter_examples, require_valid  # noqa: E402
+from trait_lora.core.storage.atomic import fsync_dir  # noqa: E402
+from trait_lora.train import ModelLoadError, TrainInputError  # noqa: E402
+from trait_lora.train import checkpoint as ckpt  # noqa: E402
+from trait_lora.train.data import DynamicPaddingCollator, encode_records  # noqa: E402
+from trait_lora.train.evaluate import eval_figures, opposite_held_out  # noqa: E402
+from trait_lora.train.loop import ADAM_BETAS, ADAM_EPS, LoopSettings, TrainLoop  # noqa: E402
+from trait_lora.train.loss import CHUNK_TOKENS  # noqa: E402
+from trait_lora.train.model import load_base_model, pad_token_id  # noqa: E402
+from trait_lora.train.precision import Runtime, resolve  # noqa: E402
 
 DEFAULT_MICRO_BATCH_CPU = 8
 DEFAULT_MICRO_BATCH_GPU = 4  # 128k-vocab logits dominate GPU memory; accumulate up to the batch
-DEFAULT_MAX_LENGTH = 4096
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
 
@@ -75,6 +80,9 @@ class TrainResult:
             "steps": len(self.metrics["steps"]),
             "tokens_per_second": self.metrics["tokens_per_second"],
             "device": self.metrics["device"],
+            "precision": self.metrics["precision"],
+            "quantization": self.metrics["quantization"],
+            "micro_batch": self.metrics["micro_batch"],
             "eval": self.metrics.get("eval"),
         }
 
@@ -90,56 +98,6 @@ def plan_batches(batch_size: int, micro_batch: int) -> tuple[int, int]:
         raise TrainInputError(f"--micro-batch must be at least 1, got {micro_batch}")
     micro = max(d for d in range(1, min(batch_size, micro_batch) + 1) if batch_size % d == 0)
     return micro, batch_size // micro
-
-
-class _LengthGroupedTrainer(Trainer):
-    """``Trainer`` whose sampler groups lengths over the whole effective batch, on shards of any size.
-
-    transformers' own ``group_by_length`` sorts only within one effective batch when a shard has fewer
-    than ~4 batches x 50 examples, which left 39% padding on a 192-example shard; ``_get_train_sampler``
-    is the Trainer's hook for the sampler (present in 4.x and 5.x).
-    """
-
-    def __init__(self, *args: Any, sampler_seed: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._sampler_seed = sampler_seed
-
-    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        effective = self.args.train_batch_size * self.args.gradient_accumulation_steps
-        return LengthGroupedOrder([len(f["input_ids"]) for f in dataset], effective, self._sampler_seed)
-
-
-class _ProgressLog(TrainerCallback):
-    """One ``step k/N loss x tokens/s y`` line per optimizer step on stderr (stdout carries the result)."""
-
-    def __init__(self, collator: DynamicPaddingCollator, stream: TextIO) -> None:
-        self.collator = collator
-        self.stream = stream
-        self.started = time.perf_counter()
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.started = time.perf_counter()
-
-    def on_log(
-        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
-    ) -> None:
-        if not logs or "loss" not in logs:
-            return
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        print(
-            f"step {state.global_step}/{state.max_steps} loss {float(logs['loss']):.4f} "
-            f"lr {float(logs.get('learning_rate', 0.0)):.3g} "
-            f"tokens/s {self.collator.real_tokens / elapsed:.0f}",
-            file=self.stream,
-            flush=True,
-        )
-
-
-def _device(gpu: bool) -> tuple[str, str]:
-    if gpu:
-        return "cuda", torch.cuda.get_device_name(0)
-    return "cpu", f"{torch.get_num_threads()} threads"
 
 
 def _publish(staging: Path, out: Path) -> None:
@@ -167,22 +125,31 @@ def train_adapter(
     config: TrainingConfig,
     *,
     base_model_id: str | None = None,
-    gpu: bool = False,
+    device: str = "auto",
+    precision: str = "auto",
     micro_batch: int | None = None,
     max_steps: int | None = None,
-    seed: int = 42,
-    max_length: int = DEFAULT_MAX_LENGTH,
+    seed: int | None = None,
+    max_length: int | None = None,
+    checkpoint_every: int | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
     log: TextIO | None = None,
     report: ShardReport | None = None,
 ) -> TrainResult:
     """Validate ``shard``, train a LoRA on ``config.local_model`` and publish it atomically at ``out``.
 
     Raises ``ShardError`` (bad shard), ``ModelLoadError`` (model missing or unusable),
-    ``TrainInputError`` (nothing trainable / bad arguments) or torch's OOM error; on any failure ``out``
-    is left as it was. ``max_steps`` caps optimizer steps (for smoke tests); ``base_model_id`` is the id
-    recorded in ``adapter_config.json`` (defaults to ``config.local_model``), because the path trained on
-    is usually a local copy of a real model. ``report`` is the shard's validation report when the caller
-    already has it (saves a second pass over a large shard).
+    ``TrainInputError`` (nothing trainable / bad arguments) or ``TrainOutOfMemory`` (one step does not
+    fit even at micro-batch 1); on any failure ``out`` is left as it was. ``device`` is auto, cuda or
+    cpu and ``precision`` auto, bf16, fp16 or fp32 (see ``precision``). ``seed`` and ``max_length``
+    override the config's ``random_seed`` and ``max_seq_length`` (tests and smoke runs); ``max_steps``
+    caps optimizer steps. ``checkpoint_every`` saves a checkpoint every N steps in ``checkpoint_dir``
+    (default ``<out>.checkpoint``), from which a rerun resumes; ``on_checkpoint`` is called with each
+    saved file (the CLI copies it to the bucket). ``base_model_id`` is the id recorded in
+    ``adapter_config.json`` (defaults to ``config.local_model``), because the path trained on is usually
+    a local copy of a real model. ``report`` is the shard's validation report when the caller already
+    has it (saves a second pass over a large shard).
     """
     stream = log if log is not None else sys.stderr
     shard_path, out_path = Path(shard), Path(out)
@@ -190,19 +157,26 @@ def train_adapter(
         report = require_valid(shard_path)
     if out_path.exists() and not out_path.is_dir():
         raise TrainInputError(f"--out {out_path} exists and is not a directory; pass a directory path")
-    if gpu and not torch.cuda.is_available():
-        raise TrainInputError("--gpu was given but torch sees no CUDA device; drop --gpu to train on CPU")
-    if max_steps is not None and max_steps < 1:
-        raise TrainInputError(f"--max-steps must be at least 1, got {max_steps}")
-    if max_length < 8:
-        raise TrainInputError(f"--max-length must be at least 8 tokens, got {max_length}")
+    for flag, value, low in (
+        ("--max-steps", max_steps, 1),
+        ("--max-length", max_length, 8),
+        ("--checkpoint-every", checkpoint_every, 1),
+    ):
+        if value is not None and value < low:
+            raise TrainInputError(f"{flag} must be at least {low}, got {value}")
+    runtime = resolve(device, precision)
+    seq_len = max_length or config.max_seq_length
+    seed = config.random_seed if seed is None else seed
     micro, accum = plan_batches(
-        config.batch_size, micro_batch or (DEFAULT_MICRO_BATCH_GPU if gpu else DEFAULT_MICRO_BATCH_CPU)
+        config.batch_size,
+        micro_batch or (DEFAULT_MICRO_BATCH_GPU if runtime.cuda else DEFAULT_MICRO_BATCH_CPU),
     )
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    if runtime.cuda:
+        torch.cuda.reset_peak_memory_stats()
 
-    tokenizer, model = load_base_model(config.local_model, gpu=gpu)
+    tokenizer, model = load_base_model(config.local_model, runtime, quantization=config.quantization)
     fmt = report.format or "text"
     if fmt != "text" and not getattr(tokenizer, "chat_template", None):
         raise ModelLoadError(
@@ -213,8 +187,8 @@ def train_adapter(
     split = split_examples(records, config.eval_fraction)  # the same held-out set Together would get
     encode = partial(encode_records, tokenizer, fmt=fmt, train_on_inputs=config.train_on_inputs)
     try:
-        examples, dropped = encode([records[i] for i in split.train], max_length=max_length)
-        held_out, _ = encode([records[i] for i in split.held_out], max_length=max_length)
+        examples, dropped = encode([records[i] for i in split.train], max_length=seq_len)
+        held_out, _ = encode([records[i] for i in split.held_out], max_length=seq_len)
         opposite = (
             opposite_held_out(
                 shard_path,
@@ -222,7 +196,7 @@ def train_adapter(
                 fmt,
                 config.eval_fraction,
                 train_on_inputs=config.train_on_inputs,
-                max_length=max_length,
+                max_length=seq_len,
             )
             if held_out
             else (None, [])
@@ -232,123 +206,102 @@ def train_adapter(
     if not examples:
         raise TrainInputError(
             f"none of the {report.num_examples} examples in {shard_path} has a token to learn from within "
-            f"{max_length} tokens; shorten the prompts or raise --max-length"
+            f"{seq_len} tokens; shorten the prompts or raise max_seq_length"
         )
     if dropped:
-        print(f"note: {dropped} example(s) dropped: nothing to learn within {max_length} tokens", file=stream)
+        print(f"note: {dropped} example(s) dropped: nothing to learn within {seq_len} tokens", file=stream)
 
-    transformers.set_seed(seed)  # LoRA init (lora_A) draws from the global RNG
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=list(config.target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
+    model = _with_lora(model, config, seed, checkpointing=runtime.cuda)
+    collator = DynamicPaddingCollator(pad_token_id(tokenizer), pad_to_multiple_of=8 if runtime.cuda else None)
+    steps_per_epoch = math.ceil(len(examples) / config.batch_size)
+    total = max_steps if max_steps is not None else config.n_epochs * steps_per_epoch
+    resume_dir = Path(checkpoint_dir) if checkpoint_dir else ckpt.default_dir(out_path)
+    settings = LoopSettings(
+        batch_size=config.batch_size,
+        micro_batch=micro,
+        total_steps=total,
+        steps_per_epoch=steps_per_epoch,
+        seed=seed,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        warmup_steps=math.ceil(total * config.warmup_ratio),
+        lr_scheduler_type=config.lr_scheduler_type,
+        min_lr_ratio=config.min_lr_ratio,
+        scheduler_num_cycles=config.scheduler_num_cycles,
+        checkpoint_every=checkpoint_every,
+        checkpoint_dir=resume_dir,
+        on_checkpoint=on_checkpoint,
+        fingerprint=ckpt.fingerprint(
+            config_hash=config.config_hash(),
+            shard_sha256=report.sha256,
+            seed=seed,
+            max_length=seq_len,
+            batch_size=config.batch_size,
+            total_steps=total,
+            steps_per_epoch=steps_per_epoch,
+        ),
     )
-    with warnings.catch_warnings():  # peft 0.21 still asks for the pre-v5 `is_gradient_checkpointing` name
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        model = get_peft_model(model, lora)
-    model.config.use_cache = False  # the KV cache is for generation; training would only pay for it
-    collator = DynamicPaddingCollator(pad_token_id(tokenizer), pad_to_multiple_of=8 if gpu else None)
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.tmp-", dir=out_path.parent))
     try:
-        args = TrainingArguments(
-            output_dir=str(staging / ".trainer"),
-            per_device_train_batch_size=micro,
-            gradient_accumulation_steps=accum,
-            num_train_epochs=config.n_epochs,
-            max_steps=max_steps if max_steps is not None else -1,
-            learning_rate=config.learning_rate,
-            lr_scheduler_type=config.lr_scheduler_type,
-            warmup_steps=config.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
-            weight_decay=0.0,
-            max_grad_norm=1.0,
-            optim="adamw_torch",
-            train_sampling_strategy="group_by_length",  # replaced by _LengthGroupedTrainer's sampler
-            logging_strategy="steps",
-            logging_steps=1,
-            save_strategy="no",
-            eval_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            seed=seed,
-            data_seed=seed,
-            use_cpu=not gpu,
-            bf16=gpu,
-            activation_checkpointing=gpu,  # transformers 5 name of gradient_checkpointing
-            activation_checkpointing_kwargs={"use_reentrant": False} if gpu else None,
-            dataloader_num_workers=0,
-            dataloader_pin_memory=gpu,
-            remove_unused_columns=False,
-        )
-        trainer = _LengthGroupedTrainer(
-            model=model,
-            args=args,
-            sampler_seed=seed,
-            train_dataset=[e.as_feature() for e in examples],
-            data_collator=collator,
-            processing_class=tokenizer,
-        )
-        trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
-        trainer.add_callback(_ProgressLog(collator, stream))
         print(
-            f"training {len(examples)} {fmt} examples from {shard_path.name} ({len(held_out)} held out): "
-            f"micro-batch {micro} x "
-            f"accumulation {accum} = batch {config.batch_size}, {config.n_epochs} epoch(s)"
-            + (f", max {max_steps} steps" if max_steps else ""),
+            f"training {len(examples)} {fmt} examples from {shard_path.name} ({len(held_out)} held out) on "
+            f"{runtime.device} ({runtime.device_name}) in {runtime.precision}"
+            + (f" with a {config.quantization} base" if config.quantization else "")
+            + f": micro-batch {micro} x accumulation {accum} = batch {config.batch_size}, "
+            f"{config.n_epochs} epoch(s), {total} step(s)",
             file=stream,
             flush=True,
         )
+        loop = TrainLoop(model, [e.as_feature() for e in examples], collator, runtime, settings, stream)
         # Libraries print progress to stdout; the CLI's last stdout line must stay the JSON result.
-        started = time.perf_counter()
         with contextlib.redirect_stdout(stream):
-            output = trainer.train()
-        wall = time.perf_counter() - started
-        pad_id = pad_token_id(tokenizer)
-        evaluation = eval_figures(model, held_out, pad_token_id=pad_id, micro=micro, opposite=opposite)
+            run = loop.run()
+        evaluation = eval_figures(
+            model,
+            held_out,
+            pad_token_id=pad_token_id(tokenizer),
+            micro=run.micro_batch,
+            opposite=opposite,
+            autocast=runtime.autocast,
+        )
         if evaluation:
             print(f"held-out eval: {json.dumps(evaluation, sort_keys=True)}", file=stream, flush=True)
 
         model.save_pretrained(staging, safe_serialization=True)
-        shutil.rmtree(staging / ".trainer", ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             (staging / "README.md").unlink()  # peft's model card: not part of the adapter contract
         _fix_base_model(staging / "adapter_config.json", base_model_id or config.local_model)
 
-        steps = [
-            {
-                "step": int(entry["step"]),
-                "loss": float(entry["loss"]),
-                "learning_rate": float(entry.get("learning_rate", 0.0)),
-                "epoch": float(entry.get("epoch", 0.0)),
-            }
-            for entry in trainer.state.log_history
-            if "loss" in entry
-        ]
-        device, device_name = _device(gpu)
+        train_loss = sum(s["loss"] for s in run.steps) / len(run.steps) if run.steps else 0.0
         metrics: dict[str, Any] = {
-            "steps": steps,
-            "train_loss": float(output.training_loss),
-            "final_loss": steps[-1]["loss"] if steps else float(output.training_loss),
+            "steps": run.steps,
+            "train_loss": train_loss,
+            "final_loss": run.steps[-1]["loss"] if run.steps else train_loss,
             "real_tokens": collator.real_tokens,
             "padded_tokens": collator.padded_tokens,
-            "tokens_per_second": collator.real_tokens / wall if wall > 0 else 0.0,
-            "wall_seconds": wall,
+            "tokens_per_second": collator.real_tokens / run.wall_seconds if run.wall_seconds > 0 else 0.0,
+            "wall_seconds": run.wall_seconds,
             "num_examples": len(examples),
             "dropped_examples": dropped,
             "eval": evaluation,
             "eval_fraction": config.eval_fraction,
             "format": fmt,
-            "micro_batch": micro,
-            "grad_accum": accum,
+            "micro_batch": run.micro_batch,
+            "grad_accum": math.ceil(config.batch_size / run.micro_batch),
             "batch_size": config.batch_size,
             "max_steps": max_steps,
             "seed": seed,
-            "device": device,
-            "device_name": device_name,
+            "device": runtime.device,
+            "device_name": runtime.device_name,
+            "precision": runtime.precision,
+            "quantization": config.quantization,
+            "oom_backoffs": run.backoffs,
+            "resumed_from_step": run.resumed_from_step,
+            "peak_memory_bytes": _peak_memory(runtime),
+            "settings": _settings(config, runtime, settings, seq_len, checkpoint_every),
             "shard_sha256": report.sha256,
             "config_hash": config.config_hash(),
         }
@@ -362,6 +315,7 @@ def train_adapter(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    ckpt.remove(resume_dir)  # the adapter is published: nothing left to resume
     return TrainResult(
         adapter_dir=out_path.resolve(),
         sha256=digest,
@@ -369,6 +323,57 @@ def train_adapter(
         final_loss=metrics["final_loss"],
         metrics=metrics,
     )
+
+
+def _with_lora(model: Any, config: TrainingConfig, seed: int, *, checkpointing: bool) -> Any:
+    """The base wrapped with the config's LoRA; its init draws from the seeded global RNG."""
+    if checkpointing:  # recompute each block's activations in the backward: GPU memory is the limit there
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    transformers.set_seed(seed)
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    with warnings.catch_warnings():  # peft 0.21 still asks for the pre-v5 `is_gradient_checkpointing` name
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = get_peft_model(model, lora)
+    model.config.use_cache = False  # the KV cache is for generation; training would only pay for it
+    return model
+
+
+def _peak_memory(runtime: Runtime) -> int:
+    """Peak CUDA allocation on a GPU, peak resident set size on the CPU (bytes)."""
+    peak = runtime.peak_memory_bytes()
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _settings(
+    config: TrainingConfig, runtime: Runtime, loop: LoopSettings, seq_len: int, checkpoint_every: int | None
+) -> dict[str, Any]:
+    """Every setting the adapter was trained with, config fields and the trainer's own choices."""
+    return {
+        **config.to_dict(),
+        "max_seq_length": seq_len,
+        "random_seed": loop.seed,
+        "precision": runtime.precision,
+        "device": runtime.device,
+        "total_steps": loop.total_steps,
+        "warmup_steps": loop.warmup_steps,
+        "micro_batch_requested": loop.micro_batch,
+        "optimizer": {"name": "adamw_torch", "betas": list(ADAM_BETAS), "eps": ADAM_EPS},
+        "loss": {
+            "name": "chunked_cross_entropy",
+            "chunk_tokens": CHUNK_TOKENS,
+            "normalised_by": "batch_labels",
+        },
+        "gradient_checkpointing": runtime.cuda,
+        "checkpoint_every": checkpoint_every,
+        "truncation": "right",
+    }
 
 
 def _fix_base_model(config_path: Path, base_model_id: str) -> None:

@@ -10,8 +10,10 @@ from trait_lora.core.config import TrainingConfig
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 CONFIG_FILE, WEIGHTS_FILE = ADAPTER_FILES
-# what the local trainer writes beside the adapter: its loss curve and eval figures
-TRAINED_FILES = (*ADAPTER_FILES, "metrics.json")
+# what the local trainer writes beside the adapter: its loss curve and eval figures, then its result
+# record (the JSON line it prints), last: a pod's install task takes its presence as "finished"
+RESULT_FILE = "result.json"
+TRAINED_FILES = (*ADAPTER_FILES, "metrics.json", RESULT_FILE)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 DEFAULT_MAX_BYTES = 2 * 1024**3  # decompressed cap: a zip bomb must not fill the disk
 CHECKPOINTS_DIR = "lora_checkpoints"

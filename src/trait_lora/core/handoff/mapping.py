@@ -63,6 +63,7 @@ def mapping_entry(trait: str, record: dict[str, Any], base_url: str | None = Non
         "job_id": record.get("job_id"),
         "backend": record.get("backend", "together"),
         "base_model": record.get("base_model", ""),
+        **{k: record[k] for k in ("base_model_source", "base_model_revision", "quantization") if k in record},
         "config_hash": record["config_hash"],
         "trained_at": record["trained_at"],
         "num_examples": int(record.get("num_examples") or 1),

@@ -43,11 +43,18 @@ def update_run_file(output_dir: Output, run_id: str, name: str, key: str, value:
     swap(as_store(output_dir), f"{run_key(run_id)}/{name}", what=name, change=change)
 
 
-def record_failure(output_dir: Output, run_id: str, trait: str, step: str, reason: str) -> None:
+def record_failure(
+    output_dir: Output,
+    run_id: str,
+    trait: str,
+    step: str,
+    reason: str,
+    details: Mapping[str, Any] | None = None,
+) -> None:
+    """``details``: facts beside the reason (a pod's phase, container state, exit code), kept as given."""
     check_trait_name(trait)
-    update_run_file(
-        output_dir, run_id, FAILURES_FILE, trait, {"step": step, "reason": reason, "at": utc_now()}
-    )
+    record = {"step": step, "reason": reason, "at": utc_now(), **(details or {})}
+    update_run_file(output_dir, run_id, FAILURES_FILE, trait, record)
 
 
 def clear_failure(output_dir: Output, run_id: str, trait: str) -> None:

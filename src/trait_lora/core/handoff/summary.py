@@ -61,6 +61,8 @@ def build_summary(
                 or "a task for this trait did not finish (see its log in the Airflow UI)"
             )
             row.update(action="failed", detail=reason, failed_step=failure.get("step"))
+            if isinstance(failure.get("pod"), dict):  # a pod's phase, container state, exit code
+                row["pod"] = failure["pod"]
         rows.append(row)
     counts: dict[str, int] = {}
     for row in rows:

@@ -1,0 +1,288 @@
+"""The training pod's operator: the cncf.kubernetes provider's ``KubernetesPodOperator``, with its own
+lifecycle (create or re-attach, defer, logs, cleanup, ``on_kill``) and three changes:
+
+* the pod is built from the settings when it is built (``kubernetes.pod_settings``): GPU, node pool,
+  volumes, model cache, Secrets by reference, security context, deadline;
+* a pod that never started is deleted (it holds a node's GPU or would start later with nobody
+  following it); one that ran and failed is kept for ``kubectl logs`` / ``describe``;
+* while it waits for the pod to start, the trigger also fails at once on ``CreateContainerConfigError``
+  (a missing Secret or key), as the provider does for an image that cannot be pulled, instead of
+  holding the node until the startup timeout;
+* a failed try says why in the run's failures (``pod_failure.diagnose``: phase, container state, exit
+  code and its meaning, the scheduler's message) and is retried only when a retry can help (not after
+  trainer exit 2 or 3, a missing Secret, an image that cannot be pulled); the retry of an OOMKilled pod
+  runs with half its micro-batch.
+
+This module imports the provider's operator module, and with it the Kubernetes clients (about a
+second). ``dags/trait_lora_kubernetes.py`` names that module in a top-level import so the DAG
+processor imports it once, before it forks each parse (``[dag_processor] parsing_pre_import_modules``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.cncf.kubernetes.triggers.pod import KubernetesPodTrigger
+from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchTimeoutException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+
+from trait_lora import settings
+from trait_lora.provider import kubernetes, pod_failure
+
+TRAINER_CMD = ("python", "-m", "trait_lora.train")
+DAG_ID = "trait_lora_kubernetes"
+
+
+class PodConfigError(PodLaunchTimeoutException):
+    """The kubelet cannot build the container (a missing Secret or key). A launch timeout to the
+    provider: it ends the try with the message, and the pod is not followed any further."""
+
+
+def config_error(pod: Any) -> str | None:
+    """The kubelet's ``CreateContainerConfigError`` for any container of ``pod``, as a message."""
+    status = getattr(pod, "status", None)
+    for container in getattr(status, "container_statuses", None) or []:
+        waiting = getattr(container.state, "waiting", None)
+        if waiting is not None and waiting.reason == "CreateContainerConfigError":
+            return (
+                f"pod {pod.metadata.namespace}/{pod.metadata.name} cannot start container "
+                f"{container.name}: {waiting.message} (CreateContainerConfigError). Create that Secret "
+                "(and key) in the namespace, or point [trait_lora] k8s_hf_secret / k8s_hf_secret_key / "
+                "k8s_storage_secret at one that exists"
+            )
+    return None
+
+
+class PodTryFailed(AirflowException):
+    """A try whose pod failed in a way a retry can help (evicted, OOMKilled, deleted, a crash)."""
+
+
+class PodFailedForGood(AirflowFailException):
+    """A try whose retry would fail the same way (trainer exit 2 or 3, missing Secret, bad image)."""
+
+
+def _ever_started(pod: Any, container: str) -> bool:
+    status = getattr(pod, "status", None)
+    for found in getattr(status, "container_statuses", None) or []:
+        if found.name == container:
+            state, last = found.state, found.last_state
+            return bool((state and (state.running or state.terminated)) or (last and last.terminated))
+    return False
+
+
+class TrainingPodTrigger(KubernetesPodTrigger):
+    """The provider's pod trigger, failing fast on ``CreateContainerConfigError`` while it waits."""
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return f"{__name__}.{type(self).__name__}", super().serialize()[1]
+
+    async def _wait_for_pod_start(self) -> Any:
+        waiting = asyncio.ensure_future(super()._wait_for_pod_start())
+        try:
+            while True:
+                done, _ = await asyncio.wait({waiting}, timeout=self.startup_check_interval)
+                if done:
+                    return waiting.result()
+                message = config_error(await self._get_pod())
+                if message:
+                    raise PodConfigError(message)
+        finally:
+            if not waiting.done():
+                waiting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiting
+
+
+class TrainingPodOperator(KubernetesPodOperator):
+    """One trait's GPU pod. ``name``, ``arguments``, ``labels`` and ``annotations`` come from the
+    ``pod_spec`` task (``kubernetes.pod_spec``); everything else from the settings."""
+
+    ui_color = "#d6f5e3"
+    template_fields = (*KubernetesPodOperator.template_fields, "run_record")
+
+    def __init__(
+        self,
+        *,
+        name: Any,
+        arguments: Any,
+        labels: Any,
+        annotations: Any = None,
+        image: str | None = None,
+        namespace: str | None = None,
+        run_record: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        self.run_record = run_record  # {"trait", "output_dir"}: where a failed try records why
+        kwargs.setdefault(
+            "map_index_template", "{{ task.annotations.get('" + kubernetes.TRAIT_ANNOTATION + "', '') }}"
+        )
+        super().__init__(
+            name=name,
+            arguments=arguments,
+            labels=labels,
+            annotations=annotations if annotations is not None else {},
+            image=image
+            or kubernetes.variable_template("trait_lora_trainer_image", settings.get_str("trainer_image")),
+            namespace=namespace
+            or kubernetes.variable_template("trait_lora_k8s_namespace", settings.get_str("k8s_namespace")),
+            cmds=list(TRAINER_CMD),
+            deferrable=True,
+            do_xcom_push=False,  # the trainer writes result.json next to its adapter: no sidecar, no exec
+            get_logs=True,
+            on_finish_action="delete_succeeded_pod",
+            log_events_on_failure=True,
+            log_pod_spec_on_failure=False,  # events and container states say why; the spec is in the UI
+            # a failed container's last log lines become its termination message: the trainer's
+            # "error: ..." reaches the pod's status, hence the run's failures and its summary
+            termination_message_policy="FallbackToLogsOnError",
+            **{**kubernetes.operator_settings(), **kwargs},
+        )
+
+    def build_pod_request_obj(self, context: Any = None, *, dry_run: bool = False) -> Any:
+        for attribute, value in kubernetes.pod_settings(self.arguments).items():
+            setattr(self, attribute, value)
+        if context is not None and self.run_record and not dry_run:
+            self.arguments = self._after_oom(self.arguments, context)
+        return super().build_pod_request_obj(context, dry_run=dry_run)
+
+    def _after_oom(self, arguments: Any, context: Any) -> list[Any]:
+        """The argv with half the micro-batch when this run's last try of the trait was OOMKilled
+        (its failure record says at which micro-batch), so the retry fits where the try did not."""
+        from trait_lora.core.handoff import runs
+
+        args = list(arguments or [])
+        record = self.run_record or {}
+        failed = runs.read_failures(record["output_dir"], context["run_id"]).get(record["trait"]) or {}
+        pod = failed.get("pod") if isinstance(failed.get("pod"), dict) else {}
+        tried = pod.get("micro_batch")
+        flag = kubernetes.MICRO_BATCH_FLAG
+        if pod.get("oom_killed") and isinstance(tried, int) and flag in args[:-1]:
+            half = max(1, tried // 2)
+            args[args.index(flag) + 1] = str(half)
+            self.log.warning(
+                "the last pod of %s was OOMKilled at micro-batch %d: this one runs with %d",
+                record["trait"],
+                tried,
+                half,
+            )
+        return args
+
+    def execute(self, context: Any) -> Any:
+        try:
+            return super().execute(context)
+        except Exception as exc:
+            self._failed(context, exc, created=self.pod is not None)
+
+    def trigger_reentry(self, context: Any, event: dict[str, Any]) -> Any:
+        try:
+            return super().trigger_reentry(context, event)
+        except Exception as exc:
+            self._failed(context, exc, created=True)
+
+    def _failed(self, context: Any, exc: Exception, *, created: bool) -> None:
+        """Say why the try failed (task log and the run's failures) and whether to retry; the
+        provider's own handling (logs, events, cleanup) has already run."""
+        if isinstance(exc, PodTryFailed | PodFailedForGood | AirflowSkipException):
+            raise exc
+        from kubernetes.client import ApiClient
+
+        pod = ApiClient().sanitize_for_serialization(self.pod) if self.pod is not None else None
+        container = next(
+            (c for c in ((pod or {}).get("spec") or {}).get("containers") or [] if c.get("name") == "base"),
+            {},
+        )
+        used = kubernetes.argument(container.get("args") or self.arguments, kubernetes.MICRO_BATCH_FLAG)
+        failure = pod_failure.diagnose(
+            pod,
+            error=str(exc),
+            created=created,
+            container=self.base_container_name,
+            micro_batch=int(used) if used and used.isdigit() else None,
+            settings={**kubernetes.advice_settings(), "image": container.get("image") or self.image},
+            retries_left=context["ti"].try_number <= (self.retries or 0),
+        )
+        self.log.error("%s", failure.message)
+        record = self.run_record or {}
+        if record.get("trait") and record.get("output_dir"):
+            from trait_lora.core.handoff import runs
+
+            runs.record_failure(
+                record["output_dir"],
+                context["run_id"],
+                record["trait"],
+                "train_pod",
+                f"{record['trait']}: {failure.message}",
+                {"pod": failure.to_dict()},
+            )
+        raise (PodTryFailed if failure.retry else PodFailedForGood)(failure.message) from exc
+
+    def _write_logs(self, pod: Any, follow: bool = False, since_time: Any = None) -> None:
+        """No log to read from a container that never started (a missing Secret, an image that
+        cannot be pulled, no node): the provider would ask three times, seconds apart, for a 400."""
+        if not _ever_started(pod, self.base_container_name):
+            self.log.info("no log: container %s never started", self.base_container_name)
+            return
+        super()._write_logs(pod, follow=follow, since_time=since_time)
+
+    def defer(self, *, trigger: Any, method_name: str, kwargs: Any = None, timeout: Any = None) -> Any:
+        if type(trigger) is KubernetesPodTrigger:
+            trigger = TrainingPodTrigger(**trigger.serialize()[1])
+        super().defer(trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
+
+    def process_pod_deletion(self, pod: Any, *, reraise: bool = True) -> bool:
+        """``delete_succeeded_pod``, and a pod still ``Pending`` is deleted too: it never ran, so there
+        is nothing to inspect but its events (already in the task log), and it holds or awaits a GPU."""
+        if pod is not None and getattr(pod.status, "phase", None) == "Pending":
+            self.log.info("Deleting pod %s: it never started", pod.metadata.name)
+            try:
+                self.pod_manager.delete_pod(pod)
+            except Exception:
+                if reraise:
+                    raise
+                self.log.exception("Unable to delete pod %s", pod.metadata.name)
+            return True
+        return super().process_pod_deletion(pod, reraise=reraise)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """The pod trained on the shard and wrote its adapter to staging (the install task then
+        names the installed adapter)."""
+        from trait_lora.provider.tracking import lineage
+
+        def value(flag: str) -> list[tuple[str, str]]:
+            found = kubernetes.argument(self.arguments, flag)
+            return [lineage.dataset_id(found)] if found else []
+
+        trait = dict(self.annotations or {}).get(kubernetes.TRAIT_ANNOTATION) or str(
+            dict(self.labels).get("trait", "")
+        ).replace("-", "_")
+        return lineage.operator_lineage(
+            value("--shard"), value("--out"), {"trait": trait, "backend": "kubernetes"}
+        )
+
+
+def pod_manifest(
+    plan: dict[str, Any], *, run_id: str, image: str = "", namespace: str = ""
+) -> dict[str, Any]:
+    """The pod ``trait_lora_kubernetes`` would create for ``plan``, as the JSON the API server receives
+    (``trait-lora k8s-pod``): built by the same operator, with the labels of a run's first try; only
+    the name's random suffix differs from run to run."""
+    from types import SimpleNamespace
+
+    from kubernetes.client import ApiClient
+
+    spec = kubernetes.pod_spec(plan)
+    op = TrainingPodOperator(
+        task_id="train_pod",
+        name=spec["name"],
+        arguments=spec["arguments"],
+        labels=spec["labels"],
+        annotations=spec["annotations"],
+        image=image or settings.get_str("trainer_image"),
+        namespace=namespace or settings.get_str("k8s_namespace"),
+    )
+    ti = SimpleNamespace(dag_id=DAG_ID, task_id="trait.train_pod", map_index=0, try_number=1)
+    pod = op.build_pod_request_obj({"ti": ti, "run_id": run_id, "dag": None}, dry_run=True)
+    return ApiClient().sanitize_for_serialization(pod)

@@ -1,0 +1,179 @@
+"""What the Kubernetes DAG tests set up around the fake API server: a GPU node pool as the settings
+expect it, the deployment's ``[trait_lora] k8s_*`` settings, trainer images, and clocks on the pods.
+
+Two images stand for the trainer image. The real one (``warm_python``): ``python -m trait_lora.train``
+on the pod's argv, env and volumes. A stub for the fault tests: a few lines that, seen from the DAG,
+behave like the trainer (log steps, write the adapter and ``result.json`` beside it, or print an
+``error:`` line and exit with the trainer's code), chosen per trait by a JSON file, in ~50 ms a pod.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.fake_kubernetes import FakeKubernetes
+
+NAMESPACE = "airflow"  # [trait_lora] k8s_namespace's default
+GPU_LABELS = {"nvidia.com/gpu.present": "true"}  # k8s_node_selector's default
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}  # tolerated by default
+REAL_IMAGE = "registry.example/trait-lora-trainer:0.1.0"
+STUB_IMAGE = "registry.example/trait-lora-trainer:stub"
+
+STUB = """#!{python}
+import json, os, shutil, sys, time
+args = sys.argv[3:]  # after "-m trait_lora.train": the pod's arguments
+
+
+def value(flag):
+    return args[args.index(flag) + 1] if flag in args else None
+
+
+trait = value("--shard").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+plan = json.load(open(os.environ["STUB_PLAN"])).get(trait, {{}})
+print(f"training {{trait}} at micro-batch {{value('--micro-batch')}}", flush=True)
+if "exit" in plan:
+    print(plan["error"], file=sys.stderr, flush=True)
+    sys.exit(plan["exit"])
+for step in range(1, plan.get("steps", 2) + 1):
+    time.sleep(plan.get("step_seconds", 0.05))
+    print(f"step {{step}} loss 1.0", flush=True)
+out = value("--out")
+shutil.copytree(os.environ["STUB_ADAPTER"], out, dirs_exist_ok=True)
+result = json.dumps({{"adapter_dir": out, "final_loss": 1.0, "micro_batch": int(value("--micro-batch"))}})
+open(os.path.join(out, "result.json"), "w").write(result + "\\n")
+print(result, flush=True)
+"""
+
+
+def settings_env(data: Path, **overrides: Any) -> dict[str, str]:
+    """The deployment's settings for these tests: the PVC mounted at its host folder (``data``: no
+    path is rewritten), fast polls and retries, two pods at most."""
+    values = {
+        "k8s_mount_path": str(data),
+        "k8s_max_pods": "2",
+        "k8s_poll_seconds": "0.2",
+        "k8s_retry_delay_seconds": "0",
+        "k8s_logging_interval_seconds": "0",
+        "trainer_image": REAL_IMAGE,
+        **{k: str(v) for k, v in overrides.items()},
+    }
+    return {f"AIRFLOW__TRAIT_LORA__{k.upper()}": v for k, v in values.items()}
+
+
+def gpu_cluster(fake: FakeKubernetes, data: Path, gpus: int = 4) -> None:
+    """The namespace, the data PVC and a GPU node as the default node selector and tolerations
+    expect it, beside the fake's default CPU node."""
+    fake.add_namespace(NAMESPACE)
+    fake.add_pvc("trait-lora-data", data, namespace=NAMESPACE)
+    fake.add_node("gpu-1", cpu="32", memory="256Gi", gpus=gpus, labels=GPU_LABELS, taints=[GPU_TAINT])
+
+
+def stub_image(fake: FakeKubernetes, folder: Path, plan: dict[str, dict[str, Any]]) -> Path:
+    """The stub trainer image (``STUB_IMAGE``): ``folder/bin/python`` on its PATH, a small adapter
+    matching the default LoRA settings, ``plan``: trait -> {"exit", "error"} or {"steps",
+    "step_seconds"}. Returns the plan file (rewrite it to change what the next pods do)."""
+    from tests.support.adapters import write_adapter_dir
+    from trait_lora.core.config import TrainingConfig
+
+    config = TrainingConfig()
+    adapter = write_adapter_dir(
+        folder / "adapter",
+        r=config.lora_r,
+        alpha=config.lora_alpha,
+        modules=tuple(config.target_modules),
+        layers=2,
+        shapes={m: (64, 64) for m in config.target_modules},
+    )
+    (folder / "bin").mkdir(parents=True, exist_ok=True)
+    python = folder / "bin" / "python"
+    python.write_text(STUB.format(python=sys.executable))
+    python.chmod(0o755)
+    plan_file = folder / "plan.json"
+    plan_file.write_text(json.dumps(plan))
+    fake.images.add(
+        STUB_IMAGE,
+        env={
+            "PATH": f"{python.parent}:/usr/bin:/bin",
+            "STUB_PLAN": str(plan_file),
+            "STUB_ADAPTER": str(adapter),
+        },
+    )
+    return plan_file
+
+
+@dataclass
+class PodClock:
+    """When each pod ran (first seen Running -> finished or gone), by trait label, watched as the
+    fake's store changes; ``first_running`` is the moment the first pod of the test ran."""
+
+    fake: FakeKubernetes
+    started: dict[str, tuple[str, float]] = field(default_factory=dict)  # uid -> (trait, t)
+    ended: dict[str, float] = field(default_factory=dict)
+    stop: bool = False
+
+    def watch(self) -> None:
+        store = self.fake.store
+        with store.lock:
+            while not self.stop:
+                now = time.monotonic()
+                pods = {p["metadata"]["uid"]: p for p in store.list("pods")}
+                for uid, pod in pods.items():
+                    if pod["status"].get("phase") == "Running" and uid not in self.started:
+                        self.started[uid] = (pod["metadata"]["labels"].get("trait", ""), now)
+                for uid in self.started:
+                    gone = uid not in pods or pods[uid]["status"].get("phase") in ("Succeeded", "Failed")
+                    if gone and uid not in self.ended:
+                        self.ended[uid] = now
+                store.changed.wait(0.05)
+
+    @property
+    def first_running(self) -> float:
+        return min(t for _, t in self.started.values())
+
+    def running_seconds(self) -> float:
+        return sum(self.ended.get(uid, time.monotonic()) - t for uid, (_, t) in self.started.items())
+
+
+@contextmanager
+def pod_clock(fake: FakeKubernetes) -> Iterator[PodClock]:
+    clock = PodClock(fake)
+    thread = threading.Thread(target=clock.watch, daemon=True, name="pod-clock")
+    thread.start()
+    try:
+        yield clock
+    finally:
+        clock.stop = True
+        fake.store.touch()
+        thread.join(5)
+
+
+def most_running_per_trait(fake: FakeKubernetes) -> Counter[str]:
+    """The most pods of one trait in phase Running at the same moment, from the API's own history of
+    changes (every write, in order): a replacement that overlapped its predecessor shows as 2."""
+    running: dict[str, set[str]] = {}
+    most: Counter[str] = Counter()
+    with fake.store.lock:
+        history = [e for e in fake.store.history if e.resource == "pods"]
+    for event in history:
+        meta = event.obj["metadata"]
+        trait = (meta.get("labels") or {}).get("trait", "")
+        pods = running.setdefault(trait, set())
+        if event.type != "DELETED" and event.obj["status"].get("phase") == "Running":
+            pods.add(meta["uid"])
+        else:
+            pods.discard(meta["uid"])
+        most[trait] = max(most[trait], len(pods))
+    return most
+
+
+def pod_args(pod: dict[str, Any]) -> list[str]:
+    return list(pod["spec"]["containers"][0].get("args") or [])
