@@ -111,7 +111,8 @@ def configure_airflow(
     os.environ["AIRFLOW_HOME"] = str(airflow_home)
     os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(dags_folder)
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # no HF_HUB_OFFLINE here: a base_model that is a Hub repo id is downloaded by the train task (through
+    # [trait_lora] hf_conn_id); the trainer itself always runs offline on the folder it is given
     # The trigger form's trait list comes from the shards dir at parse time: parse with the one we run.
     os.environ["AIRFLOW__TRAIT_LORA__SHARDS_DIR"] = shards_dir
     if output_dir is not None:

@@ -1,4 +1,4 @@
-"""trait_lora_local with its base model named by Hub repo id, served by the fake Hub to the real
+"""trait_lora_local with its base model named by Hub repo id (and loaded in 4 bits), served by the fake Hub to the real
 ``huggingface_hub`` client through the Airflow connection ``huggingface_default`` (token, mirror).
 
 What a user notices: the run downloads the model once into ``[trait_lora] model_cache_dir`` and trains
@@ -30,13 +30,22 @@ def test_a_hub_model_is_pinned_downloaded_once_and_recorded(
     )
     monkeypatch.setenv("AIRFLOW__TRAIT_LORA__MODEL_CACHE_DIR", str(tmp_path / "models"))
     out = tmp_path / "out"
-    conf = {"shards_dir": str(shards), "output_dir": str(out), "base_model": f"{REPO_ID}@main"}
+    # QLoRA on this CPU too (bitsandbytes 0.50): the mapping says which base, at which precision
+    conf = {
+        "shards_dir": str(shards),
+        "output_dir": str(out),
+        "base_model": f"{REPO_ID}@main",
+        "quantization": "4bit",
+    }
 
     first = run_dag("trait_lora_local", conf)
     assert str(first.state) == "success", task_states(first)
     entry = json.loads((out / "hypernetwork_data.json").read_text())["traits"]["joy_plus"]
     assert (entry["base_model"], entry["base_model_source"]) == (REPO_ID, "hub")
     assert entry["base_model_revision"] == commit  # the branch as pinned in discover
+    assert entry["quantization"] == "4bit"
+    metrics = json.loads((out / "metrics" / "joy_plus.json").read_text())
+    assert (metrics["quantization"], metrics["precision"]) == ("4bit", "fp32")
     adapter_config = json.loads((out / "lora_checkpoints" / "joy_plus" / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == REPO_ID  # the id, not this worker's cache path
     downloaded = len(hub.downloads())

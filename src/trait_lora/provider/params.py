@@ -261,6 +261,17 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
         f"examples train on everything. Changing it retrains. Default: {eval_default}.",
         section=EVALUATION,
     )
+    if backend == "local":  # Together trains its own way: the base's precision is the local trainer's
+        params["quantization"] = form_field(
+            None,
+            type=["null", "string"],
+            enum=[None, "4bit"],
+            title="Quantization",
+            description="Empty: the base model in bf16/fp16 on a GPU (fp32 on a CPU); 4bit: QLoRA, the base "
+            "in NF4 (Llama-3.1-8B then fits a 16 GB card: ~5.5 GB of weights instead of ~16). Recorded in "
+            "the mapping entry; changing it retrains. Default: empty.",
+            section=TRAINING,
+        )
     if backend == "local":  # Together reports no base-model loss to compare against
         params["min_eval_improvement"] = form_field(
             None,
