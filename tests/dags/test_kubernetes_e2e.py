@@ -365,23 +365,35 @@ def stub_cluster(
     data = tmp_path / "data"
     gpu_cluster(fake, data)
     stub_image(fake, tmp_path / "image", {"joy_plus": {"steps": 8, "step_seconds": 0.1}})
-    use(monkeypatch, settings_env(data, trainer_image=STUB_IMAGE, **settings))
+    use(monkeypatch, settings_env(data, **{"trainer_image": STUB_IMAGE, **settings}))
     return data
 
 
-def test_the_worker_lost_after_creating_its_pod_the_retry_follows_that_pod(
+def test_a_lost_create_answer_and_a_worker_lost_before_deferring_still_train_one_pod(
     airflow_db, kubernetes_conn, tmp_path, monkeypatch
 ):
-    """The first try dies between creating the pod and deferring (here the API's answer to the
-    create is lost: the pod exists, the worker never learnt it): the retry finds the running pod by
-    its labels and follows it; one pod trains."""
+    """The API server creates the pod but its answer is lost (the provider sends the create again
+    and gets 409 AlreadyExists: the operator follows the pod it made); then the worker dies before
+    it defers. The retry finds the running pod by its labels and follows it: one pod trains."""
+    from trait_lora.provider.pod_operator import TrainingPodOperator
+
     fake = kubernetes_conn
     data = stub_cluster(fake, tmp_path, monkeypatch)
     fake.lose_answers("POST", "pods")
+    defer, lost = TrainingPodOperator.invoke_defer_method, []
+
+    def worker_lost(self: Any, last_log_time: Any = None, context: Any = None) -> None:
+        if not lost:  # the first try: its pod exists and runs, the worker is gone before deferring
+            lost.append(self.pod.metadata.name)
+            raise RuntimeError("the worker was lost (injected by the test)")
+        defer(self, last_log_time=last_log_time, context=context)
+
+    monkeypatch.setattr(TrainingPodOperator, "invoke_defer_method", worker_lost)
     run = run_dag("trait_lora_kubernetes", stub_conf(data, ["joy_plus"]))
     assert str(run.state) == "success", task_states(run)
-    assert fake.stats.requests[("POST", "pods")] == 1 and len(fake.launches) == 1
-    assert fake.created_per_label("trait") == {"joy-plus": 1}
+    assert fake.stats.requests[("POST", "pods")] > 1  # the create was sent again (409)
+    assert fake.stats.pods_created == 1 and len(fake.launches) == 1
+    assert [p["metadata"]["name"] for p in fake.created_pods] == lost  # the retry followed it
     assert (data / "out" / "lora_checkpoints" / "joy_plus" / "adapter_model.safetensors").is_file()
 
 

@@ -1,5 +1,6 @@
-"""trait_lora_local with its base model named by Hub repo id (and loaded in 4 bits), served by the fake Hub to the real
-``huggingface_hub`` client through the Airflow connection ``huggingface_default`` (token, mirror).
+"""trait_lora_local with its base model named by Hub repo id (and loaded in 4 bits), served by the fake
+Hub to the real ``huggingface_hub`` client through the Airflow connection ``huggingface_default``
+(token, mirror).
 
 What a user notices: the run downloads the model once into ``[trait_lora] model_cache_dir`` and trains
 on the commit it pinned, recorded with the adapter in ``hypernetwork_data.json``; a forced rerun

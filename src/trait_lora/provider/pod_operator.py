@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from functools import cached_property
 from typing import Any
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.triggers.pod import KubernetesPodTrigger
-from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchTimeoutException
+from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchTimeoutException, PodManager
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from trait_lora import settings
@@ -71,6 +72,36 @@ def _ever_started(pod: Any, container: str) -> bool:
             state, last = found.state, found.last_state
             return bool((state and (state.running or state.terminated)) or (last and last.terminated))
     return False
+
+
+# The labels that make a pod this try's own (the provider sets them from the task instance).
+_TRY_LABELS = ("dag_id", "task_id", "run_id", "map_index", "try_number")
+
+
+class AdoptingPodManager(PodManager):
+    """The provider's pod manager, except that a create answered ``409 AlreadyExists`` for a pod this
+    very try made is that pod: its first answer was lost (a reset connection, a timeout) and the
+    provider sent the create again. The provider counts 409 as transient and asks four more times,
+    15 s in all, then fails the try; the pod it made runs on with nobody following it."""
+
+    def run_pod_async(self, pod: Any, **kwargs: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return super().run_pod_async(pod, **kwargs)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            found = self.read_pod(pod)
+            mine, theirs = pod.metadata.labels or {}, found.metadata.labels or {}
+            if any(mine.get(k) != theirs.get(k) for k in _TRY_LABELS):
+                raise
+            self.log.warning(
+                "pod %s already exists with this try's labels: the answer to its create was lost; "
+                "following it",
+                pod.metadata.name,
+            )
+            return found
 
 
 class TrainingPodTrigger(KubernetesPodTrigger):
@@ -140,6 +171,10 @@ class TrainingPodOperator(KubernetesPodOperator):
             termination_message_policy="FallbackToLogsOnError",
             **{**kubernetes.operator_settings(), **kwargs},
         )
+
+    @cached_property
+    def pod_manager(self) -> PodManager:
+        return AdoptingPodManager(kube_client=self.client, callbacks=self.callbacks)
 
     def build_pod_request_obj(self, context: Any = None, *, dry_run: bool = False) -> Any:
         for attribute, value in kubernetes.pod_settings(self.arguments).items():
