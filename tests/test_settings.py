@@ -287,3 +287,17 @@ def test_the_cli_list_reads_the_new_and_the_legacy_shards_dir_without_airflow(tm
         )
         assert done.returncode == 0, (name, done.stderr)
         assert json.loads(done.stdout)["shards"], name
+
+
+def test_the_operations_guide_lists_every_setting_as_the_code_declares_it():
+    """An operator reads docs/operations.md, not settings_table.py: a setting missing there, or with
+    another default, is a setting nobody can find. Regenerate with scripts/settings_doc.py."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("settings_doc", REPO / "scripts" / "settings_doc.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    doc = (REPO / "docs" / "operations.md").read_text()
+    missing = [row for row in module.rows() if row not in doc]
+    assert not missing, "run .venv/bin/python scripts/settings_doc.py; out of date:\n" + "\n".join(missing)
