@@ -57,6 +57,7 @@ LONG_FIRST = (
     "tests/provider/test_real_service.py",  # 72 s
     "tests/dags/test_local_dag.py",  # 71 s
     "tests/train/test_smollm2.py",  # 41 s
+    "tests/dags/test_kubernetes_e2e.py",  # 40 s alone (cold process), ~33 s in a warm worker
     "tests/dags/test_together_on_s3.py",  # 37 s
     "tests/provider/test_launch_idempotency.py",  # 32 s
     "tests/dags/test_together_dag.py",  # 31 s

@@ -33,30 +33,34 @@ from tests.fake_kubernetes import FakeKubernetes
 from tests.support.airflow import REPO, copy_shards, run_dag, task_states
 from tests.support.k8s_cluster import (
     NAMESPACE,
-    REAL_IMAGE,
     STUB_IMAGE,
+    failures_of,
+    figures,
     gpu_cluster,
+    label,
     most_running_per_trait,
     pod_args,
     pod_clock,
+    pod_status,
+    real_image,
     settings_env,
+    stub_cluster,
+    stub_conf,
     stub_image,
+    summary_rows,
+    use,
 )
 
 PVC_TRAITS = ["intellect_minus", "intellect_plus", "neuroticism_minus", "neuroticism_plus"]
 S3_TRAITS = ["joy_minus", "joy_plus", "wisdom_minus", "wisdom_plus"]
-FIGURES: dict[str, float] = {}
 
 
-def label(trait: str) -> str:
-    return trait.replace("_", "-")
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def warm_trainer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The real trainer image's interpreter, started once (torch, transformers, peft imported): the
-    folder of its ``python``, to put on the image's PATH. One thread per trainer: the tiny model
-    trains in ~0.5 s on one, in seconds when two processes fight over two cores."""
+    """The real trainer image's interpreter (torch, transformers, peft imported once): the folder of
+    its ``python``, to put on the image's PATH. Started with the module and not waited for: it
+    imports while the fault tests run (a container's ``python`` waits for it). One thread per
+    trainer: the tiny model trains in ~0.5 s on one, in seconds when two processes share two cores."""
     from tests.support.warm_python import write_shim
 
     folder = tmp_path_factory.mktemp("warm-trainer")
@@ -67,14 +71,11 @@ def warm_trainer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             [sys.executable, "-m", "tests.support.warm_python", sock],
             cwd=REPO,
             env=env,
-            stdout=subprocess.PIPE,
+            stdout=log,
             stderr=log,
             start_new_session=True,
         )
     try:
-        assert server.stdout is not None and server.stdout.readline() == b"ready\n", (
-            folder / "server.log"
-        ).read_text()[-3000:]
         yield write_shim(folder / "bin", sock).parent
     finally:
         os.killpg(server.pid, signal.SIGKILL)  # the server, its monitors and any trainer left
@@ -97,148 +98,9 @@ def tiny_model(warm_trainer: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         timeout=120,
         env={"PATH": os.environ["PATH"], "HF_HUB_OFFLINE": "1"},
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    log = (warm_trainer.parent / "server.log").read_text()[-3000:]
+    assert done.returncode == 0, done.stderr[-3000:] + log
     return work / "model"
-
-
-def real_image(fake: Any, warm_trainer: Path) -> None:
-    """The trainer image: its ``python`` is the warm one; uid 1000 as in Dockerfile.trainer."""
-    fake.images.add(
-        REAL_IMAGE, env={"PATH": f"{warm_trainer}:/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}, user=1000
-    )
-
-
-def use(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-
-
-def summary_rows(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {row["trait"]: row for row in summary["traits"]}
-
-
-def test_four_traits_train_in_pods_on_a_pvc_and_a_rerun_starts_no_pod(
-    airflow_db, kubernetes_conn, warm_trainer, tiny_model, tmp_path, monkeypatch
-):
-    from trait_lora.core.jobs.ledger import Ledger
-
-    fake = kubernetes_conn
-    data = tmp_path / "data"  # the PVC's folder, mounted at the same path in the pods
-    copy_shards(data / "shards", PVC_TRAITS)
-    model = shutil.copytree(tiny_model, data / "models" / "tiny")  # on the volume, as a pod sees it
-    gpu_cluster(fake, data)
-    real_image(fake, warm_trainer)
-    use(monkeypatch, settings_env(data, k8s_gpu_flag="0", k8s_micro_batch="8"))
-    out = data / "out"
-    conf = {"shards_dir": str(data / "shards"), "output_dir": str(out), "base_model": str(model)}
-
-    began = time.monotonic()
-    with pod_clock(fake) as clock:
-        run = run_dag("trait_lora_kubernetes", conf)
-    wall = time.monotonic() - began
-    assert str(run.state) == "success", task_states(run)
-
-    mapping = json.loads((out / "hypernetwork_data.json").read_text())
-    assert sorted(mapping["traits"]) == PVC_TRAITS and not mapping.get("failed")
-    ledger = Ledger(out)
-    for trait, entry in mapping["traits"].items():
-        assert entry["backend"] == "local" and entry["base_model"] == str(model)
-        assert (out / entry["adapter_path"] / "adapter_model.safetensors").is_file()
-        assert entry["adapter_sha256"] == ledger.hash_record(trait)["adapter_sha256"]
-    rows = summary_rows(json.loads((out / "run_summary.json").read_text()))
-    assert {t: r["action"] for t, r in rows.items()} == dict.fromkeys(PVC_TRAITS, "trained")
-    assert not any((out / ".staging-train").glob("*/result.json"))  # installed, staging gone
-
-    # one pod per trait, each ran the trainer on its own shard from the volume, as the image's user
-    assert fake.created_per_label("trait") == {label(t): 1 for t in PVC_TRAITS}
-    assert fake.pods(namespace=NAMESPACE) == []  # delete_succeeded_pod
-    assert max(most_running_per_trait(fake).values()) == 1
-    for launch in fake.launches:
-        assert launch.argv[1:3] == ("-m", "trait_lora.train")
-        shard = launch.argv[launch.argv.index("--shard") + 1]
-        assert Path(shard).parent == data / "shards"
-        assert launch.security_context["runAsUser"] == 1000
-        assert (str(data), str(data)) in launch.mounts  # the claim at its own path: nothing rewritten
-    assert fake.stats.requests[("GET", "pods/exec")] == 0  # no xcom sidecar, no exec
-    FIGURES["pvc: seconds from trigger to the first pod running"] = clock.first_running - began
-    FIGURES["pvc: DAG seconds per trait besides the pods"] = (wall - clock.running_seconds()) / 4
-
-    created = fake.stats.pods_created
-    began = time.monotonic()
-    again = run_dag("trait_lora_kubernetes", conf)
-    FIGURES["pvc: seconds of a rerun that skips every trait"] = time.monotonic() - began
-    assert str(again.state) == "success"
-    assert fake.stats.pods_created == created  # every trait verified and skipped: no pod at all
-    rows = summary_rows(json.loads((out / "run_summary.json").read_text()))
-    assert {t: r["action"] for t, r in rows.items()} == dict.fromkeys(PVC_TRAITS, "skipped")
-
-
-def test_four_traits_train_in_pods_from_and_to_a_bucket(
-    airflow_db,
-    kubernetes_conn,
-    warm_trainer,
-    tiny_model,
-    tmp_path,
-    monkeypatch,
-    s3_server,
-    s3_bucket,
-    s3_conn,
-):
-    """No PVC: the pod reads its shard from the bucket and uploads its adapter and result.json there,
-    with credentials from a Secret; the worker installs at the content-addressed key."""
-    from tests.support.s3 import ACCESS_KEY, SECRET_KEY
-    from trait_lora.core.storage.records import as_store
-
-    fake = kubernetes_conn
-    shards = copy_shards(tmp_path / "shards", S3_TRAITS)
-    client = s3_server.client()
-    for path in shards.iterdir():
-        client.put_object(Bucket=s3_bucket, Key=f"shards/{path.name}", Body=path.read_bytes())
-    gpu_cluster(fake, tmp_path / "unused-pvc")
-    real_image(fake, warm_trainer)
-    fake.add_secret(
-        "trait-lora-s3",
-        {"aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY},
-        namespace=NAMESPACE,
-    )
-    env = settings_env(
-        tmp_path,
-        k8s_gpu_flag="0",
-        k8s_micro_batch="8",
-        k8s_storage_secret="trait-lora-s3",
-        k8s_s3_endpoint_url=s3_server.endpoint,
-        storage_roots=json.dumps([f"s3://{s3_bucket}", str(tmp_path)]),
-    )
-    use(monkeypatch, env)
-    out = f"s3://aws_default@{s3_bucket}/stage2"
-    conf = {
-        "shards_dir": f"s3://aws_default@{s3_bucket}/shards",
-        "output_dir": out,
-        "base_model": str(tiny_model),
-    }
-
-    began = time.monotonic()
-    with pod_clock(fake) as clock:
-        run = run_dag("trait_lora_kubernetes", conf)
-    wall = time.monotonic() - began
-    assert str(run.state) == "success", task_states(run)
-
-    store = as_store(out)
-    mapping = store.read("hypernetwork_data.json").json()
-    assert sorted(mapping["traits"]) == S3_TRAITS and not mapping.get("failed")
-    for entry in mapping["traits"].values():
-        assert entry["adapter_path"] == f"lora_checkpoints/{entry['trait']}/{entry['adapter_sha256']}"
-        assert store.read(f"{entry['adapter_path']}/adapter_model.safetensors") is not None
-    assert not [k for k in store.list("") if ".staging-train" in k]
-    assert fake.created_per_label("trait") == {label(t): 1 for t in S3_TRAITS}
-    for launch in fake.launches:
-        assert launch.argv[launch.argv.index("--shard") + 1].startswith(f"s3://{s3_bucket}/shards/")
-        assert launch.env["AWS_ACCESS_KEY_ID"] == ACCESS_KEY  # resolved by the kubelet from the Secret
-        assert "trait-lora-data" not in [m for m, _ in launch.mounts]
-    for pod in fake.created_pods:  # the pod spec names the Secret, never the key itself
-        assert SECRET_KEY not in json.dumps(pod)
-    FIGURES["s3: seconds from trigger to the first pod running"] = clock.first_running - began
-    FIGURES["s3: DAG seconds per trait besides the pods"] = (wall - clock.running_seconds()) / 4
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -248,22 +110,6 @@ def test_four_traits_train_in_pods_from_and_to_a_bucket(
 TRAIN = {"steps": 3, "step_seconds": 0.1}  # long enough for a fault to hit it at "step 1"
 BAD_SHARD = "error: shards/joy_minus.jsonl is not a valid shard; fix these lines and retry:"
 NO_MODEL = "error: base model /models/llama-3.1-8b not found: pass a local path the pod sees"
-
-
-def stub_conf(data: Path, traits: list[str]) -> dict[str, Any]:
-    copy_shards(data / "shards", traits)
-    return {
-        "shards_dir": str(data / "shards"),
-        "output_dir": str(data / "out"),
-        "traits": traits,
-        "base_model": "/models/llama-3.1-8b",  # in the model cache: the pod needs no Hub token
-    }
-
-
-def failures_of(data: Path, run: Any) -> dict[str, dict[str, Any]]:
-    from trait_lora.core.handoff import runs
-
-    return runs.read_failures(data / "out", run.run_id)
 
 
 @pytest.fixture(scope="module")
@@ -289,7 +135,7 @@ def faults(airflow_db, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dic
         fake.inject("evict", selector="trait=wisdom-minus", on_log="step 1")
         fake.inject("delete", selector="trait=intellect-plus", on_log="step 1")
         run = run_dag("trait_lora_kubernetes", stub_conf(data, sorted(plan)))
-        yield {"fake": fake, "data": data, "run": run, "states": task_states(run)}
+        yield {"fake": fake, "data": data, "run": run}
         problems = fake.self_check()
     assert not fake.bugs and not problems, fake.bugs + problems
 
@@ -359,41 +205,59 @@ def test_the_summary_the_mapping_and_the_dashboard_say_why_each_trait_failed(fau
     assert "OOMKilled (exit 137)" in html and "the trainer exited 2" in html
 
 
-def stub_cluster(
-    fake: FakeKubernetes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **settings: Any
-) -> Path:
-    data = tmp_path / "data"
-    gpu_cluster(fake, data)
-    stub_image(fake, tmp_path / "image", {"joy_plus": {"steps": 8, "step_seconds": 0.1}})
-    use(monkeypatch, settings_env(data, **{"trainer_image": STUB_IMAGE, **settings}))
-    return data
+def test_a_pod_past_its_deadline_or_waiting_for_a_busy_gpu_is_explained():
+    """The two outcomes the runs above do not reach, from the status a cluster writes."""
+    from trait_lora.provider.pod_failure import diagnose
+
+    deadline = diagnose(
+        pod_status(phase="Failed", reason="DeadlineExceeded", message="Pod was active too long"),
+        settings={"k8s_active_deadline_minutes": 720},
+    )
+    assert not deadline.retry and "k8s_active_deadline_minutes = 720" in deadline.message
+    busy = pod_status(
+        phase="Pending",
+        conditions=[
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+            }
+        ],
+    )
+    waiting = diagnose(busy, settings={"k8s_schedule_timeout_minutes": 10.0})
+    assert waiting.retry and "3 Insufficient nvidia.com/gpu" in waiting.message  # GPUs may free up
+    assert "k8s_max_pods" in waiting.message
 
 
-def test_a_lost_create_answer_and_a_worker_lost_before_deferring_still_train_one_pod(
+def test_a_lost_create_answer_then_a_lost_worker_still_train_one_pod(
     airflow_db, kubernetes_conn, tmp_path, monkeypatch
 ):
-    """The API server creates the pod but its answer is lost (the provider sends the create again
-    and gets 409 AlreadyExists: the operator follows the pod it made); then the worker dies before
-    it defers. The retry finds the running pod by its labels and follows it: one pod trains."""
+    """The API server makes the pod but its answer is lost: the provider sends the create again,
+    gets 409 AlreadyExists, and the operator follows the pod it made (the provider alone would ask
+    four more times over 15 s and fail the try). Then the worker dies before it defers (the test
+    raises there, as a lost worker ends the try): the retry finds the running pod by its labels (the
+    provider's reattach_on_restart, with our labels) and follows it. One pod trains."""
     from trait_lora.provider.pod_operator import TrainingPodOperator
 
     fake = kubernetes_conn
     data = stub_cluster(fake, tmp_path, monkeypatch)
     fake.lose_answers("POST", "pods")
-    defer, lost = TrainingPodOperator.invoke_defer_method, []
+    defer, seen = TrainingPodOperator.invoke_defer_method, []
 
     def worker_lost(self: Any, last_log_time: Any = None, context: Any = None) -> None:
-        if not lost:  # the first try: its pod exists and runs, the worker is gone before deferring
-            lost.append(self.pod.metadata.name)
+        seen.append((self.pod.metadata.name, fake.pod(self.pod.metadata.name, NAMESPACE)))
+        if len(seen) == 1:
             raise RuntimeError("the worker was lost (injected by the test)")
         defer(self, last_log_time=last_log_time, context=context)
 
     monkeypatch.setattr(TrainingPodOperator, "invoke_defer_method", worker_lost)
     run = run_dag("trait_lora_kubernetes", stub_conf(data, ["joy_plus"]))
     assert str(run.state) == "success", task_states(run)
-    assert fake.stats.requests[("POST", "pods")] > 1  # the create was sent again (409)
+    assert fake.stats.requests[("POST", "pods")] > 1  # the create was sent again
     assert fake.stats.pods_created == 1 and len(fake.launches) == 1
-    assert [p["metadata"]["name"] for p in fake.created_pods] == lost  # the retry followed it
+    (first, _), (followed, found) = seen
+    assert followed == first and found["status"]["phase"] == "Running"  # the retry's pod is the first
     assert (data / "out" / "lora_checkpoints" / "joy_plus" / "adapter_model.safetensors").is_file()
 
 
@@ -467,7 +331,128 @@ def test_a_pod_no_node_can_take_fails_after_the_schedule_timeout_with_the_schedu
     )
 
 
-def test_zz_print_figures():
-    """The figures of the runs above (``pytest -s`` shows them)."""
-    for name, value in FIGURES.items():
-        print(f"{name}: {value:.2f}")
+# ---------------------------------------------------------------------------------------------------
+# The real trainer: four traits on a PVC, four in a bucket
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_four_traits_train_in_pods_on_a_pvc_and_a_rerun_starts_no_pod(
+    airflow_db, kubernetes_conn, warm_trainer, tiny_model, tmp_path, monkeypatch
+):
+    from trait_lora.core.jobs.ledger import Ledger
+
+    fake = kubernetes_conn
+    data = tmp_path / "data"  # the PVC's folder, mounted at the same path in the pods
+    copy_shards(data / "shards", PVC_TRAITS)
+    model = shutil.copytree(tiny_model, data / "models" / "tiny")  # on the volume, as a pod sees it
+    gpu_cluster(fake, data)
+    real_image(fake, warm_trainer)
+    use(monkeypatch, settings_env(data, k8s_gpu_flag="0", k8s_micro_batch="8"))
+    out = data / "out"
+    conf = {"shards_dir": str(data / "shards"), "output_dir": str(out), "base_model": str(model)}
+
+    began = time.monotonic()
+    with pod_clock(fake) as clock:
+        run = run_dag("trait_lora_kubernetes", conf)
+    wall = time.monotonic() - began
+    assert str(run.state) == "success", task_states(run)
+
+    mapping = json.loads((out / "hypernetwork_data.json").read_text())
+    assert sorted(mapping["traits"]) == PVC_TRAITS and not mapping.get("failed")
+    ledger = Ledger(out)
+    for trait, entry in mapping["traits"].items():
+        assert entry["backend"] == "local" and entry["base_model"] == str(model)
+        assert (out / entry["adapter_path"] / "adapter_model.safetensors").is_file()
+        assert entry["adapter_sha256"] == ledger.hash_record(trait)["adapter_sha256"]
+    rows = summary_rows(json.loads((out / "run_summary.json").read_text()))
+    assert {t: r["action"] for t, r in rows.items()} == dict.fromkeys(PVC_TRAITS, "trained")
+    assert not any((out / ".staging-train").glob("*/result.json"))  # installed, staging gone
+
+    # one pod per trait, each ran the trainer on its own shard from the volume, as the image's user
+    assert fake.created_per_label("trait") == {label(t): 1 for t in PVC_TRAITS}
+    assert fake.pods(namespace=NAMESPACE) == []  # delete_succeeded_pod
+    assert max(most_running_per_trait(fake).values()) == 1
+    for launch in fake.launches:
+        assert launch.argv[1:3] == ("-m", "trait_lora.train")
+        shard = launch.argv[launch.argv.index("--shard") + 1]
+        assert Path(shard).parent == data / "shards"
+        assert launch.security_context["runAsUser"] == 1000
+        assert (str(data), str(data)) in launch.mounts  # the claim at its own path: nothing rewritten
+    assert fake.stats.requests[("GET", "pods/exec")] == 0  # no xcom sidecar, no exec
+    figures("pvc", first_pod=clock.first_running - began, per_trait=(wall - clock.running_seconds()) / 4)
+
+    created = fake.stats.pods_created
+    began = time.monotonic()
+    again = run_dag("trait_lora_kubernetes", conf)
+    figures("pvc", rerun=time.monotonic() - began)
+    assert str(again.state) == "success"
+    assert fake.stats.pods_created == created  # every trait verified and skipped: no pod at all
+    rows = summary_rows(json.loads((out / "run_summary.json").read_text()))
+    assert {t: r["action"] for t, r in rows.items()} == dict.fromkeys(PVC_TRAITS, "skipped")
+
+
+def test_four_traits_train_in_pods_from_and_to_a_bucket(
+    airflow_db,
+    kubernetes_conn,
+    warm_trainer,
+    tiny_model,
+    tmp_path,
+    monkeypatch,
+    s3_server,
+    s3_bucket,
+    s3_conn,
+):
+    """No PVC: the pod reads its shard from the bucket and uploads its adapter and result.json there,
+    with credentials from a Secret; the worker installs at the content-addressed key."""
+    from tests.support.s3 import ACCESS_KEY, SECRET_KEY
+    from trait_lora.core.storage.records import as_store
+
+    fake = kubernetes_conn
+    shards = copy_shards(tmp_path / "shards", S3_TRAITS)
+    client = s3_server.client()
+    for path in shards.iterdir():
+        client.put_object(Bucket=s3_bucket, Key=f"shards/{path.name}", Body=path.read_bytes())
+    gpu_cluster(fake, tmp_path / "unused-pvc")
+    real_image(fake, warm_trainer)
+    fake.add_secret(
+        "trait-lora-s3",
+        {"aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY},
+        namespace=NAMESPACE,
+    )
+    env = settings_env(
+        tmp_path,
+        k8s_gpu_flag="0",
+        k8s_micro_batch="8",
+        k8s_storage_secret="trait-lora-s3",
+        k8s_s3_endpoint_url=s3_server.endpoint,
+        storage_roots=json.dumps([f"s3://{s3_bucket}", str(tmp_path)]),
+    )
+    use(monkeypatch, env)
+    out = f"s3://aws_default@{s3_bucket}/stage2"
+    conf = {
+        "shards_dir": f"s3://aws_default@{s3_bucket}/shards",
+        "output_dir": out,
+        "base_model": str(tiny_model),
+    }
+
+    began = time.monotonic()
+    with pod_clock(fake) as clock:
+        run = run_dag("trait_lora_kubernetes", conf)
+    wall = time.monotonic() - began
+    assert str(run.state) == "success", task_states(run)
+
+    store = as_store(out)
+    mapping = store.read("hypernetwork_data.json").json()
+    assert sorted(mapping["traits"]) == S3_TRAITS and not mapping.get("failed")
+    for entry in mapping["traits"].values():
+        assert entry["adapter_path"] == f"lora_checkpoints/{entry['trait']}/{entry['adapter_sha256']}"
+        assert store.read(f"{entry['adapter_path']}/adapter_model.safetensors") is not None
+    assert not [k for k in store.list("") if ".staging-train" in k]
+    assert fake.created_per_label("trait") == {label(t): 1 for t in S3_TRAITS}
+    for launch in fake.launches:
+        assert launch.argv[launch.argv.index("--shard") + 1].startswith(f"s3://{s3_bucket}/shards/")
+        assert launch.env["AWS_ACCESS_KEY_ID"] == ACCESS_KEY  # resolved by the kubelet from the Secret
+        assert "trait-lora-data" not in [m for m, _ in launch.mounts]
+    for pod in fake.created_pods:  # the pod spec names the Secret, never the key itself
+        assert SECRET_KEY not in json.dumps(pod)
+    figures("s3", first_pod=clock.first_running - began, per_trait=(wall - clock.running_seconds()) / 4)

@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.fake_kubernetes import FakeKubernetes
+from tests.support.airflow import copy_shards
 
 NAMESPACE = "airflow"  # [trait_lora] k8s_namespace's default
 GPU_LABELS = {"nvidia.com/gpu.present": "true"}  # k8s_node_selector's default
@@ -177,3 +180,63 @@ def most_running_per_trait(fake: FakeKubernetes) -> Counter[str]:
 
 def pod_args(pod: dict[str, Any]) -> list[str]:
     return list(pod["spec"]["containers"][0].get("args") or [])
+
+
+def label(trait: str) -> str:
+    return trait.replace("_", "-")
+
+
+def real_image(fake: Any, warm_trainer: Path) -> None:
+    """The trainer image: its ``python`` is the warm one; uid 1000 as in Dockerfile.trainer."""
+    fake.images.add(
+        REAL_IMAGE, env={"PATH": f"{warm_trainer}:/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}, user=1000
+    )
+
+
+def use(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+
+def figures(run: str, **seconds: float) -> None:
+    """What ``pytest -s`` shows: seconds from trigger to the first pod running, the DAG's seconds
+    per trait besides the pods' own, a rerun's seconds (dag.test(): one task at a time)."""
+    print(f"\n{run}: " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()))
+
+
+def summary_rows(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {row["trait"]: row for row in summary["traits"]}
+
+
+def stub_conf(data: Path, traits: list[str]) -> dict[str, Any]:
+    """A run's conf on the PVC for ``traits`` (their sample shards copied there)."""
+    copy_shards(data / "shards", traits)
+    return {
+        "shards_dir": str(data / "shards"),
+        "output_dir": str(data / "out"),
+        "traits": traits,
+        "base_model": "/models/llama-3.1-8b",  # in the model cache: the pod needs no Hub token
+    }
+
+
+def failures_of(data: Path, run: Any) -> dict[str, dict[str, Any]]:
+    from trait_lora.core.handoff import runs
+
+    return runs.read_failures(data / "out", run.run_id)
+
+
+def pod_status(**status: Any) -> dict[str, Any]:
+    """A pod as the API answers it, with only ``status`` filled in."""
+    return {"metadata": {"namespace": NAMESPACE, "name": "trait-lora-joy-plus-x"}, "status": status}
+
+
+def stub_cluster(
+    fake: FakeKubernetes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **settings: Any
+) -> Path:
+    """A GPU node, the data PVC at ``tmp_path/data`` and the stub image, on which joy_plus trains
+    for 2.5 s; ``settings`` on top of ``settings_env``'s. Returns the PVC's folder."""
+    data = tmp_path / "data"
+    gpu_cluster(fake, data)
+    stub_image(fake, tmp_path / "image", {"joy_plus": {"steps": 25, "step_seconds": 0.1}})
+    use(monkeypatch, settings_env(data, **{"trainer_image": STUB_IMAGE, **settings}))
+    return data

@@ -42,9 +42,16 @@ PRELOAD = (
 )
 
 SHIM = """#!{python}
-import json, os, signal, socket, struct, sys
+import json, os, signal, socket, struct, sys, time
 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-sock.connect({path!r})
+for _ in range(1200):  # the server may still be importing: it is started in the background
+    try:
+        sock.connect({path!r})
+        break
+    except (FileNotFoundError, ConnectionRefusedError):
+        time.sleep(0.05)
+else:
+    sys.exit("warm python: no server at {path}")
 body = json.dumps({{"argv": sys.argv[1:], "env": dict(os.environ), "cwd": os.getcwd()}}).encode()
 socket.send_fds(sock, [struct.pack("!I", len(body))], [0, 1, 2])
 sock.sendall(body)

@@ -180,7 +180,11 @@ def diagnose(
             scheduler=scheduler,
             **base,
         )
-    detail = f"waiting {waiting.get('reason')}: {waiting.get('message') or ''}" if waiting else phase
+    detail = (
+        f"waiting {waiting.get('reason')}: {waiting.get('message') or ''}"
+        if waiting
+        else (phase or "its state unknown")
+    )
     return PodFailure(
         f"{where} failed ({detail}): {_first_line(error) or 'see the task log'}",
         retry=True,

@@ -25,6 +25,7 @@ import contextlib
 from functools import cached_property
 from typing import Any
 
+import tenacity
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.triggers.pod import KubernetesPodTrigger
 from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchTimeoutException, PodManager
@@ -104,11 +105,24 @@ class AdoptingPodManager(PodManager):
             return found
 
 
+def _not_gone(exc: BaseException) -> bool:
+    return getattr(exc, "status", None) != 404
+
+
+# The provider's read of the pod, retried as it retries it, except that a 404 is an answer: the pod
+# was deleted (three reads seconds apart would not bring it back, and the retry waits for them).
+_read_pod = KubernetesPodTrigger._get_pod.retry_with(retry=tenacity.retry_if_exception(_not_gone))
+
+
 class TrainingPodTrigger(KubernetesPodTrigger):
-    """The provider's pod trigger, failing fast on ``CreateContainerConfigError`` while it waits."""
+    """The provider's pod trigger, failing fast on ``CreateContainerConfigError`` while it waits, and
+    at once when the pod is gone."""
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return f"{__name__}.{type(self).__name__}", super().serialize()[1]
+
+    async def _get_pod(self) -> Any:
+        return await _read_pod(self)
 
     async def _wait_for_pod_start(self) -> Any:
         waiting = asyncio.ensure_future(super()._wait_for_pod_start())
@@ -267,10 +281,31 @@ class TrainingPodOperator(KubernetesPodOperator):
             trigger = TrainingPodTrigger(**trigger.serialize()[1])
         super().defer(trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
 
+    def get_or_create_pod(self, pod_request_obj: Any, context: Any) -> Any:
+        self._found_earlier = True  # what process_pod_deletion is asked about is an earlier try's pod
+        try:
+            return super().get_or_create_pod(pod_request_obj, context)
+        finally:
+            self._found_earlier = False
+
     def process_pod_deletion(self, pod: Any, *, reraise: bool = True) -> bool:
         """``delete_succeeded_pod``, and a pod still ``Pending`` is deleted too: it never ran, so there
-        is nothing to inspect but its events (already in the task log), and it holds or awaits a GPU."""
-        if pod is not None and getattr(pod.status, "phase", None) == "Pending":
+        is nothing to inspect but its events (already in the task log), and it holds or awaits a GPU.
+
+        A finished pod of an earlier try that nobody processed (its worker was lost) is not deleted
+        and trained again, as the provider would: one that succeeded is followed to its result; one
+        that failed is kept for inspection (labelled checked) while a new one starts."""
+        phase = getattr(getattr(pod, "status", None), "phase", None)
+        if pod is not None and getattr(self, "_found_earlier", False):
+            if phase == "Succeeded":
+                self.log.info(
+                    "pod %s of an earlier try finished: following it to its result", pod.metadata.name
+                )
+                return False
+            self.patch_already_checked(pod, reraise=False)
+            self.log.info("pod %s of an earlier try failed: kept, starting a new one", pod.metadata.name)
+            return True
+        if pod is not None and phase == "Pending":
             self.log.info("Deleting pod %s: it never started", pod.metadata.name)
             try:
                 self.pod_manager.delete_pod(pod)
