@@ -447,6 +447,8 @@ def test_four_traits_train_in_pods_from_and_to_a_bucket(
     for entry in mapping["traits"].values():
         assert entry["adapter_path"] == f"lora_checkpoints/{entry['trait']}/{entry['adapter_sha256']}"
         assert store.read(f"{entry['adapter_path']}/adapter_model.safetensors") is not None
+        # each pod fetched its opposite pole too: the same held-out evaluation as on a volume
+        assert isinstance(entry["eval"]["own_pole_margin"], float), entry["eval"]
     assert not [k for k in store.list("") if ".staging-train" in k]
     assert fake.created_per_label("trait") == {label(t): 1 for t in S3_TRAITS}
     for launch in fake.launches:
