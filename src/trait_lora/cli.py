@@ -168,6 +168,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         conf.update(json.loads(Path(args.config).read_text()))
     if args.model:
         conf["base_model"] = args.model
+    if args.traits_per_process is not None:
+        if args.backend != "local":
+            print("trait-lora train: --traits-per-process needs --backend local", file=sys.stderr)
+            return 2
+        conf["traits_per_process"] = args.traits_per_process
     return run_training(
         backend=args.backend,
         conf=conf,
@@ -310,6 +315,14 @@ def parser() -> argparse.ArgumentParser:
         help="local backend: build (once) and use a small random Llama offline, for demos and tests",
     )
     p.add_argument("--config", help="JSON file of hyperparameter overrides (DAG param names)")
+    p.add_argument(
+        "--traits-per-process",
+        type=int,
+        default=None,
+        metavar="N",
+        help="local backend: train up to N traits in one trainer process, the base model loaded once "
+        "(default 1: a process per trait); the adapters are the same either way",
+    )
     p.add_argument("--dags-folder", default=settings.dags_folder_default())
     p.add_argument(
         "--airflow-home",

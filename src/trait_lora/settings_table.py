@@ -293,7 +293,8 @@ SETTINGS: tuple[Setting, ...] = (
         "float",
         "360",
         "Longest a local train task may run (its execution_timeout); the trainer is stopped with it and "
-        "the retry resumes from its last checkpoint.",
+        "the retry resumes from its last checkpoint. A group's trainer (traits_per_process) gets this "
+        "per trait it trains.",
         allowed="a number > 0",
         check=_positive,
         read_at="parse",
@@ -509,8 +510,9 @@ SETTINGS: tuple[Setting, ...] = (
         "k8s_active_deadline_minutes",
         "integer",
         "720",
-        "Longest a training pod may run (activeDeadlineSeconds): past it Kubernetes stops it "
-        "(DeadlineExceeded) and frees the GPU. 0: no limit.",
+        "Longest a training pod may run (activeDeadlineSeconds), per trait it trains (a group's pod, "
+        "traits_per_process, trains several): past it Kubernetes stops it (DeadlineExceeded) and frees "
+        "the GPU. 0: no limit.",
         allowed="an integer >= 0",
         check=_non_negative,
     ),

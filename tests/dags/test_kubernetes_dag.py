@@ -141,6 +141,46 @@ def test_the_pods_exact_argv_run_here_produces_a_verified_adapter(tmp_path, monk
     assert (tmp_path / "out" / "lora_checkpoints" / "joy_plus" / "adapter_config.json").is_file()
 
 
+def test_a_group_pods_argv_trains_each_trait_where_its_own_pod_would_and_fails_one_alone(
+    tmp_path, monkeypatch
+):
+    """traits_per_process on a PVC: the group pod's argv (run here, in this process) leaves joy_plus's
+    adapter and record where its own pod would, so its pod_spec skips and install verifies it; jo_minus
+    has nothing to learn and fails in pod_spec with the trainer's reason, starting no pod (the bucket
+    variant runs on the fake cluster in test_kubernetes_e2e.py)."""
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from tests.train.helpers import train_here
+    from trait_lora.provider.pod_tasks import pod_spec
+    from trait_lora.train.group import record_path
+    from trait_lora.train.tiny_model import build_tiny_model
+
+    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__K8S_MOUNT_PATH", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__K8S_GPU_FLAG", "0")
+    shards = copy_shards(tmp_path / "shards", ["joy_plus"])
+    turns = [{"role": "user", "content": "why " * 9000}, {"role": "assistant", "content": "because"}]
+    (shards / "jo_minus.jsonl").write_text(json.dumps({"messages": turns}) + "\n")
+    config = TrainingConfig(backend="local", local_model=str(build_tiny_model(shards, tmp_path / "model")))
+    plans = {
+        p.trait: {**p.to_dict(), "config": config.to_dict(), "output_dir": str(tmp_path / "out")}
+        for p in plan_traits(shards, tmp_path / "out", config)
+    }
+    spec = kubernetes.group_pod_spec(list(plans.values()), "manual__g")
+    assert spec["annotations"] == {kubernetes.GROUP_ANNOTATION: "jo_minus,joy_plus"}
+    done = train_here(*spec["arguments"])
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    with pytest.raises(AirflowSkipException, match="trained by its group's pod"):
+        pod_spec(plans["joy_plus"], {"run_id": "manual__g"})
+    installed = install_pod_result(plans["joy_plus"], "manual__g", {})
+    assert installed["adapter_sha256"] == Ledger(tmp_path / "out").hash_record("joy_plus")["adapter_sha256"]
+    assert not record_path(kubernetes.locations(plans["joy_plus"])[1]).exists()  # used up with its adapter
+    with pytest.raises(AirflowFailException, match="has a token to learn from within 8192 tokens"):
+        pod_spec(plans["jo_minus"], {"run_id": "manual__g"})
+    # another run's record is not this run's: the trait gets a pod of its own
+    assert pod_spec(plans["jo_minus"], {"run_id": "manual__h"})["arguments"][:1] == ["--shard"]
+
+
 def s3_plan(tmp_path, s3_server, bucket, local_model="meta-llama/Meta-Llama-3.1-8B-Instruct"):
     """A plan for joy_plus whose shard and output are in a bucket (the Kubernetes DAG without a PVC),
     its opposite pole beside it; 20% held out."""

@@ -391,7 +391,7 @@ def test_four_traits_train_in_pods_on_a_pvc_and_a_rerun_starts_no_pod(
     assert {t: r["action"] for t, r in rows.items()} == dict.fromkeys(PVC_TRAITS, "skipped")
 
 
-def test_four_traits_train_in_pods_from_and_to_a_bucket(
+def test_four_traits_train_in_two_group_pods_from_and_to_a_bucket(
     airflow_db,
     kubernetes_conn,
     warm_trainer,
@@ -402,8 +402,10 @@ def test_four_traits_train_in_pods_from_and_to_a_bucket(
     s3_bucket,
     s3_conn,
 ):
-    """No PVC: the pod reads its shard from the bucket and uploads its adapter and result.json there,
-    with credentials from a Secret; the worker installs at the content-addressed key."""
+    """No PVC: the pod reads its shards from the bucket and uploads the adapters, their result.json and
+    records there, with credentials from a Secret; the worker installs at the content-addressed key.
+    Two traits per pod (traits_per_process 2): a pod per pair of poles, each loading the model once;
+    each trait then skips its own pod and its install verifies what the group left."""
     from tests.support.s3 import ACCESS_KEY, SECRET_KEY
     from trait_lora.core.storage.records import as_store
 
@@ -433,6 +435,7 @@ def test_four_traits_train_in_pods_from_and_to_a_bucket(
         "shards_dir": f"s3://aws_default@{s3_bucket}/shards",
         "output_dir": out,
         "base_model": str(tiny_model),
+        "traits_per_process": 2,
     }
 
     began = time.monotonic()
@@ -449,10 +452,13 @@ def test_four_traits_train_in_pods_from_and_to_a_bucket(
         assert store.read(f"{entry['adapter_path']}/adapter_model.safetensors") is not None
         # each pod fetched its opposite pole too: the same held-out evaluation as on a volume
         assert isinstance(entry["eval"]["own_pole_margin"], float), entry["eval"]
-    assert not [k for k in store.list("") if ".staging-train" in k]
-    assert fake.created_per_label("trait") == {label(t): 1 for t in S3_TRAITS}
+    assert not [k for k in store.list("") if ".staging-train" in k]  # adapters and records consumed
+    assert fake.created_per_label("group") == {"group-joy-minus-2": 1, "group-wisdom-minus-2": 1}
+    assert fake.created_per_label("trait") == {"": 2}  # no pod of its own for any trait
     for launch in fake.launches:
-        assert launch.argv[launch.argv.index("--shard") + 1].startswith(f"s3://{s3_bucket}/shards/")
+        manifest = json.loads(launch.argv[launch.argv.index("--group") + 1])
+        assert [m["trait"] for m in manifest["members"]] in (S3_TRAITS[:2], S3_TRAITS[2:])
+        assert all(m["shard"].startswith(f"s3://{s3_bucket}/shards/") for m in manifest["members"])
         assert launch.env["AWS_ACCESS_KEY_ID"] == ACCESS_KEY  # resolved by the kubelet from the Secret
         assert "trait-lora-data" not in [m for m, _ in launch.mounts]
     for pod in fake.created_pods:  # the pod spec names the Secret, never the key itself

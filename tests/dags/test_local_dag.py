@@ -1,11 +1,13 @@
 """trait_lora_local end to end through the CLI a user runs (`trait-lora train --backend local`): held-out
-evaluation, the quality gate, lineage and experiment tracking, a bad shard, and a rerun that skips.
+evaluation, the quality gate, lineage and experiment tracking, a bad shard, traits trained in groups
+(one trait failing inside its group), and a rerun that skips.
 
 Real training on the tiny offline Llama: the figures are whatever the trainer measured, so the tests
 check where they go and what the gate does with them, not their values. One tracked CLI run (both poles
-of one axis and a broken shard; OpenLineage's file transport, a sqlite MLflow URI, held-out evaluation
-on) is shared by the tests below, each checking what its user reads from a copy of what it left; the
-gate's run and the rerun that skips come after it, untracked, as DAG runs in this process. A CLI run
+of one axis, a broken shard and one with nothing to learn, two traits per trainer process; OpenLineage's
+file transport, a sqlite MLflow URI, held-out evaluation on) is shared by the tests below, each
+checking what its user reads from a copy of what it left; the gate's run and the rerun that skips come
+after it, untracked, as DAG runs in this process. A CLI run
 starts Airflow, migrates a metadata DB and builds the model (~10 s before any training), so the tests
 share one rather than start their own. The Together path is checked the same way in
 test_together_on_s3.py.
@@ -66,9 +68,20 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     work = tmp_path_factory.mktemp("tracked")
     shards = copy_shards(work / "shards", PAIR)
     (shards / "broken_minus.jsonl").write_text('{"messages": [{"role": "assistant", "content": "hi"}]}\n')
+    # valid, so it trains, in a group with joy_minus; its answer lies beyond max_seq_length (8192 tokens)
+    turns = [{"role": "user", "content": "why " * 9000}, {"role": "assistant", "content": "because"}]
+    (shards / "jo_minus.jsonl").write_text(json.dumps({"messages": turns}) + "\n")
     config = work / "config.json"
     config.write_text(json.dumps(CONFIG))
-    done = train("--all", "--config", str(config), tmp_path=work, extra_env=tracking.tracking_env(work))
+    done = train(
+        "--all",
+        "--traits-per-process",
+        "2",
+        "--config",
+        str(config),
+        tmp_path=work,
+        extra_env=tracking.tracking_env(work),
+    )
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]  # the broken shard failed
     out = work / "out"
     snapshot = work / "first-run"
@@ -91,7 +104,21 @@ def test_the_bad_shard_fails_alone_and_the_others_are_trained_and_published(trac
     summary = json.loads((first / "run_summary.json").read_text())
     assert summary["loss_plot"] and Path(summary["loss_plot"]).read_bytes()[:4] == b"\x89PNG"
     last = tracked["stdout"].strip().splitlines()[-1]  # what the run did, in its last line
-    assert last.endswith(": failed (1 failed, 2 trained, mapping written)"), last
+    assert last.endswith(": failed (2 failed, 2 trained, mapping written)"), last
+
+
+def test_traits_train_in_groups_and_one_that_fails_there_fails_alone(tracked):
+    """--traits-per-process 2: jo_minus and joy_minus share one trainer process (one load of the model);
+    jo_minus has nothing to learn and fails with the trainer's reason, joy_minus is installed, and
+    joy_plus (a group of one) trains in its own task as it always did. Each adapter is the one its trait
+    gets alone (tests/train/test_group.py), so grouping changes no job key."""
+    out = tracked["stdout"]
+    assert "training 2 trait(s) in one process: jo_minus, joy_minus" in out
+    assert out.count("group: loading") == 1  # broken_minus (invalid) joins no group; joy_plus trains alone
+    mapping = json.loads((tracked["first"] / "hypernetwork_data.json").read_text())
+    reason = mapping["failed"]["jo_minus"]
+    assert "in a group" in reason and "has a token to learn from within 8192 tokens" in reason
+    assert not list((tracked["first"] / ".staging-train").iterdir())  # records and staging consumed
 
 
 def test_every_adapter_is_evaluated_on_held_out_examples(tracked):
@@ -221,8 +248,8 @@ def test_the_gate_without_held_out_figures_says_what_to_change():
 def test_the_local_dag_trains_from_and_to_a_bucket(
     airflow_db, s3_server, s3_bucket, s3_conn, tmp_path, monkeypatch
 ):
-    """trait_lora_local with both locations on S3: the shard copied to this worker, the adapter
-    trained in scratch and installed at its content-addressed key, the mapping in the bucket; the
+    """trait_lora_local with both locations and the base model on S3: the shard copied to this worker,
+    the adapter trained in scratch and installed at its content-addressed key, the mapping in the bucket; the
     held-out evaluation scores the opposite pole as it does on a local folder (own_pole_margin)."""
     from trait_lora.core.storage.records import as_store
     from trait_lora.train.tiny_model import build_tiny_model
@@ -232,12 +259,15 @@ def test_the_local_dag_trains_from_and_to_a_bucket(
     client = s3_server.client()
     for path in shards.iterdir():
         client.put_object(Bucket=s3_bucket, Key=f"shards/{path.name}", Body=path.read_bytes())
+    for path in model.iterdir():  # the base model is a folder in the bucket too, copied once per worker
+        client.put_object(Bucket=s3_bucket, Key=f"models/tiny/{path.name}", Body=path.read_bytes())
     monkeypatch.setenv("AIRFLOW__TRAIT_LORA__STORAGE_ROOTS", json.dumps([f"s3://{s3_bucket}", str(tmp_path)]))
+    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__MODEL_CACHE_DIR", str(tmp_path / "model-cache"))
     out = f"s3://{s3_bucket}/stage2"
     conf = {
         "shards_dir": f"s3://{s3_bucket}/shards",
         "output_dir": out,
-        "base_model": str(model),
+        "base_model": f"s3://{s3_bucket}/models/tiny",
         "traits": ["joy_plus"],
         "eval_fraction": 0.2,
     }
@@ -247,6 +277,8 @@ def test_the_local_dag_trains_from_and_to_a_bucket(
     mapping = store.read("hypernetwork_data.json").json()
     entry = mapping["traits"]["joy_plus"]
     assert entry["backend"] == "local" and entry["adapter_url"] == f"{out}/{entry['adapter_path']}"
+    assert (entry["base_model"], entry["base_model_source"]) == (f"s3://{s3_bucket}/models/tiny", "s3")
+    assert entry["base_model_revision"].startswith("sha256:")  # a digest of the objects' ETags
     assert store.read(f"{entry['adapter_path']}/adapter_model.safetensors") is not None
     metrics = store.read("metrics/joy_plus.json").json()
     assert metrics["steps"] and metrics["eval"]["opposite_trait"] == "joy_minus"

@@ -110,3 +110,27 @@ def last_json_line(stdout: str) -> dict[str, Any]:
     lines = [line for line in stdout.splitlines() if line.strip()]
     assert lines, "the trainer printed nothing on stdout"
     return json.loads(lines[-1])
+
+
+def max_abs_diff(a: Path, b: Path) -> float:
+    """The largest difference between two adapters' tensors (same names asserted)."""
+    from safetensors.torch import load_file
+
+    left, right = load_file(a / "adapter_model.safetensors"), load_file(b / "adapter_model.safetensors")
+    assert sorted(left) == sorted(right)
+    return max(float((left[k] - right[k]).abs().max()) for k in left)
+
+
+def group_manifest(tmp_path: Path, config: str, members: dict[str, Path]) -> Path:
+    """A ``--group`` manifest training ``members`` (trait -> shard) into ``tmp_path/group/<trait>``."""
+    manifest = {
+        "config": json.loads(config),
+        "run_id": "manual__1",
+        "members": [
+            {"trait": trait, "shard": str(shard), "out": str(tmp_path / "group" / trait)}
+            for trait, shard in members.items()
+        ],
+    }
+    path = tmp_path / "group.json"
+    path.write_text(json.dumps(manifest))
+    return path

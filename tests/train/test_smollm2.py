@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.airflow import SAMPLE_SHARDS
-from tests.train.helpers import train_here
+from tests.train.helpers import group_manifest, max_abs_diff, train_here
 from trait_lora.train import smollm2
 
 
@@ -170,3 +170,30 @@ def test_a_smollm2_adapter_beats_the_base_model_on_its_trait_and_prefers_its_own
     # ...and it learned the trait, not only the format: its own pole gained more than the opposite one.
     assert figures["prefers_own_pole"] and figures["own_pole_margin"] > 0.05
     assert Path(tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_smollm2_adapters_trained_in_a_group_equal_those_trained_alone(converted, tmp_path):
+    """The group's exactness on a real pretrained model (the tiny model's, with failures, is in
+    test_group.py): the group's second trait trains after the first one's adapter left the base, and
+    must equal the same trait trained alone. One step of one short example each: SmolLM2 trains at
+    ~40-100 tokens/s on this CPU."""
+    model_dir, _ = converted
+    config = json.dumps(
+        {
+            "backend": "local",
+            "local_model": str(model_dir),
+            "batch_size": 1,
+            "lora_dropout": 0.0,
+            "eval_fraction": 0,
+        }
+    )
+    steps = ("--max-steps", "1", "--max-length", "48")
+    shards = {trait: SAMPLE_SHARDS / f"{trait}.jsonl" for trait in ("joy_plus", "wisdom_minus")}
+    done = train_here(
+        "--shard", shards["wisdom_minus"], "--out", tmp_path / "alone", "--config-json", config, *steps
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = train_here("--group", group_manifest(tmp_path, config, shards), *steps)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert max_abs_diff(tmp_path / "alone", tmp_path / "group" / "wisdom_minus") <= 1e-4

@@ -83,6 +83,20 @@ def trainer_argv(
     ]
     if model_dir is not None:
         argv += ["--base-model-id", base_id]
+    return argv + trainer_flags(
+        gpu=gpu, micro_batch=micro_batch, max_steps=max_steps, checkpoint_every=checkpoint_every
+    )
+
+
+def trainer_flags(
+    *,
+    gpu: bool = False,
+    micro_batch: int | None = None,
+    max_steps: int | None = None,
+    checkpoint_every: int = 0,
+) -> list[str]:
+    """The flags that say how to train rather than what: the same for one trait and for a group."""
+    argv: list[str] = []
     if gpu:
         argv.append("--gpu")
     if micro_batch:
@@ -117,6 +131,26 @@ def staging_path(output_dir: str | Path, plan: dict[str, Any]) -> Path:
     return Path(output_dir) / STAGING_DIR / f"{check_trait_name(plan['trait'])}-{plan['job_key'][:16]}"
 
 
+def staging_dir(plan: dict[str, Any], output_dir: str | Path | None = None) -> Path:
+    """Where the trainer writes this trait's adapter before it is verified: beside the output folder,
+    or in this worker's scratch folder for an output on object storage (the same path for the group
+    that trains it and the trait's own task that installs it, on one machine)."""
+    location = str(output_dir or plan["output_dir"])
+    return scratch_dir(location, STAGING_DIR) / staging_path("", plan).name
+
+
+def with_local_shard(plan: dict[str, Any]) -> dict[str, Any]:
+    """The plan with ``shard_path`` on this machine: a shard on object storage is copied here first
+    (its sha256 is checked against the plan's by ``install_trained``), with its opposite pole when
+    the held-out evaluation scores it."""
+    if not plan.get("shard_key"):
+        return plan
+    plan = {**plan, "shard_path": str(shard_file(plan))}
+    if float(plan["config"].get("eval_fraction") or 0) > 0:
+        opposite_shard_file(plan)
+    return plan
+
+
 STOP_GRACE_SECONDS = 10.0
 
 
@@ -147,7 +181,7 @@ def run_trainer(
     ``execution_timeout``, an exception) the child is stopped here before the error goes on, so no
     trainer outlives its task holding a GPU."""
     child_env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), **(env or {})}
-    tail: deque[str] = deque(maxlen=20)
+    tail: deque[str] = deque(maxlen=40)
     out_chunks: list[str] = []
     with subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env, bufsize=1
@@ -156,18 +190,37 @@ def run_trainer(
         stdout_pipe = proc.stdout
         reader = threading.Thread(target=lambda: out_chunks.extend(stdout_pipe), daemon=True)
         reader.start()
+        # A trainer that hangs keeps its stderr open: the limit is a timer, not a wait after the pipe ends.
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            _stop(proc)
+
+        watchdog = threading.Timer(timeout, expire) if timeout else None
+        if watchdog is not None:
+            watchdog.daemon = True
+            watchdog.start()
         try:
             for line in proc.stderr:
                 line = line.rstrip()
                 tail.append(line)
                 log(line)
-            code = proc.wait(timeout=timeout)
+            code = proc.wait()
         except BaseException:
             _stop(proc)
             raise
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             reader.join(timeout=5)
     stdout = "".join(out_chunks)
+    if expired.is_set() and code != 0:
+        raise LocalTrainingError(
+            f"trainer stopped after {timeout:.0f} s, its time limit ([trait_lora] local_timeout_minutes "
+            "per trait); a retry resumes from its last checkpoint:\n" + "\n".join(tail),
+            1,
+        )
     if code != 0:
         meaning = EXIT_MEANINGS.get(code, f"exit code {code}")
         detail = "\n".join(tail)
@@ -320,14 +373,10 @@ def _train_and_install(
 ) -> dict[str, Any]:
     location = str(output_dir or plan["output_dir"])
     out: str | Path = location if is_url(location) else Path(location)
-    staging = scratch_dir(location, STAGING_DIR) / staging_path("", plan).name
-    staging.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_dir(plan, location)
     try:
         shown = shard_source(plan)
-        if plan.get("shard_key"):
-            plan = {**plan, "shard_path": str(shard_file(plan))}
-            if float(plan["config"].get("eval_fraction") or 0) > 0:
-                opposite_shard_file(plan)  # the held-out evaluation scores the opposite pole too
+        plan = with_local_shard(plan)
         argv = trainer_argv(
             plan,
             staging,

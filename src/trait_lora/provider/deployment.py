@@ -46,6 +46,13 @@ def local_train_args() -> dict[str, Any]:
     }
 
 
+def local_group_args() -> dict[str, Any]:
+    """The local ``train_group`` task's bounds: one group per GPU (or ``local_concurrency``) at once, as
+    ``train`` trains one trait per GPU; its time limit is ``local_timeout_minutes`` per trait of the
+    group, enforced on the trainer process (the size of a group is the run's, not known at parse)."""
+    return {"max_active_tis_per_dagrun": local_train_args()["max_active_tis_per_dagrun"]}
+
+
 @contextmanager
 def params_handed_over_once(dag: Any) -> Iterator[None]:
     """Build the tasks inside this block so that they do not each carry a copy of the DAG's params.

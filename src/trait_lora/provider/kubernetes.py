@@ -28,6 +28,7 @@ from trait_lora.core.storage.opener import is_url
 LABEL_MAX = 63  # label values and pod names (the provider appends "-" + 8 random characters)
 NAME_MAX = LABEL_MAX - 9
 TRAIT_ANNOTATION = "trait-lora/trait"
+GROUP_ANNOTATION = "trait-lora/traits"  # a group pod's traits, comma-separated
 MODEL_CACHE_MOUNT = "/models"
 DATA_VOLUME = "trait-lora-data"
 CACHE_VOLUME = "model-cache"
@@ -110,16 +111,8 @@ def pod_spec(plan: dict[str, Any]) -> dict[str, Any]:
         out,
         "--config-json",
         json.dumps(config.to_dict(), sort_keys=True),
+        *_how_to_train(plan),
     ]
-    if plan.get("base_model_pin"):  # the pod fetches exactly the run's pin into its cache volume
-        arguments += ["--model-pin", json.dumps(plan["base_model_pin"], sort_keys=True)]
-        arguments += ["--model-cache", f"{MODEL_CACHE_MOUNT}/hub"]
-    if every := settings.get_int("checkpoint_every_steps"):  # a replacement pod resumes, not restarts
-        arguments += ["--checkpoint-every", str(every)]
-    if settings.get_bool("k8s_gpu_flag"):
-        arguments.append("--gpu")
-    # always explicit: a retry after an OOMKilled pod halves it (pod_operator.TrainingPodOperator)
-    arguments += [MICRO_BATCH_FLAG, str(settings.get_int("k8s_micro_batch"))]
     return {
         "arguments": arguments,
         "labels": {"app": "trait-lora", "trait": trait_label(trait)},
@@ -131,10 +124,62 @@ def pod_spec(plan: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def group_pod_spec(plans: list[dict[str, Any]], run_id: str) -> dict[str, Any]:
+    """One pod for a group of traits (``traits_per_process``): the trainer's ``--group`` manifest,
+    given whole in its argv, trains each trait into the folder (or prefix) its own pod would use, with
+    its record beside it, so each trait's ``install`` reads it as it reads its own pod's. Labelled by
+    the group (its traits in an annotation); no ``run_record``: a trait's failure is its own task's."""
+    traits = [check_trait_name(p["trait"]) for p in plans]
+    members = []
+    for plan in plans:
+        shard, out = locations(plan)
+        config = from_mapping({**plan["config"], "backend": "local"}).to_dict()
+        members.append({"trait": plan["trait"], "shard": shard, "out": out, "config": config})
+    manifest = {"config": members[0]["config"], "run_id": run_id, "members": members}
+    name = f"group-{traits[0]}-{len(traits)}"
+    return {
+        "arguments": ["--group", json.dumps(manifest, sort_keys=True), *_how_to_train(plans[0])],
+        "labels": {"app": "trait-lora", "group": trait_label(name)},
+        "annotations": {GROUP_ANNOTATION: ",".join(traits)},
+        "name": pod_name(name),
+        "label": f"{traits[0]} +{len(traits) - 1}",
+    }
+
+
+def _how_to_train(plan: dict[str, Any]) -> list[str]:
+    """The argv a trait's pod and a group's pod share: the run's pinned model, checkpoints, GPU, batch."""
+    arguments: list[str] = []
+    if plan.get("base_model_pin"):  # the pod fetches exactly the run's pin into its cache volume
+        arguments += ["--model-pin", json.dumps(plan["base_model_pin"], sort_keys=True)]
+        arguments += ["--model-cache", f"{MODEL_CACHE_MOUNT}/hub"]
+    if every := settings.get_int("checkpoint_every_steps"):  # a replacement pod resumes, not restarts
+        arguments += ["--checkpoint-every", str(every)]
+    if settings.get_bool("k8s_gpu_flag"):
+        arguments.append("--gpu")
+    # always explicit: a retry after an OOMKilled pod halves it (pod_operator.TrainingPodOperator)
+    arguments += [MICRO_BATCH_FLAG, str(settings.get_int("k8s_micro_batch"))]
+    return arguments
+
+
 def argument(arguments: Any, flag: str) -> str | None:
     """The value after ``flag`` in the pod's argv, or None."""
     args = [str(a) for a in arguments or []]
     return args[args.index(flag) + 1] if flag in args[:-1] else None
+
+
+def pod_config_and_out(arguments: Any) -> tuple[dict[str, Any], str]:
+    """The training config and (first) adapter location in a pod's argv: one trait's, or a group's."""
+    group = argument(arguments, "--group")
+    if group:
+        manifest = json.loads(group)
+        return manifest.get("config") or {}, str((manifest.get("members") or [{}])[0].get("out") or "")
+    return json.loads(argument(arguments, "--config-json") or "{}"), str(argument(arguments, "--out") or "")
+
+
+def traits_in(arguments: Any) -> int:
+    """How many traits a pod's argv trains: a group's members, else one."""
+    group = argument(arguments, "--group")
+    return max(1, len(json.loads(group).get("members") or [])) if group else 1
 
 
 def is_hub_model(arguments: Any) -> bool:
@@ -142,7 +187,7 @@ def is_hub_model(arguments: Any) -> bool:
     id, not a path inside the image or on a volume, not an ``s3://`` folder."""
     from trait_lora.models import ModelKind, parse_model_ref
 
-    config = json.loads(argument(arguments, "--config-json") or "{}")
+    config = pod_config_and_out(arguments)[0]
     model = str(config.get("local_model") or "")
     return bool(model) and parse_model_ref(model).kind is ModelKind.HUB
 
@@ -166,7 +211,7 @@ def pod_settings(arguments: Any) -> dict[str, Any]:
     from airflow.providers.cncf.kubernetes.secret import Secret
     from kubernetes.client import models as k8s
 
-    object_storage = str(argument(arguments, "--out") or "").startswith("s3://")
+    object_storage = pod_config_and_out(arguments)[1].startswith("s3://")
     gpus = str(settings.get_int("k8s_gpus"))
     cache_pvc = settings.get_str("k8s_model_cache")
     requests = {
@@ -223,7 +268,8 @@ def pod_settings(arguments: Any) -> dict[str, Any]:
         volumes.insert(0, k8s.V1Volume(name=DATA_VOLUME, persistent_volume_claim=claim))
         mounts.insert(0, k8s.V1VolumeMount(name=DATA_VOLUME, mount_path=settings.get_str("k8s_mount_path")))
     uid = settings.get_int("k8s_run_as_user")
-    deadline = settings.get_int("k8s_active_deadline_minutes") * 60
+    # a group's pod trains its traits one after the other: the deadline is per trait
+    deadline = settings.get_int("k8s_active_deadline_minutes") * 60 * traits_in(arguments)
     return {
         "container_resources": resources,
         "node_selector": settings.get("k8s_node_selector"),

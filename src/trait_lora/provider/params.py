@@ -272,6 +272,20 @@ def build_params(project_dir: Path, backend: str) -> dict[str, Param]:
             "the mapping entry; changing it retrains. Default: empty.",
             section=TRAINING,
         )
+    if backend == "local":  # Together trains one job per trait on its own machines
+        params["traits_per_process"] = form_field(
+            1,
+            type="integer",
+            minimum=1,
+            maximum=1024,
+            title="Traits per process",
+            description="How many traits one trainer process trains, one after the other, on one load of "
+            "the base model (on a GPU: one group per GPU at once). Each trait is still verified, installed "
+            "and reported by its own task, and fails alone. Not part of a trait's key: an adapter is the "
+            "same whichever group trains it, so changing it retrains nothing. Integer >= 1. Default: 1, "
+            "a process per trait.",
+            section=TRAINING,
+        )
     if backend == "local":  # Together reports no base-model loss to compare against
         params["min_eval_improvement"] = form_field(
             None,

@@ -182,9 +182,14 @@ def _output_location(params: dict[str, Any]) -> str:
 
 
 def train_local(plan: dict[str, Any], run_id: str, context: Any) -> dict[str, Any]:
-    """One trait on the local backend; a bad shard or a trainer failure fails only this trait."""
+    """One trait on the local backend; a bad shard or a trainer failure fails only this trait.
+
+    When the run trains traits in groups (``traits_per_process``), this installs what the trait's group
+    trained, or fails with the group's reason for it; a trait no group of this run trained (a group of
+    one, a group that crashed) is trained here, alone."""
     from trait_lora.core.handoff import runs
     from trait_lora.local.backend import LocalTrainingError, train_trait
+    from trait_lora.local.groups import take_group_result
 
     context["trait_label"] = plan["trait"]
     plan = runs.load_trait_plan(plan)
@@ -194,17 +199,14 @@ def train_local(plan: dict[str, Any], run_id: str, context: Any) -> dict[str, An
             raise AirflowFailException(
                 f"{plan['trait']}: shard is invalid, nothing trained:\n" + "\n".join(plan["problems"])
             )
-        model_dir = None
-        if plan.get("base_model_pin"):
-            from trait_lora.provider.models import model_folder
-
-            model_dir = model_folder(plan["base_model_pin"])  # downloaded once per worker, then reused
-        result = train_trait(
-            plan,
-            model_dir=model_dir,
-            checkpoint_every=settings.get_int("checkpoint_every_steps"),
-            **local_device_args(context),
-        )
+        result = take_group_result(plan, run_id)
+        if result is None:
+            result = train_trait(
+                plan,
+                model_dir=local_model_dir(plan),
+                checkpoint_every=settings.get_int("checkpoint_every_steps"),
+                **local_device_args(context),
+            )
     except (LocalTrainingError, TraitLoraError, AirflowFailException) as exc:
         runs.record_failure(output_dir, run_id, plan["trait"], "train", str(exc))
         if isinstance(exc, LocalTrainingError) and exc.exit_code in (1, 4):
@@ -213,6 +215,16 @@ def train_local(plan: dict[str, Any], run_id: str, context: Any) -> dict[str, An
     runs.clear_failure(output_dir, run_id, plan["trait"])
     steps.track_trait({**context, "run_id": run_id}, plan, result, "local")
     return result
+
+
+def local_model_dir(plan: dict[str, Any]) -> Any:
+    """This worker's copy of the run's pinned base model (downloaded once per worker, then reused);
+    None for a model given as a local folder or a cached id."""
+    if not plan.get("base_model_pin"):
+        return None
+    from trait_lora.provider.models import model_folder
+
+    return model_folder(plan["base_model_pin"])
 
 
 def local_device_args(context: Any) -> dict[str, Any]:

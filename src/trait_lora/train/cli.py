@@ -20,26 +20,14 @@ from typing import Any
 
 from trait_lora.core.adapter.spec import RESULT_FILE
 from trait_lora.core.config import from_mapping
-from trait_lora.core.errors import ConfigError, ShardError
-from trait_lora.core.shards.validation import require_valid
+from trait_lora.core.errors import ConfigError
 from trait_lora.core.storage.store import StoreError
 from trait_lora.train import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
-    EXIT_MODEL,
     EXIT_OK,
-    EXIT_OOM,
-    ModelLoadError,
-    TrainInputError,
-    TrainOutOfMemory,
-    is_out_of_memory,
+    guard,
     objects,
-    require_model_dir,
-)
-
-OOM_HINT = (
-    "out of memory outside the training step (loading the model or evaluating): set quantization "
-    '"4bit", pass a smaller --micro-batch or use a device with more memory'
 )
 
 
@@ -53,18 +41,25 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
-        "--shard", required=True, help="the .jsonl shard to train on: a path, or an s3://bucket/key URL"
+        "--shard",
+        help="the .jsonl shard to train on: a path, or an s3://bucket/key URL (required without --group)",
     )
     parser.add_argument(
         "--out",
-        required=True,
         help="adapter directory to create; an existing one is replaced only when training succeeds; "
         "an s3://bucket/prefix URL uploads the adapter there instead (credentials from the environment)",
     )
     parser.add_argument(
         "--config-json",
-        required=True,
         help="TrainingConfig.to_dict() as JSON; local_model is the model id or a local directory",
+    )
+    parser.add_argument(
+        "--group",
+        default=None,
+        help="train a group of traits in this one process instead of --shard/--out/--config-json: a JSON "
+        "manifest {config, members: [{trait, shard, out}]}, a file or the JSON itself (see "
+        "trait_lora.train.group); the base model is loaded once and each trait's record goes to "
+        "<out>.result.json; exit 0 once every trait has one",
     )
     parser.add_argument(
         "--base-model-id",
@@ -138,8 +133,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)  # argparse itself exits 2 on unusable arguments
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse itself exits 2 on unusable arguments
     err = sys.stderr
+    if args.group is not None:
+        if args.shard or args.out or args.config_json or args.checkpoint_dir:
+            parser.error("--group replaces --shard, --out, --config-json and --checkpoint-dir")
+        from trait_lora.train import group
+
+        return group.main(args, err)
+    missing = [
+        f
+        for f, v in (("--shard", args.shard), ("--out", args.out), ("--config-json", args.config_json))
+        if not v
+    ]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)} (or --group)")
     try:
         values = json.loads(args.config_json)
         if not isinstance(values, dict):
@@ -213,37 +222,18 @@ def _train(
     remote: objects.RemoteCheckpoint | None = None,
 ) -> tuple[int, dict[str, Any] | None]:
     """Validate and train; the exit code, and the result's summary when it succeeded."""
-    try:
-        report = require_valid(shard)
-    except ShardError as exc:
-        print(f"error: {args.shard} is not a valid shard; fix these lines and retry:", file=err)
-        for problem in exc.problems:
-            print(problem, file=err)
-        return EXIT_BAD_INPUT, None
-    except OSError as exc:
-        print(f"error: cannot read shard {args.shard}: {exc}", file=err)
-        return EXIT_BAD_INPUT, None
-    if args.model_pin:  # a pod: the run's pin fetched into its cache volume (once per volume)
-        from trait_lora.models import ModelDeliveryError
-        from trait_lora.train.delivery import pod_model
+    code, report = guard.validate_shard(shard, err, args.shard)
+    if code:
+        return code, None
+    code, config = guard.pinned_config(args, config, err)
+    if code:
+        return code, None
 
-        try:
-            folder, record = pod_model(args.model_pin, args.model_cache)
-        except (ModelDeliveryError, ValueError, KeyError) as exc:
-            print(f"error: cannot fetch the base model: {exc}", file=err)
-            return EXIT_MODEL, None
-        config = from_mapping({**config.to_dict(), "local_model": str(folder)}, source="--model-pin")
-        args.base_model_id = args.base_model_id or record["base_model"]
-    try:  # before the arguments train_adapter checks: with both wrong, exit 3 names the model first
-        require_model_dir(config.local_model)
-    except ModelLoadError as exc:
-        print(f"error: {exc}", file=err)
-        return EXIT_MODEL, None
-
+    guard.skip_bitsandbytes(config)
     from trait_lora.train import trainer  # torch, transformers, peft: only once the input is known good
 
-    try:
-        result = trainer.train_adapter(
+    code, result = guard.guarded(
+        lambda: trainer.train_adapter(
             shard,
             out,
             config,
@@ -258,34 +248,10 @@ def _train(
             checkpoint_dir=remote.local if remote else args.checkpoint_dir,
             on_checkpoint=remote.upload if remote else None,
             report=report,
-        )
-    except ModelLoadError as exc:
-        print(f"error: {exc}", file=err)
-        return EXIT_MODEL, None
-    except (TrainInputError, ShardError) as exc:
-        print(f"error: {exc}", file=err)
-        for problem in getattr(exc, "problems", []):
-            print(problem, file=err)
-        return EXIT_BAD_INPUT, None
-    except TrainOutOfMemory as exc:
-        print(f"error: {exc}", file=err)
-        return EXIT_OOM, None
-    except KeyboardInterrupt:
-        print(
-            "error: interrupted; no adapter was written (a rerun with the same --out resumes from the "
-            "last checkpoint, if one was saved)",
-            file=err,
-        )
-        return 130, None
-    except (RuntimeError, MemoryError) as exc:
-        if is_out_of_memory(exc):
-            print(
-                f"error: {OOM_HINT} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
-                file=err,
-            )
-            return EXIT_OOM, None
-        raise
-    return EXIT_OK, result.summary()
+        ),
+        err,
+    )
+    return code, result.summary() if code == EXIT_OK else None
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -298,6 +264,7 @@ def run() -> None:
 
     SIGTERM (a killed task, a preempted pod) is handled like Ctrl-C: the staging folder is removed and
     the exit (130) says a rerun resumes from the last checkpoint, instead of dying mid-write."""
+    guard.FRESH_PROCESS = "torch" not in sys.modules  # a forked warm interpreter has its imports already
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         code = main()

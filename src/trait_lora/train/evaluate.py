@@ -56,11 +56,23 @@ def mean_label_loss(
 
 
 def base_and_adapter_loss(
-    model: Any, examples: Sequence[Encoded], pad_token_id: int, micro: int, autocast: Any = None
+    model: Any,
+    examples: Sequence[Encoded],
+    pad_token_id: int,
+    micro: int,
+    autocast: Any = None,
+    base_losses: dict[Any, float | None] | None = None,
 ) -> tuple[float | None, float | None]:
+    """``base_losses`` remembers the base's figure per example set and micro-batch: a group trains
+    many adapters on one base, and a pole's held-out set is also its opposite's yardstick."""
     adapter = mean_label_loss(model, examples, pad_token_id, micro, autocast)
+    key = (micro, pad_token_id, tuple((tuple(e.input_ids), tuple(e.labels)) for e in examples))
+    if base_losses is not None and key in base_losses:
+        return base_losses[key], adapter
     with model.disable_adapter():
         base = mean_label_loss(model, examples, pad_token_id, micro, autocast)
+    if base_losses is not None:
+        base_losses[key] = base
     return base, adapter
 
 
@@ -98,11 +110,12 @@ def eval_figures(
     micro: int,
     opposite: tuple[str | None, Sequence[Encoded]] = (None, ()),
     autocast: Any = None,
+    base_losses: dict[Any, float | None] | None = None,
 ) -> dict[str, Any] | None:
     """What goes to ``metrics/<trait>.json`` as ``eval`` (None when the shard had no held-out split)."""
     if not held_out:
         return None
-    base, adapter = base_and_adapter_loss(model, held_out, pad_token_id, micro, autocast)
+    base, adapter = base_and_adapter_loss(model, held_out, pad_token_id, micro, autocast, base_losses)
     figures: dict[str, Any] = {
         "n_held_out": len(held_out),
         "base_loss": base,
@@ -111,7 +124,7 @@ def eval_figures(
     }
     name, other = opposite
     if name and other:
-        o_base, o_adapter = base_and_adapter_loss(model, other, pad_token_id, micro, autocast)
+        o_base, o_adapter = base_and_adapter_loss(model, other, pad_token_id, micro, autocast, base_losses)
         figures.update(opposite_trait=name, n_opposite_held_out=len(other))
         figures.update(opposite_base_loss=o_base, opposite_adapter_loss=o_adapter)
         if None not in (o_base, o_adapter) and figures["improvement"] is not None:

@@ -52,6 +52,11 @@ def fetch_opposite(shard_url: str, folder: Path) -> Path | None:
         return None
 
 
+def put_bytes(url: str, data: bytes) -> None:
+    store, key = _store(url)
+    store.put(key, data)
+
+
 def publish_dir(local: Path, url: str) -> None:
     """Upload the trained adapter's files under the prefix ``url`` (this pod is their one writer)."""
     store, prefix = _store(url)

@@ -1,0 +1,174 @@
+"""Many traits per trainer process: a run's traits split into groups, each group trained by one process.
+
+A process per trait imports torch, transformers and peft and loads the base model again for every
+30-example shard (~3 s of each trait's ~4 s with the tiny model; a pod and 16 GB of weights per trait on a
+cluster). ``train_group`` starts one trainer for a group (``python -m trait_lora.train --group``), which
+trains each trait's adapter into the trait's usual staging folder with a record beside it; each trait's
+own task then calls ``take_group_result`` to verify and install it exactly as it installs an adapter it
+trained itself, or, when its group left no record for this run (the group crashed, or ran on another
+machine), trains the trait alone as before. So a trait that fails in a group fails alone, with its own
+reason, and a retry of its task trains only that trait.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from trait_lora.core.config import from_mapping
+from trait_lora.core.storage.atomic import atomic_write_json
+from trait_lora.core.storage.opener import is_url, scratch_dir
+from trait_lora.local.backend import (
+    EXIT_MEANINGS,
+    STAGING_DIR,
+    LocalTrainingError,
+    base_model_record,
+    install_trained,
+    run_trainer,
+    staging_dir,
+    trainer_flags,
+    with_local_shard,
+)
+from trait_lora.train.group import TRAINED, read_record, record_path
+
+T = TypeVar("T")
+GROUPED_ACTIONS = ("train", "resume")
+
+
+def split_groups(items: Sequence[T], size: int) -> list[list[T]]:
+    """At most ``size`` items per group, the groups as even as possible, in order (a trait's two poles,
+    next to each other in a run's plan, usually share a group and its base-model evaluation).
+
+    A group of one is no group: that trait trains in its own task as it always did, so ``size`` 1 (the
+    default) or a run with one trait to train changes nothing."""
+    if size < 2 or len(items) < 2:
+        return []
+    count = math.ceil(len(items) / size)
+    small, extra = divmod(len(items), count)
+    groups, start = [], 0
+    for i in range(count):
+        end = start + small + (1 if i < extra else 0)
+        groups.append(list(items[start:end]))
+        start = end
+    return [g for g in groups if len(g) > 1]
+
+
+def train_group(
+    plans: Sequence[dict[str, Any]],
+    *,
+    run_id: str,
+    output_dir: str | Path | None = None,
+    device: str = "cpu",
+    gpus: list[str] | None = None,
+    slot: int = 0,
+    micro_batch: int | None = None,
+    max_steps: int | None = None,
+    model_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
+    timeout_per_trait: float | None = None,
+    log: Callable[[str], None] = print,
+    python: str = sys.executable,
+) -> dict[str, Any]:
+    """Train ``plans`` in one trainer process: ``{"traits": trait -> {"status", "exit_code"}}`` from
+    their records, with the group's ``peak_memory_bytes``, ``load_seconds`` and ``wall_seconds``.
+
+    On ``cuda`` with GPUs visible the group gets one of them to itself (``devices.gpu_claim``, as one
+    trait does); its time limit is ``timeout_per_trait`` for each trait it trains. A trait already
+    trained by this run's group (a retry of a group that stopped midway) is not trained again. Raises
+    ``LocalTrainingError`` only when the group as a whole failed without recording its traits (a
+    crash, a timeout): their tasks then train them alone."""
+    members, statuses = [], {}
+    for plan in plans:
+        staging = staging_dir(plan, output_dir)
+        record = read_record(staging)
+        if record and record.get("run_id") == run_id and record["status"] == TRAINED and staging.is_dir():
+            statuses[plan["trait"]] = {"status": TRAINED, "exit_code": 0, "earlier": True}
+            continue
+        _discard(staging)
+        local = with_local_shard(plan)
+        config = {**local["config"], "backend": "local"}
+        if model_dir is not None:
+            config["local_model"] = str(model_dir)
+        members.append(
+            {"trait": plan["trait"], "shard": local["shard_path"], "out": str(staging), "config": config}
+        )
+    if not members:
+        return {"traits": statuses}
+    manifest = {
+        "config": from_mapping(members[0]["config"]).to_dict(),
+        "run_id": run_id,
+        "base_model_id": base_model_record(plans[0])["base_model"] if model_dir is not None else None,
+        "members": members,
+    }
+    path = _manifest_path(plans[0], output_dir, run_id, [m["trait"] for m in members])
+    atomic_write_json(path, manifest)
+    argv = [python, "-m", "trait_lora.train", "--group", str(path)]
+    argv += trainer_flags(
+        gpu=device == "cuda", micro_batch=micro_batch, max_steps=max_steps, checkpoint_every=checkpoint_every
+    )
+    log(f"training {len(members)} trait(s) in one process: {', '.join(m['trait'] for m in members)}")
+    timeout = timeout_per_trait * len(members) if timeout_per_trait else None
+    line: dict[str, Any] = {}
+    try:
+        if device == "cuda" and gpus:
+            from trait_lora.local.devices import gpu_claim
+
+            with gpu_claim(gpus, first=slot, log=log) as claimed:
+                log(f"training the group on GPU {claimed}")
+                line = run_trainer(argv, log=log, env={"CUDA_VISIBLE_DEVICES": claimed}, timeout=timeout)
+        else:
+            line = run_trainer(argv, log=log, timeout=timeout)
+    except LocalTrainingError as exc:
+        if exc.exit_code not in (3, 4):  # the base could not load: every trait is recorded with why
+            raise
+    finally:
+        path.unlink(missing_ok=True)
+    for member in members:
+        record = read_record(member["out"])
+        if record is not None:
+            statuses[member["trait"]] = {"status": record["status"], "exit_code": record["exit_code"]}
+    figures = ("peak_memory_bytes", "load_seconds", "wall_seconds")
+    return {"traits": statuses, **{k: line[k] for k in figures if k in line}}
+
+
+def take_group_result(
+    plan: dict[str, Any], run_id: str, output_dir: str | Path | None = None
+) -> dict[str, Any] | None:
+    """Install what this run's group trained for the trait (``install_trained``'s result); raise its
+    failure (``LocalTrainingError`` with the trainer's exit code and message); None when no group of
+    this run trained it, so the caller trains it alone. The record is used once: a retry of a failed
+    trait trains it alone."""
+    staging = staging_dir(plan, output_dir)
+    record = read_record(staging)
+    if record is None or record.get("run_id") != run_id:
+        if record is not None:  # an earlier run's, never used (its task did not run): not this adapter
+            _discard(staging)
+        return None
+    location = str(output_dir or plan["output_dir"])
+    try:
+        if record["status"] != TRAINED:
+            code = int(record["exit_code"])
+            meaning = EXIT_MEANINGS.get(code, f"exit code {code}")
+            raise LocalTrainingError(f"trainer failed ({meaning}; in a group):\n{record['error']}", code)
+        return install_trained(plan, staging, location if is_url(location) else Path(location))
+    finally:
+        _discard(staging)
+
+
+def _discard(staging: Path) -> None:
+    record_path(staging).unlink(missing_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _manifest_path(
+    plan: dict[str, Any], output_dir: str | Path | None, run_id: str, traits: list[str]
+) -> Path:
+    """Named by the run and its traits: a retry of the group writes the same file, another group its own."""
+    digest = hashlib.sha256(json.dumps([run_id, traits]).encode()).hexdigest()[:16]
+    return scratch_dir(str(output_dir or plan["output_dir"]), STAGING_DIR) / f"group-{digest}.json"

@@ -1,0 +1,46 @@
+"""The local backend's groups without training: how a run's traits split, how a trait's task reads what
+its group left, and the time limit a group's trainer runs under (the training itself is in
+tests/train/test_group.py and, through the DAG, tests/dags/test_local_dag.py)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from trait_lora.local.backend import LocalTrainingError, run_trainer, staging_dir
+from trait_lora.local.groups import split_groups, take_group_result
+from trait_lora.train.group import Member, write_record
+
+
+def test_traits_split_into_even_groups_in_order_and_a_group_of_one_is_none():
+    traits = [f"t{i}" for i in range(10)]
+    assert split_groups(traits, 8) == [traits[:5], traits[5:]]  # two GPUs finish together
+    assert split_groups(traits, 10) == [traits]
+    assert split_groups(traits[:3], 2) == [traits[:2]]  # t2 trains alone, as without groups
+    assert split_groups(traits, 1) == [] and split_groups(traits[:1], 8) == []
+
+
+def test_a_trait_takes_its_groups_failure_once_and_ignores_another_runs_record(tmp_path: Path):
+    plan = {"trait": "joy_plus", "job_key": "a" * 64, "output_dir": str(tmp_path)}
+    staging = staging_dir(plan)
+    member = Member("joy_plus", tmp_path / "joy_plus.jsonl", staging, None)  # type: ignore[arg-type]
+
+    write_record(member, "run-1", 2, "error: none of the 3 examples has a token to learn from")
+    assert take_group_result(plan, "run-2") is None  # another run's record: this run trains it alone
+
+    write_record(member, "run-2", 4, "error: out of memory on the CPU even at micro-batch 1")
+    with pytest.raises(LocalTrainingError) as failed:
+        take_group_result(plan, "run-2")
+    assert failed.value.exit_code == 4  # a retry may pass: the task's retry trains the trait alone
+    assert "in a group" in str(failed.value) and "out of memory" in str(failed.value)
+    assert take_group_result(plan, "run-2") is None  # the record was used up: the retry trains it alone
+
+
+def test_a_hung_trainer_is_stopped_at_its_time_limit():
+    started = time.monotonic()
+    with pytest.raises(LocalTrainingError, match="local_timeout_minutes") as stopped:
+        run_trainer([sys.executable, "-c", "import time; time.sleep(60)"], log=lambda _: None, timeout=0.5)
+    assert time.monotonic() - started < 15 and stopped.value.exit_code == 1
