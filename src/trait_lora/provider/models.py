@@ -36,6 +36,16 @@ def hub_credentials() -> tuple[str | None, str | None, str]:
     return conn.password or None, endpoint, conn_id
 
 
+def credentials_for(ref: Any) -> tuple[str | None, str | None, str]:
+    """``hub_credentials()`` for a Hub model; an S3 model uses its location's own connection, so it
+    gets no token (the connection id is only what messages name)."""
+    from trait_lora.models import ModelKind
+
+    if ref.kind is ModelKind.HUB:
+        return hub_credentials()
+    return None, None, settings.get_str("hf_conn_id")
+
+
 def cache_dir() -> Path:
     """``[trait_lora] model_cache_dir``, else ~/.cache/trait-lora/models."""
     text = settings.get_str("model_cache_dir")
@@ -51,20 +61,16 @@ def pin_base_model(model: str) -> dict[str, Any] | None:
     ref = parse_model_ref(model, what="base_model")
     if ref.kind is ModelKind.LOCAL:
         return None
-    token, endpoint, conn_id = hub_credentials() if ref.kind is ModelKind.HUB else (None, None, "")
-    pinned = resolve(ref, token=token, endpoint=endpoint, conn_id=conn_id or settings.get_str("hf_conn_id"))
+    token, endpoint, conn_id = credentials_for(ref)
+    pinned = resolve(ref, token=token, endpoint=endpoint, conn_id=conn_id)
     log.info("base model %s pinned to %s for every trait of this run", model, pinned.label)
     return pinned.to_dict()
 
 
 def model_folder(pin: dict[str, Any]) -> Path:
     """This worker's local copy of the pinned model, downloaded or copied into the cache once."""
-    from trait_lora.models import ModelKind, PinnedModel, materialize
+    from trait_lora.models import PinnedModel, materialize
 
     pinned = PinnedModel.from_dict(pin)
-    token, endpoint, conn_id = (
-        hub_credentials()
-        if pinned.ref.kind is ModelKind.HUB
-        else (None, None, settings.get_str("hf_conn_id"))
-    )
+    token, endpoint, conn_id = credentials_for(pinned.ref)
     return materialize(pinned, cache_dir(), token=token, endpoint=endpoint, conn_id=conn_id)

@@ -16,26 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from trait_lora.models import PinnedModel, materialize
-
-
-def _register_s3() -> None:
-    """s3:// models through boto3's own credential chain (the pod's Secret or service account)."""
-    from trait_lora.core.storage.location import Location
-    from trait_lora.core.storage.objects import S3Store
-    from trait_lora.core.storage.opener import register_opener
-
-    def opener(loc: Location) -> S3Store:
-        import boto3
-
-        return S3Store(boto3.client("s3"), loc.bucket, loc.prefix, location=loc.public_url)
-
-    register_opener("s3", opener)
+from trait_lora.train.objects import register_s3_opener
 
 
 def pod_model(pin_json: str, cache: str | None) -> tuple[Path, dict[str, Any]]:
     """The local folder of the pinned model, and its record (base model id, source, revision)."""
     pinned = PinnedModel.from_dict(json.loads(pin_json))
-    _register_s3()
+    register_s3_opener()  # s3:// models through boto3's own chain (the pod's Secret or service account)
     folder = Path(cache or os.environ.get("HF_HUB_CACHE") or "~/.cache/trait-lora/models").expanduser()
     path = materialize(
         pinned,

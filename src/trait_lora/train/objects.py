@@ -14,20 +14,31 @@ from pathlib import Path
 
 from trait_lora.core.adapter.spec import TRAINED_FILES
 from trait_lora.core.shards.catalog import SHARD_SUFFIX, opposite_trait
-from trait_lora.core.storage.location import parse_location
+from trait_lora.core.storage.location import Location, parse_location
 from trait_lora.core.storage.objects import S3Store
+from trait_lora.core.storage.opener import register_opener
 
 
 def is_s3(text: str) -> bool:
     return str(text).startswith("s3://")
 
 
-def _store(url: str) -> tuple[S3Store, str]:
-    """The store of the URL's bucket and the key of the URL in it."""
+def s3_store(loc: Location) -> S3Store:
+    """The store at an s3:// location, with the pod's own credentials (boto3's chain)."""
     import boto3
 
+    return S3Store(boto3.client("s3"), loc.bucket, loc.prefix, location=loc.public_url)
+
+
+def register_s3_opener() -> None:
+    """Let the core open s3:// locations in the pod (an s3:// base model is read through it)."""
+    register_opener("s3", s3_store)
+
+
+def _store(url: str) -> tuple[S3Store, str]:
+    """The store of the URL's bucket and the key of the URL in it."""
     loc = parse_location(url, what="s3 URL")
-    return S3Store(boto3.client("s3"), loc.bucket, "", location=f"s3://{loc.bucket}"), loc.prefix
+    return s3_store(Location("s3", bucket=loc.bucket)), loc.prefix
 
 
 def fetch(url: str, dest: Path) -> Path:
