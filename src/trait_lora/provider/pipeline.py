@@ -63,7 +63,7 @@ def discover(
         )
         recover = recovery_plans(plans, params.get("download_job_ids") or {}, backend)
         base_pin = None
-        if backend != "together" and any(p.to_dict()["action"] in ("train", "resume") for p in plans):
+        if backend != "together" and any(p.action in ("train", "resume") for p in plans):
             from trait_lora.provider.models import pin_base_model  # an all-skip rerun asks no Hub
 
             base_pin = pin_base_model(config.local_model)  # one version for every trait of the run
