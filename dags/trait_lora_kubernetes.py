@@ -1,10 +1,11 @@
 """# trait_lora_kubernetes: one LoRA adapter per trait, one GPU pod each
 
 Trigger it with the traits to train (empty = every shard). Per trait: `pod_spec` -> `train_pod` (the
-provider's deferrable KubernetesPodOperator on the GPU node pool; at most `[trait_lora] k8s_max_pods`
-at once; its log streams into the task log while it trains) -> `install` (reads the `result.json` the
-trainer left beside its adapter, on the PVC or in the bucket, and verifies the adapter before it
-replaces the previous one). `trait-lora k8s-pod TRAIT` prints the pod this DAG would create.
+provider's deferrable KubernetesPodOperator, built when the task runs, on the GPU node pool; at most
+`[trait_lora] k8s_max_pods` at once; its log streams into the task log while it trains) -> `install`
+(reads the `result.json` the trainer left beside its adapter, on the PVC or in the bucket, and
+verifies the adapter before it replaces the previous one). `trait-lora k8s-pod TRAIT` prints the pod
+this DAG would create.
 With *Traits per process* N > 1, `plan_groups` splits the traits to train into groups of at most N and
 `group.train_pod` trains each group in one pod (the base model loaded once); a trait its group trained
 skips its own pod and goes straight to `install`; one its group could not train gets its own pod.
@@ -15,17 +16,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
-# The provider's operator module (it imports the Kubernetes clients, about a second) is named here so
-# the DAG processor imports it once, before it forks each parse ([dag_processor]
-# parsing_pre_import_modules, on by default): a parse of this file then costs what the others do.
-import airflow.providers.cncf.kubernetes.operators.pod  # noqa: F401
 from airflow.sdk import DAG, task, task_group
 
 from trait_lora import settings
 from trait_lora.provider import grouped, pod_tasks, tasks
 from trait_lora.provider.deployment import dag_args, params_handed_over_once
 from trait_lora.provider.kubernetes import GROUP_ANNOTATION
-from trait_lora.provider.pod_operator import TrainingPodOperator
+from trait_lora.provider.training_pod import TrainingPod
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -61,7 +58,7 @@ with (
             return pod_tasks.group_pod_spec(group, context)
 
         spec = pod_spec(group)
-        TrainingPodOperator(
+        TrainingPod(
             task_id="train_pod",
             name=spec["name"],
             arguments=spec["arguments"],
@@ -84,7 +81,7 @@ with (
 
         spec = pod_spec(trait_plan)
         groups >> spec.operator
-        pod = TrainingPodOperator(
+        pod = TrainingPod(
             task_id="train_pod",
             name=spec["name"],
             arguments=spec["arguments"],

@@ -49,3 +49,44 @@ def test_bad_conf_is_refused_before_anything_runs(airflow_db, tmp_path, conf):
     with pytest.raises(ParamValidationError):
         dag.test(run_conf={**conf, "output_dir": str(tmp_path / "out")})
     assert not (tmp_path / "out").exists()
+
+
+# What a DAG file must not import while it is parsed (the DAG processor, and the worker of every task
+# of the DAG, parse it): the training stack, the Together SDK, the object-store and Kubernetes clients.
+HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "together", "boto3", "botocore")
+HEAVY += ("kubernetes", "kubernetes_asyncio", "huggingface_hub")
+PARSE_PROBE = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1])
+print(json.dumps({
+    "errors": {k: str(v)[-500:] for k, v in bag.import_errors.items()},
+    "dags": sorted(bag.dag_ids),
+    "heavy": sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY)),
+    "providers": sorted(m for m in sys.modules if m.startswith("airflow.providers.cncf.kubernetes.")
+                        and not m.endswith(("get_provider_info", "exceptions"))),
+}))
+""".replace("HEAVY", repr(HEAVY))
+
+
+@pytest.mark.parametrize("dag_file", sorted(p.name for p in (REPO / "dags").glob("*.py")))
+def test_parsing_a_dag_file_imports_nothing_heavy(dag_file, tmp_path):
+    """A fresh interpreter, as a worker's task process: parsing the file imports none of HEAVY, and the
+    Kubernetes DAG none of the pod operator's modules (its pod operator is built when its task runs)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
+    done = subprocess.run(
+        [sys.executable, "-c", PARSE_PROBE, str(REPO / "dags" / dag_file)],
+        capture_output=True,
+        text=True,
+        env={**env, "AIRFLOW_HOME": str(tmp_path)},
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["errors"] == {} and found["dags"], found
+    assert (found["heavy"], found["providers"]) == ([], []), found

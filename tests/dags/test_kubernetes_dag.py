@@ -103,9 +103,14 @@ def test_kubernetes_dag_maps_one_pod_per_trait_bounded_and_kept_when_it_fails():
         "publish_mapping",
         "check",
     } <= set(dag.task_ids)
-    pod = dag.get_task("trait.train_pod")
-    assert isinstance(pod, KubernetesPodOperator)  # the provider's own lifecycle, not a wrapper's
-    assert pod.max_active_tis_per_dagrun == 4  # [trait_lora] k8s_max_pods: never N GPU pods at once
+    held = dag.get_task("trait.train_pod")
+    assert held.max_active_tis_per_dagrun == 4  # [trait_lora] k8s_max_pods: never N GPU pods at once
+    # what runs is the provider's operator, with its own lifecycle (not a wrapper's), in the same place
+    pod = held.prepare_for_execution()
+    assert isinstance(pod, KubernetesPodOperator)
+    assert (pod.task_id, pod.task_group, pod.get_dag()) == (held.task_id, held.task_group, dag)
+    assert pod.upstream_task_ids == {"trait.pod_spec"} and pod.downstream_task_ids == {"trait.install"}
+    assert pod.max_active_tis_per_dagrun == 4 and pod.retries == held.retries == 1
     assert pod.deferrable and not pod.do_xcom_push and pod.get_logs
     assert pod.logging_interval == 120  # logs while it trains, not only at the end
     assert pod.on_finish_action.value == "delete_succeeded_pod"  # a failed pod stays for kubectl
@@ -489,3 +494,23 @@ def test_the_trigger_ends_the_wait_for_a_pod_whose_secret_is_missing_within_seco
     assert time.monotonic() - started < 30
     assert event["status"] == "timeout"  # the provider's "could not start": it fails the try, no re-defer
     assert 'secret "hf-token" not found' in event["message"] and "k8s_hf_secret" in event["message"]
+
+
+def test_the_pod_task_the_scheduler_sees_is_the_one_that_runs():
+    """The DAG holds a small operator at parse time; what the scheduler reads of it (pool, bounds,
+    retries, trigger rule, label template...) is what the pod operator built from it carries."""
+    from airflow.sdk.bases.operator import BaseOperator
+
+    dag = get_dag("trait_lora_kubernetes")
+    for task_id in ("trait.train_pod", "group.train_pod"):
+        held = dag.get_task(task_id)
+        pod = held.prepare_for_execution()
+        differ = {
+            field
+            for field in BaseOperator.get_serialized_fields()
+            if getattr(held, field, None) != getattr(pod, field, None)
+        }
+        # the class's name and template fields, and the DAG's params a running task gets anyway
+        assert differ <= {"task_type", "template_fields", "template_fields_renderers", "params"}, differ
+        assert set(held.template_fields) <= set(pod.template_fields)
+        assert pod.get_dag() is dag and dag.get_task(task_id) is held  # the DAG is left as it was

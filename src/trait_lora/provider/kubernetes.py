@@ -33,6 +33,12 @@ MODEL_CACHE_MOUNT = "/models"
 DATA_VOLUME = "trait-lora-data"
 CACHE_VOLUME = "model-cache"
 MICRO_BATCH_FLAG = "--micro-batch"
+# The operator's (training_pod.TrainingPod and pod_operator.TrainingPodOperator alike): its colour, its
+# label in a mapped group (the trait from the pod's annotation; a group pod names its own), and what no
+# task chooses (the trainer writes result.json beside its adapter: no xcom sidecar, no pods/exec).
+UI_COLOR = "#d6f5e3"
+MAP_INDEX_TEMPLATE = "{{ task.annotations.get('" + TRAIT_ANNOTATION + "', '') }}"
+BASE_FIXED = {"do_xcom_push": False}
 
 
 def shortened(text: str, limit: int) -> str:

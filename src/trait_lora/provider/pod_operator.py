@@ -14,8 +14,7 @@ lifecycle (create or re-attach, defer, logs, cleanup, ``on_kill``) and three cha
   runs with half its micro-batch.
 
 This module imports the provider's operator module, and with it the Kubernetes clients (about a
-second). ``dags/trait_lora_kubernetes.py`` names that module in a top-level import so the DAG
-processor imports it once, before it forks each parse (``[dag_processor] parsing_pre_import_modules``).
+second): a DAG file names ``training_pod.TrainingPod``, which becomes this operator when its task runs.
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 
 from trait_lora import settings
 from trait_lora.provider import kubernetes, pod_failure
+from trait_lora.provider.kubernetes import BASE_FIXED, MAP_INDEX_TEMPLATE, UI_COLOR
 
 TRAINER_CMD = ("python", "-m", "trait_lora.train")
 DAG_ID = "trait_lora_kubernetes"
@@ -145,7 +145,7 @@ class TrainingPodOperator(KubernetesPodOperator):
     """One trait's GPU pod. ``name``, ``arguments``, ``labels`` and ``annotations`` come from the
     ``pod_spec`` task (``kubernetes.pod_spec``); everything else from the settings."""
 
-    ui_color = "#d6f5e3"
+    ui_color = UI_COLOR
     template_fields = (*KubernetesPodOperator.template_fields, "run_record")
 
     def __init__(
@@ -161,9 +161,7 @@ class TrainingPodOperator(KubernetesPodOperator):
         **kwargs: Any,
     ) -> None:
         self.run_record = run_record  # {"trait", "output_dir"}: where a failed try records why
-        kwargs.setdefault(
-            "map_index_template", "{{ task.annotations.get('" + kubernetes.TRAIT_ANNOTATION + "', '') }}"
-        )
+        kwargs.setdefault("map_index_template", MAP_INDEX_TEMPLATE)
         super().__init__(
             name=name,
             arguments=arguments,
@@ -175,7 +173,7 @@ class TrainingPodOperator(KubernetesPodOperator):
             or kubernetes.variable_template("trait_lora_k8s_namespace", settings.get_str("k8s_namespace")),
             cmds=list(TRAINER_CMD),
             deferrable=True,
-            do_xcom_push=False,  # the trainer writes result.json next to its adapter: no sidecar, no exec
+            **BASE_FIXED,  # the trainer writes result.json next to its adapter: no sidecar, no exec
             get_logs=True,
             on_finish_action="delete_succeeded_pod",
             log_events_on_failure=True,
