@@ -285,6 +285,7 @@ def test_a_missing_secret_fails_within_seconds_naming_it(
     assert time.monotonic() - began < 30  # not the 15-minute startup timeout
     assert str(run.state) == "failed" and fake.stats.pods_created == 1  # not retried
     assert fake.pods(namespace=NAMESPACE) == []  # it never started: deleted, the node is free
+    assert fake.stats.requests[("GET", "pods/log")] == 0  # no log asked of a container never started
     from trait_lora.core.storage.records import as_store
 
     summary = as_store(f"s3://aws_default@{s3_bucket}/out").read("run_summary.json").json()
@@ -302,6 +303,7 @@ def test_an_image_that_cannot_be_pulled_fails_within_seconds_naming_it(
     run = run_dag("trait_lora_kubernetes", stub_conf(data, ["joy_plus"]))
     assert time.monotonic() - began < 30
     assert str(run.state) == "failed" and fake.stats.pods_created == 1
+    assert fake.stats.requests[("GET", "pods/log")] == 0
     reason = json.loads((data / "out" / "run_summary.json").read_text())["failed"]["joy_plus"]
     assert "cannot pull its image registry.example/trait-lora-trainr:0.1.0" in reason
     assert "trainer_image" in reason

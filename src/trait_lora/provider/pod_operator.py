@@ -1,5 +1,6 @@
 """The training pod's operator: the cncf.kubernetes provider's ``KubernetesPodOperator``, with its own
-lifecycle (create or re-attach, defer, logs, cleanup, ``on_kill``) and three changes:
+lifecycle (create or re-attach, defer, logs, cleanup, ``on_kill``) and these changes, each through
+the provider's public methods (no private one is overridden):
 
 * the pod is built from the settings when it is built (``kubernetes.pod_settings``): GPU, node pool,
   volumes, model cache, Secrets by reference, security context, deadline;
@@ -8,6 +9,7 @@ lifecycle (create or re-attach, defer, logs, cleanup, ``on_kill``) and three cha
 * while it waits for the pod to start, the trigger also fails at once on ``CreateContainerConfigError``
   (a missing Secret or key), as the provider does for an image that cannot be pulled, instead of
   holding the node until the startup timeout;
+* no log is asked of a container that never started (the provider would ask three times for a 400);
 * a failed try says why in the run's failures (``pod_failure.diagnose``: phase, container state, exit
   code and its meaning, the scheduler's message) and is retried only when a retry can help (not after
   trainer exit 2 or 3, a missing Secret, an image that cannot be pulled); the retry of an OOMKilled pod
@@ -21,14 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from functools import cached_property
 from typing import Any
 
-import tenacity
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.triggers.pod import KubernetesPodTrigger
-from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchTimeoutException, PodManager
+from airflow.providers.cncf.kubernetes.utils.pod_manager import PodManager
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+from airflow.triggers.base import TriggerEvent
 
 from trait_lora import settings
 from trait_lora.provider import kubernetes, pod_failure
@@ -36,11 +39,6 @@ from trait_lora.provider.kubernetes import BASE_FIXED, MAP_INDEX_TEMPLATE, UI_CO
 
 TRAINER_CMD = ("python", "-m", "trait_lora.train")
 DAG_ID = "trait_lora_kubernetes"
-
-
-class PodConfigError(PodLaunchTimeoutException):
-    """The kubelet cannot build the container (a missing Secret or key). A launch timeout to the
-    provider: it ends the try with the message, and the pod is not followed any further."""
 
 
 def config_error(pod: Any) -> str | None:
@@ -105,40 +103,57 @@ class AdoptingPodManager(PodManager):
             return found
 
 
-def _not_gone(exc: BaseException) -> bool:
-    return getattr(exc, "status", None) != 404
-
-
-# The provider's read of the pod, retried as it retries it, except that a 404 is an answer: the pod
-# was deleted (three reads seconds apart would not bring it back, and the retry waits for them).
-_read_pod = KubernetesPodTrigger._get_pod.retry_with(retry=tenacity.retry_if_exception(_not_gone))
+def _starting(pod: Any, container: str) -> bool:
+    return getattr(getattr(pod, "status", None), "phase", None) == "Pending" and not _ever_started(
+        pod, container
+    )
 
 
 class TrainingPodTrigger(KubernetesPodTrigger):
-    """The provider's pod trigger, failing fast on ``CreateContainerConfigError`` while it waits, and
-    at once when the pod is gone."""
+    """The provider's pod trigger, its ``run`` unchanged, watched while the pod starts: a container the
+    kubelet cannot build (``CreateContainerConfigError``: a missing Secret or key) ends the wait at
+    once with the kubelet's message, as the provider ends it for an image that cannot be pulled,
+    instead of holding the node until the startup timeout. Only public surfaces: ``run`` and the
+    async hook's ``get_pod``, one read per ``startup_check_interval`` until the container starts."""
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return f"{__name__}.{type(self).__name__}", super().serialize()[1]
 
-    async def _get_pod(self) -> Any:
-        return await _read_pod(self)
-
-    async def _wait_for_pod_start(self) -> Any:
-        waiting = asyncio.ensure_future(super()._wait_for_pod_start())
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        events = super().run()
+        provider_event = asyncio.ensure_future(anext(events))
         try:
+            starting = True
             while True:
-                done, _ = await asyncio.wait({waiting}, timeout=self.startup_check_interval)
+                timeout = self.startup_check_interval if starting else None
+                done, _ = await asyncio.wait({provider_event}, timeout=timeout)
                 if done:
-                    return waiting.result()
-                message = config_error(await self._get_pod())
+                    with contextlib.suppress(StopAsyncIteration):
+                        yield provider_event.result()
+                    return
+                try:
+                    pod = await self.hook.get_pod(self.pod_name, self.pod_namespace)
+                except Exception:  # the provider's own reads decide what an API error means
+                    continue
+                message = config_error(pod)
                 if message:
-                    raise PodConfigError(message)
+                    yield TriggerEvent(
+                        {
+                            "name": self.pod_name,
+                            "namespace": self.pod_namespace,
+                            "status": "timeout",  # what the provider sends for a pod that cannot start
+                            "message": message,
+                            **self.trigger_kwargs,
+                        }
+                    )
+                    return
+                starting = _starting(pod, self.base_container_name)
         finally:
-            if not waiting.done():
-                waiting.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await waiting
+            if not provider_event.done():
+                provider_event.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await provider_event
+            await events.aclose()
 
 
 class TrainingPodOperator(KubernetesPodOperator):
@@ -224,10 +239,25 @@ class TrainingPodOperator(KubernetesPodOperator):
             self._failed(context, exc, created=self.pod is not None)
 
     def trigger_reentry(self, context: Any, event: dict[str, Any]) -> Any:
+        get_logs = self.get_logs
         try:
+            if get_logs and event.get("status") != "success" and not self._container_started(event):
+                # no log to read from a container that never started (a missing Secret, an image that
+                # cannot be pulled, no node): the provider would ask three times, seconds apart, for a 400
+                self.log.info("no log: container %s never started", self.base_container_name)
+                self.get_logs = False
             return super().trigger_reentry(context, event)
         except Exception as exc:
             self._failed(context, exc, created=True)
+        finally:
+            self.get_logs = get_logs
+
+    def _container_started(self, event: dict[str, Any]) -> bool:
+        try:
+            pod = self.hook.get_pod(event["name"], event["namespace"])
+        except Exception:  # gone or unreadable: the provider's re-entry says so
+            return True
+        return _ever_started(pod, self.base_container_name)
 
     def _failed(self, context: Any, exc: Exception, *, created: bool) -> None:
         """Say why the try failed (task log and the run's failures) and whether to retry; the
@@ -265,14 +295,6 @@ class TrainingPodOperator(KubernetesPodOperator):
                 {"pod": failure.to_dict()},
             )
         raise (PodTryFailed if failure.retry else PodFailedForGood)(failure.message) from exc
-
-    def _write_logs(self, pod: Any, follow: bool = False, since_time: Any = None) -> None:
-        """No log to read from a container that never started (a missing Secret, an image that
-        cannot be pulled, no node): the provider would ask three times, seconds apart, for a 400."""
-        if not _ever_started(pod, self.base_container_name):
-            self.log.info("no log: container %s never started", self.base_container_name)
-            return
-        super()._write_logs(pod, follow=follow, since_time=since_time)
 
     def defer(self, *, trigger: Any, method_name: str, kwargs: Any = None, timeout: Any = None) -> Any:
         if type(trigger) is KubernetesPodTrigger:
