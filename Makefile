@@ -28,7 +28,8 @@ test: $(STAMP)
 	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -m "not e2e" -n auto --dist loadfile --no-loadscope-reorder --cov=trait_lora --cov-report=term:skip-covered --durations=10
 
 # A live Airflow on loopback (PostgreSQL from apt if missing, api-server, scheduler, dag-processor,
-# triggerer) running trait_lora_together against the fake Together server; prints its timings.
+# triggerer) running trait_lora_together against the fake Together server and trait_lora_kubernetes
+# against the fake Kubernetes API; prints its timings.
 e2e: $(STAMP)
 	$(PY) -m pytest -m e2e -s -v -p no:cacheprovider tests/e2e
 

@@ -16,7 +16,10 @@ What only a live deployment can show (``dag.test()`` runs triggers inline, one a
 * a forced backfill of three runs (``POST /api/v2/backfills``, the real scheduler) creates exactly one
   Together job per trait: every run of one backfill shares the forced job key;
 * a forced retrain survives the triggerer being stopped (SIGTERM) and crashing (SIGKILL) mid-wait:
-  the run completes with exactly one new Together job per trait and no job cancelled.
+  the run completes with exactly one new Together job per trait and no job cancelled;
+* ``trait_lora_kubernetes`` against the fake Kubernetes API (``tests/fake_kubernetes``, a stub trainer
+  image): its deferred pods hold no worker slot, so only ``[trait_lora] k8s_max_pods`` bounds them, and
+  the API's own history never has more pods running than that while 8 traits wait for a GPU.
 
 Skipped by ``make test`` (marker ``e2e``); run with ``make e2e``. Prints its timings.
 """
@@ -30,6 +33,7 @@ import subprocess
 import time
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -48,7 +52,10 @@ from tests.e2e.live import (
     watch_run,
     write_shards,
 )
+from tests.e2e.shards import write_shards as write_pod_shards
+from tests.fake_kubernetes import FakeKubernetes
 from tests.support import tracking
+from tests.support.k8s_cluster import STUB_IMAGE, gpu_cluster, pod_clock, settings_env, stub_image
 from trait_lora.core.handoff.runs import run_dir
 
 pytestmark = pytest.mark.e2e
@@ -61,13 +68,43 @@ JOB_SECONDS = 20.0  # every fake Together job takes this long
 POLL_SECONDS = 1.0
 RUN_TIMEOUT = 600.0
 
+K8S_DAG = "trait_lora_kubernetes"
+K8S_MAX_PODS = 3  # [trait_lora] k8s_max_pods: < PARALLELISM, so the executor is not what bounds pods
+POD_SECONDS = 12.0  # what every stub trainer pod takes
+
 TIMINGS: dict[str, float] = {}
 # Screenshots of the dashboard (kept after the run, for a person to look at).
 ARTEFACTS = Path(os.environ.get("TRAIT_LORA_E2E_ARTEFACTS") or REPO / "e2e-artefacts")
 
 
+class Kube(NamedTuple):
+    fake: FakeKubernetes
+    data: Path  # the PVC's folder (also its mount path in the pods)
+    traits: list[str]
+
+
 @pytest.fixture(scope="module")
-def live(tmp_path_factory, request):
+def kube(tmp_path_factory):
+    """The fake Kubernetes API of the deployment: a GPU node with a GPU per trait (the cluster is not
+    what bounds the pods), the data PVC holding N_TRAITS shards, and the stub trainer image."""
+    workdir = tmp_path_factory.mktemp("kube")
+    data = workdir / "data"
+    with FakeKubernetes() as fake:
+        gpu_cluster(fake, data, gpus=N_TRAITS)
+        traits = write_pod_shards(data / "shards", N_TRAITS, prefix="pod")
+        steps = 16
+        stub_image(
+            fake,
+            workdir / "image",
+            {t: {"steps": steps, "step_seconds": POD_SECONDS / steps} for t in traits},
+        )
+        yield Kube(fake, data, traits)
+        problems = fake.self_check()
+    assert not fake.bugs and not problems, (fake.bugs, problems)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, request, kube):
     workdir = tmp_path_factory.mktemp("live")
     shards = workdir / "shards"
     write_shards(shards, N_TRAITS)
@@ -84,6 +121,10 @@ def live(tmp_path_factory, request):
             "AIRFLOW__TRAIT_LORA__MAX_JOBS_IN_FLIGHT": str(CAP),
             # OpenLineage to a file, as a deployment points it at Marquez (every process appends)
             **{k: v for k, v in tracking.tracking_env(workdir).items() if "OPENLINEAGE" in k},
+            # trait_lora_kubernetes on the fake API: its PVC, the stub image, at most K8S_MAX_PODS pods
+            "AIRFLOW_CONN_KUBERNETES_DEFAULT": json.dumps(kube.fake.airflow_connection()),
+            "AIRFLOW__TRAIT_LORA__STORAGE_ROOTS": json.dumps([str(kube.data)]),
+            **settings_env(kube.data, trainer_image=STUB_IMAGE, k8s_max_pods=K8S_MAX_PODS),
         },
     )
     started = time.monotonic()
@@ -348,6 +389,58 @@ def test_logs_show_deferral_in_the_triggerer(live):
     assert trigger_logs, "no trigger log written"
     text = "\n".join(p.read_text(errors="replace") for p in trigger_logs)
     assert "is completed" in text
+
+
+def test_kubernetes_pods_never_outnumber_k8s_max_pods(live, kube):
+    """Eight traits, one GPU pod each, on a cluster with a GPU per trait and an executor with free
+    slots (a deferred pod holds none): the scheduler keeps k8s_max_pods pod tasks active and the rest
+    waiting, and the API's history never has more than k8s_max_pods pods running. Prints the seconds
+    from trigger to the first pod running."""
+    live.unpause(K8S_DAG)
+    conf = {"shards_dir": str(kube.data / "shards"), "output_dir": str(kube.data / "out")}
+    conf["base_model"] = "/models/llama-3.1-8b"  # in the model cache: no Hub token needed
+    active_sql = (
+        "SELECT count(*) FILTER (WHERE state IN ('queued', 'running', 'deferred')), "
+        "count(*) FILTER (WHERE state IS NULL OR state = 'scheduled') FROM task_instance "
+        "WHERE dag_id = %s AND run_id = %s AND task_id = 'trait.train_pod' AND map_index >= 0"
+    )
+    peaks = {"active": 0, "active_while_others_wait": 0}
+    with pod_clock(kube.fake) as clock:
+        began = time.monotonic()
+        response = live.api(
+            "POST", f"/api/v2/dags/{K8S_DAG}/dagRuns", json={"logical_date": None, "conf": conf}
+        )
+        assert response.status_code == 200, response.text
+        run_id = response.json()["dag_run_id"]
+        state = None
+        while state not in ("success", "failed") and time.monotonic() - began < RUN_TIMEOUT:
+            time.sleep(0.5)
+            active, waiting = live.query(active_sql, K8S_DAG, run_id)[0]
+            peaks["active"] = max(peaks["active"], active)
+            if waiting:
+                peaks["active_while_others_wait"] = max(peaks["active_while_others_wait"], active)
+            state = live.api("GET", f"/api/v2/dags/{K8S_DAG}/dagRuns/{run_id}").json()["state"]
+        wall = time.monotonic() - began
+    live.api("PATCH", f"/api/v2/dags/{K8S_DAG}", json={"is_paused": True}).raise_for_status()
+    stats = kube.fake.stats
+    TIMINGS[f"kubernetes run ({N_TRAITS} traits, {K8S_MAX_PODS} pods at most): trigger to {state}"] = wall
+    TIMINGS["kubernetes run: trigger to first pod running"] = clock.first_running - began
+    log(
+        f"kubernetes run: {state} in {wall:.1f} s; pods running at once peak {stats.max_pods_running}, "
+        f"pod tasks active at once peak {peaks['active']} ({peaks['active_while_others_wait']} while "
+        f"others waited), k8s_max_pods {K8S_MAX_PODS}; first pod running "
+        f"{clock.first_running - began:.1f} s after the trigger; pods ran {clock.running_seconds():.1f} s "
+        f"in all ({N_TRAITS} x {POD_SECONDS:.0f} s of stub training); the bound's slots spent "
+        f"{(wall * K8S_MAX_PODS - clock.running_seconds()) / N_TRAITS:.1f} s per trait not training"
+    )
+    assert state == "success"
+    # the bound binds (pod tasks waited while K8S_MAX_PODS were active) and holds, for tasks and pods
+    assert peaks["active_while_others_wait"] == peaks["active"] == K8S_MAX_PODS, peaks
+    assert 2 <= stats.max_pods_running <= K8S_MAX_PODS, stats
+    assert stats.max_pods_active <= K8S_MAX_PODS, stats  # nor a pod holding a node's GPU beyond it
+    assert kube.fake.created_per_label("trait") == Counter({t.replace("_", "-"): 1 for t in kube.traits})
+    mapping = json.loads((kube.data / "out" / "hypernetwork_data.json").read_text())
+    assert sorted(mapping["traits"]) == sorted(kube.traits) and mapping["failed"] == {}
 
 
 def test_a_forced_backfill_of_three_runs_pays_once_per_trait(live):
