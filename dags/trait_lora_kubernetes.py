@@ -64,6 +64,7 @@ with (
             arguments=spec["arguments"],
             labels=spec["labels"],
             annotations=spec["annotations"],
+            run_record=spec["run_record"],
             map_index_template="{{ task.annotations.get('" + GROUP_ANNOTATION + "', '') }}",
             **pod_bounds,
         )

@@ -156,6 +156,36 @@ def test_an_oom_killed_pod_is_named_and_its_retry_runs_with_half_the_micro_batch
     assert "lower [trait_lora] k8s_micro_batch below 2" in reason and "k8s_memory = 64Gi" in reason
 
 
+def test_after_an_oom_killed_group_pod_its_retry_and_its_traits_own_pods_run_with_half(
+    airflow_db, kubernetes_conn, tmp_path, monkeypatch
+):
+    """Two traits in one pod (traits_per_process 2), OOMKilled on both tries: the group's retry runs at
+    half the micro-batch and each trait's own pod (its fallback) at half of that, not at the setting
+    the group already failed with; both traits train and no failure is left on record."""
+    from trait_lora.provider.kubernetes import MICRO_BATCH_FLAG, argument
+
+    fake = kubernetes_conn
+    traits = ["joy_minus", "joy_plus"]
+    data = tmp_path / "data"
+    gpu_cluster(fake, data)
+    stub_image(fake, tmp_path / "image", {trait: TRAIN for trait in traits})
+    use(monkeypatch, settings_env(data, trainer_image=STUB_IMAGE, k8s_micro_batch="8"))
+    fake.inject("oom_kill", selector="group=group-joy-minus-2", on_log="step 1", times=2)
+    run = run_dag("trait_lora_kubernetes", {**stub_conf(data, traits), "traits_per_process": 2})
+    assert str(run.state) == "success", task_states(run)
+
+    def tried(pod: dict[str, Any]) -> int:
+        return int(argument(pod_args(pod), MICRO_BATCH_FLAG) or 0)
+
+    group = [p for p in fake.created_pods if p["metadata"]["labels"].get("group")]
+    assert [tried(p) for p in group] == [8, 4]  # the setting, then half of it
+    own = sorted((p["metadata"]["labels"]["trait"], tried(p)) for p in fake.created_pods if p not in group)
+    assert own == [("joy-minus", 2), ("joy-plus", 2)]  # half of what the group's last pod tried
+    mapping = json.loads((data / "out" / "hypernetwork_data.json").read_text())
+    assert sorted(mapping["traits"]) == traits and not mapping.get("failed")
+    assert failures_of(data, run) == {}  # each install cleared what the group's pods recorded
+
+
 def test_trainer_exits_2_and_3_fail_at_once_without_a_retry_and_say_why(faults):
     fake, data, run = faults["fake"], faults["data"], faults["run"]
     assert fake.created_per_label("trait")["joy-minus"] == 1  # not retried

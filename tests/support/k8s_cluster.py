@@ -4,7 +4,8 @@ expect it, the deployment's ``[trait_lora] k8s_*`` settings, trainer images, and
 Two images stand for the trainer image. The real one (``warm_python``): ``python -m trait_lora.train``
 on the pod's argv, env and volumes. A stub for the fault tests: a few lines that, seen from the DAG,
 behave like the trainer (log steps, write the adapter and ``result.json`` beside it, or print an
-``error:`` line and exit with the trainer's code), chosen per trait by a JSON file, in ~50 ms a pod.
+``error:`` line and exit with the trainer's code), chosen per trait by a JSON file, in ~50 ms a pod;
+given a group's ``--group`` manifest, it trains each member in turn and writes its record beside it.
 """
 
 from __future__ import annotations
@@ -40,20 +41,35 @@ def value(flag):
     return args[args.index(flag) + 1] if flag in args else None
 
 
-trait = value("--shard").rsplit("/", 1)[-1].rsplit(".", 1)[0]
-plan = json.load(open(os.environ["STUB_PLAN"])).get(trait, {{}})
-print(f"training {{trait}} at micro-batch {{value('--micro-batch')}}", flush=True)
-if "exit" in plan:
-    print(plan["error"], file=sys.stderr, flush=True)
-    sys.exit(plan["exit"])
-for step in range(1, plan.get("steps", 2) + 1):
-    time.sleep(plan.get("step_seconds", 0.05))
-    print(f"step {{step}} loss 1.0", flush=True)
-out = value("--out")
-shutil.copytree(os.environ["STUB_ADAPTER"], out, dirs_exist_ok=True)
-result = json.dumps({{"adapter_dir": out, "final_loss": 1.0, "micro_batch": int(value("--micro-batch"))}})
-open(os.path.join(out, "result.json"), "w").write(result + "\\n")
-print(result, flush=True)
+plans = json.load(open(os.environ["STUB_PLAN"]))
+micro_batch = int(value("--micro-batch"))
+
+
+def train(trait, out):
+    plan = plans.get(trait, {{}})
+    print(f"training {{trait}} at micro-batch {{micro_batch}}", flush=True)
+    if "exit" in plan:
+        print(plan["error"], file=sys.stderr, flush=True)
+        sys.exit(plan["exit"])
+    for step in range(1, plan.get("steps", 2) + 1):
+        time.sleep(plan.get("step_seconds", 0.05))
+        print(f"step {{step}} loss 1.0", flush=True)
+    shutil.copytree(os.environ["STUB_ADAPTER"], out, dirs_exist_ok=True)
+    result = {{"adapter_dir": out, "final_loss": 1.0, "micro_batch": micro_batch}}
+    open(os.path.join(out, "result.json"), "w").write(json.dumps(result) + "\\n")
+    print(json.dumps(result), flush=True)
+    return result
+
+
+if value("--group"):  # a group's pod: each member in turn, its record beside its adapter (train.group)
+    manifest = json.loads(value("--group"))
+    for member in manifest["members"]:
+        result = train(member["trait"], member["out"])
+        record = {{"trait": member["trait"], "run_id": manifest.get("run_id"), "status": "trained",
+                  "exit_code": 0, "error": None, "result": result}}
+        open(member["out"].rstrip("/") + ".result.json", "w").write(json.dumps(record) + "\\n")
+else:
+    train(value("--shard").rsplit("/", 1)[-1].rsplit(".", 1)[0], value("--out"))
 """
 
 

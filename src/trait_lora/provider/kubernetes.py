@@ -126,7 +126,7 @@ def pod_spec(plan: dict[str, Any]) -> dict[str, Any]:
         "name": pod_name(trait),
         "adapter_dir": out,
         # where the operator records why a try failed (runs.record_failure), as install does
-        "run_record": {"trait": trait, "output_dir": str(plan["output_dir"])},
+        "run_record": {"traits": [trait], "output_dir": str(plan["output_dir"])},
     }
 
 
@@ -134,7 +134,9 @@ def group_pod_spec(plans: list[dict[str, Any]], run_id: str) -> dict[str, Any]:
     """One pod for a group of traits (``traits_per_process``): the trainer's ``--group`` manifest,
     given whole in its argv, trains each trait into the folder (or prefix) its own pod would use, with
     its record beside it, so each trait's ``install`` reads it as it reads its own pod's. Labelled by
-    the group (its traits in an annotation); no ``run_record``: a trait's failure is its own task's."""
+    the group (its traits in an annotation). Its ``run_record`` names every trait: why a try failed is
+    recorded for each (until its own pod or install says otherwise), so that after an OOMKilled group
+    pod both the group's retry and each trait's own pod run with half the micro-batch."""
     traits = [check_trait_name(p["trait"]) for p in plans]
     members = []
     for plan in plans:
@@ -149,6 +151,7 @@ def group_pod_spec(plans: list[dict[str, Any]], run_id: str) -> dict[str, Any]:
         "annotations": {GROUP_ANNOTATION: ",".join(traits)},
         "name": pod_name(name),
         "label": f"{traits[0]} +{len(traits) - 1}",
+        "run_record": {"traits": traits, "output_dir": str(plans[0]["output_dir"])},
     }
 
 

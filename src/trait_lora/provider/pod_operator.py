@@ -73,6 +73,14 @@ def _ever_started(pod: Any, container: str) -> bool:
     return False
 
 
+def _traits(run_record: dict[str, Any]) -> list[str]:
+    """The traits a pod trains, from its ``run_record`` (``kubernetes.pod_spec``/``group_pod_spec``)."""
+    traits = run_record.get("traits")
+    if traits is None and run_record.get("trait"):  # a record from before groups named their traits
+        traits = [run_record["trait"]]
+    return [str(t) for t in traits or []]
+
+
 # The labels that make a pod this try's own (the provider sets them from the task instance).
 _TRY_LABELS = ("dag_id", "task_id", "run_id", "map_index", "try_number")
 
@@ -175,7 +183,7 @@ class TrainingPodOperator(KubernetesPodOperator):
         run_record: Any = None,
         **kwargs: Any,
     ) -> None:
-        self.run_record = run_record  # {"trait", "output_dir"}: where a failed try records why
+        self.run_record = run_record  # {"traits", "output_dir"}: where a failed try records why
         kwargs.setdefault("map_index_template", MAP_INDEX_TEMPLATE)
         super().__init__(
             name=name,
@@ -211,23 +219,29 @@ class TrainingPodOperator(KubernetesPodOperator):
         return super().build_pod_request_obj(context, dry_run=dry_run)
 
     def _after_oom(self, arguments: Any, context: Any) -> list[Any]:
-        """The argv with half the micro-batch when this run's last try of the trait was OOMKilled
-        (its failure record says at which micro-batch), so the retry fits where the try did not."""
+        """The argv with half the micro-batch when this run's last pod of the trait (or of any trait of
+        the group) was OOMKilled (its failure record says at which micro-batch), so the retry fits
+        where the try did not; a trait's own pod after its group's OOMKilled pod starts there too."""
         from trait_lora.core.handoff import runs
 
         args = list(arguments or [])
         record = self.run_record or {}
-        failed = runs.read_failures(record["output_dir"], context["run_id"]).get(record["trait"]) or {}
-        pod = failed.get("pod") if isinstance(failed.get("pod"), dict) else {}
-        tried = pod.get("micro_batch")
+        failures = runs.read_failures(record["output_dir"], context["run_id"])
+        tried = []
+        for trait in _traits(record):
+            failure = failures.get(trait) or {}
+            pod = failure.get("pod") if isinstance(failure.get("pod"), dict) else {}
+            if pod.get("oom_killed") and isinstance(pod.get("micro_batch"), int):
+                tried.append((pod["micro_batch"], trait))
         flag = kubernetes.MICRO_BATCH_FLAG
-        if pod.get("oom_killed") and isinstance(tried, int) and flag in args[:-1]:
-            half = max(1, tried // 2)
+        if tried and flag in args[:-1]:
+            smallest, trait = min(tried)
+            half = max(1, smallest // 2)
             args[args.index(flag) + 1] = str(half)
             self.log.warning(
                 "the last pod of %s was OOMKilled at micro-batch %d: this one runs with %d",
-                record["trait"],
-                tried,
+                trait,
+                smallest,
                 half,
             )
         return args
@@ -283,17 +297,20 @@ class TrainingPodOperator(KubernetesPodOperator):
         )
         self.log.error("%s", failure.message)
         record = self.run_record or {}
-        if record.get("trait") and record.get("output_dir"):
+        traits = _traits(record)
+        if traits and record.get("output_dir"):
             from trait_lora.core.handoff import runs
 
-            runs.record_failure(
-                record["output_dir"],
-                context["run_id"],
-                record["trait"],
-                "train_pod",
-                f"{record['trait']}: {failure.message}",
-                {"pod": failure.to_dict()},
-            )
+            where = f" (in the pod of its group of {len(traits)})" if len(traits) > 1 else ""
+            for trait in traits:
+                runs.record_failure(
+                    record["output_dir"],
+                    context["run_id"],
+                    trait,
+                    "train_pod",
+                    f"{trait}{where}: {failure.message}",
+                    {"pod": failure.to_dict()},
+                )
         raise (PodTryFailed if failure.retry else PodFailedForGood)(failure.message) from exc
 
     def defer(self, *, trigger: Any, method_name: str, kwargs: Any = None, timeout: Any = None) -> Any:
