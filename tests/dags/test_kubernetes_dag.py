@@ -157,7 +157,7 @@ def test_a_group_pods_argv_trains_each_trait_where_its_own_pod_would_and_fails_o
 
     from tests.train.helpers import train_here
     from trait_lora.provider.pod_tasks import pod_spec
-    from trait_lora.train.group import record_path
+    from trait_lora.train.group_records import record_path
     from trait_lora.train.tiny_model import build_tiny_model
 
     monkeypatch.setenv("AIRFLOW__TRAIT_LORA__K8S_MOUNT_PATH", str(tmp_path))

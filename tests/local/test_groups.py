@@ -12,7 +12,8 @@ import pytest
 
 from trait_lora.local.backend import LocalTrainingError, run_trainer, staging_dir
 from trait_lora.local.groups import split_groups, take_group_result
-from trait_lora.train.group import Member, write_record
+from trait_lora.train.group import Member
+from trait_lora.train.group_records import write_record
 
 
 def test_traits_split_into_even_groups_in_order_and_a_group_of_one_is_none():

@@ -35,7 +35,7 @@ from trait_lora.local.backend import (
     trainer_flags,
     with_local_shard,
 )
-from trait_lora.train.group import TRAINED, read_record, record_path
+from trait_lora.train.group_records import TRAINED, read_record, record_path, trained_earlier
 
 T = TypeVar("T")
 GROUPED_ACTIONS = ("train", "resume")
@@ -86,8 +86,7 @@ def train_group(
     members, statuses = [], {}
     for plan in plans:
         staging = staging_dir(plan, output_dir)
-        record = read_record(staging)
-        if record and record.get("run_id") == run_id and record["status"] == TRAINED and staging.is_dir():
+        if trained_earlier(staging, run_id):
             statuses[plan["trait"]] = {"status": TRAINED, "exit_code": 0, "earlier": True}
             continue
         _discard(staging)

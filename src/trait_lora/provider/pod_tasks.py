@@ -66,7 +66,7 @@ def group_record(plan: dict[str, Any], run_id: str) -> dict[str, Any] | None:
     from trait_lora.core.storage.records import as_store
     from trait_lora.local.backend import STAGING_DIR
     from trait_lora.provider.kubernetes import locations, staging_name
-    from trait_lora.train.group import RECORD_SUFFIX, parse_record, record_path
+    from trait_lora.train.group_records import RECORD_SUFFIX, parse_record, record_path
 
     adapter_dir = locations(plan)[1]
     if is_url(adapter_dir):
@@ -129,7 +129,7 @@ def pod_adapter(plan: dict[str, Any]) -> Iterator[str]:
     from trait_lora.core.storage.records import as_store
     from trait_lora.local.backend import STAGING_DIR
     from trait_lora.provider.kubernetes import locations, staging_name
-    from trait_lora.train.group import RECORD_SUFFIX, record_path
+    from trait_lora.train.group_records import RECORD_SUFFIX, record_path
 
     adapter_dir = locations(plan)[1]
     if not is_url(adapter_dir):

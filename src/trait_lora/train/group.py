@@ -11,18 +11,23 @@ The contract with the caller is a manifest in and a record per trait out:
 - the manifest (``--group FILE``, JSON): ``{"config": TrainingConfig.to_dict(), "run_id": optional,
   "base_model_id": optional, "members": [{"trait", "shard", "out", "config": optional}]}``; every member
   trains on the manifest config's base model (a member whose own config names another fails alone);
-- each member's record, ``<out>.result.json`` beside its adapter folder (an object beside its prefix
-  when ``out`` is an ``s3://`` URL): ``{"trait", "run_id", "status": "trained" | "failed", "exit_code",
-  "error", "result"}``, where ``exit_code`` means what the single-trait process's exit code means
-  (``trait_lora.train``) and ``result`` is the line it prints, also in ``<out>/result.json`` as it is
-  for one trait; the record is written last, so a record that says trained means the adapter is there;
+- each member's record (``group_records``), ``<out>.result.json`` beside its adapter folder (an
+  object beside its prefix when ``out`` is an ``s3://`` URL): ``{"trait", "run_id", "status":
+  "trained" | "failed", "exit_code", "error", "result"}``, where ``exit_code`` means what the
+  single-trait process's exit code means (``trait_lora.train``) and ``result`` is the line it prints,
+  also in ``<out>/result.json`` as it is for one trait; the record is written last, so a record that
+  says trained means the adapter is there;
 - ``shard`` and ``out`` may be ``s3://`` URLs (a pod without a volume), as for one trait: the shard (and
   its opposite pole, for the held-out evaluation) is copied into scratch, the adapter uploaded;
 - the process exits 0 once every member has its record, whatever the records say (a bad shard, a shard
   with nothing to learn, an out-of-memory step at micro-batch 1 fail that member only). It exits 2 for a
   manifest it cannot read (no record written), 3 or 4 when the base model cannot be loaded (every member
   recorded with that code: training it alone fails the same way), 130 when interrupted and 1 on a crash;
-  a member without a record was not trained and can be trained again, alone or in another group.
+  a member without a record was not trained and can be trained again, alone or in another group;
+- a second process of the same run (a group pod's replacement after an eviction) does not train again a
+  member that already has a trained record for this ``run_id``, and resumes the member it was training
+  from its checkpoint (``--checkpoint-every``: beside the adapter folder, or in the bucket beside the
+  prefix for an ``s3://`` out, as for one trait).
 """
 
 from __future__ import annotations
@@ -43,11 +48,9 @@ from trait_lora.core.adapter.spec import RESULT_FILE
 from trait_lora.core.config import TrainingConfig, from_mapping
 from trait_lora.core.errors import ConfigError
 from trait_lora.core.shards.catalog import check_trait_name
-from trait_lora.core.storage.atomic import atomic_write_json
+from trait_lora.core.storage.store import StoreError
 from trait_lora.train import EXIT_FAILED, objects
-
-RECORD_SUFFIX = ".result.json"
-TRAINED, FAILED = "trained", "failed"
+from trait_lora.train.group_records import FAILED, TRAINED, trained_earlier, write_record
 
 
 @dataclass(frozen=True)
@@ -76,63 +79,6 @@ class Manifest:
     members: list[Member]
     run_id: str | None = None
     base_model_id: str | None = None
-
-
-def record_path(out: str | os.PathLike[str]) -> Path:
-    """Where a member's record goes: beside its adapter folder, which only appears when it trained."""
-    path = Path(out)
-    return path.with_name(path.name + RECORD_SUFFIX)
-
-
-def record_url(out: str) -> str:
-    """The record of a member whose adapter goes to object storage: an object beside its prefix."""
-    return out.rstrip("/") + RECORD_SUFFIX
-
-
-def read_record(out: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """A member's record, or None when the group did not get to it (or it is not a record)."""
-    try:
-        data = json.loads(record_path(out).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("status") in (TRAINED, FAILED) else None
-
-
-def parse_record(data: bytes | str | None) -> dict[str, Any] | None:
-    """A record's JSON (read from a volume or a bucket), or None when it is not one."""
-    try:
-        record = json.loads(data) if data else None
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) and record.get("status") in (TRAINED, FAILED) else None
-
-
-def write_record(
-    member: Member,
-    run_id: str | None,
-    code: int,
-    error: str | None = None,
-    result: dict[str, Any] | None = None,
-    *,
-    local_out: Path | None = None,
-) -> dict[str, Any]:
-    """The member's record beside its adapter; uploaded beside the prefix for an ``s3://`` out (the
-    local copy then goes beside ``local_out``, the scratch folder it trained into)."""
-    record = {
-        "trait": member.trait,
-        "run_id": run_id,
-        "status": TRAINED if code == 0 else FAILED,
-        "exit_code": code,
-        "error": error,
-        "result": result,
-    }
-    if objects.is_s3(member.out):
-        objects.put_bytes(record_url(member.out), json.dumps(record, indent=2, sort_keys=True).encode())
-        if local_out is not None:
-            atomic_write_json(record_path(local_out), record)
-    else:
-        atomic_write_json(record_path(member.out), record)
-    return record
 
 
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:
@@ -206,6 +152,10 @@ def run_group(
     summary: dict[str, Any] = {"traits": {}, "run_id": manifest.run_id}
     pending: list[tuple[Member, _Local, Any]] = []
     for i, member in enumerate(manifest.members):  # bad shards fail in well under a second, before torch
+        if trained_earlier(member.out, manifest.run_id, err):
+            print(f"group: {member.trait} was trained by this run's earlier process; not again", file=err)
+            summary["traits"][member.trait] = {"status": TRAINED, "exit_code": 0, "earlier": True}
+            continue
         tee = _Tee(err)
         local = _localized(member, scratch / str(i), tee)
         code, report = validate(local.shard, tee) if local else (2, None)
@@ -244,9 +194,10 @@ def run_group(
         print(f"group: [{k}/{len(pending)}] {member.trait}", file=err, flush=True)
         tee = _Tee(err)
         line = None
+        remote = _remote_checkpoint(local, train_kwargs, tee)
         try:
             code, result = guarded(
-                lambda m=member, lo=local, r=report, t=tee: trainer.train_adapter(
+                lambda m=member, lo=local, r=report, t=tee, rc=remote: trainer.train_adapter(
                     lo.shard,
                     lo.out,
                     m.config,
@@ -256,11 +207,13 @@ def run_group(
                     base_losses=losses,
                     log=t,
                     **train_kwargs,
+                    **({"checkpoint_dir": rc.local, "on_checkpoint": rc.upload} if rc else {}),
                 ),
                 tee,
             )
             if code == 0:
                 line = _published(local, result.summary())
+                _drop(remote, tee)
         except Exception:  # one trait's crash is its own: recorded, and the next starts from the base
             traceback.print_exc(file=tee)
             print(f"error: the trainer crashed on {member.trait} (traceback above)", file=tee)
@@ -274,6 +227,30 @@ def run_group(
             print("error: the base model was left with an adapter in it; stopping the group", file=err)
             return EXIT_FAILED, _close(summary, started, peaks)
     return 0, _close(summary, started, peaks)
+
+
+def _remote_checkpoint(local: _Local, train_kwargs: dict[str, Any], err: TextIO) -> Any:
+    """A member bound for object storage keeps its checkpoints in the bucket beside its prefix, as a
+    single trait's pod does (a pod's scratch is lost with it); the one an earlier pod left is pulled."""
+    if not (local.remote and train_kwargs.get("checkpoint_every")):
+        return None
+    remote = objects.RemoteCheckpoint.beside(local.remote, local.out.parent / "checkpoint")
+    try:
+        if remote.pull():
+            print(f"found a checkpoint in {remote.url}", file=err, flush=True)
+    except StoreError as exc:  # a checkpoint only saves time: train from the start rather than fail
+        print(f"note: cannot read the checkpoint in {remote.url} ({exc}); starting over", file=err)
+    return remote
+
+
+def _drop(remote: Any, err: TextIO) -> None:
+    """The bucket's checkpoint once the adapter is up (a pod lost before this still can resume)."""
+    if remote is None:
+        return
+    try:
+        remote.remove()
+    except StoreError as exc:  # the adapter is done; a stale checkpoint only costs storage
+        print(f"note: cannot delete the checkpoint in {remote.url}: {exc}", file=err)
 
 
 def _localized(member: Member, scratch: Path, err: TextIO) -> _Local | None:

@@ -63,6 +63,13 @@ def fetch_opposite(shard_url: str, folder: Path) -> Path | None:
         return None
 
 
+def read_bytes(url: str) -> bytes | None:
+    """The object at ``url``, or None when there is none."""
+    store, key = _store(url)
+    blob = store.read(key)
+    return blob.data if blob is not None else None
+
+
 def put_bytes(url: str, data: bytes) -> None:
     store, key = _store(url)
     store.put(key, data)
