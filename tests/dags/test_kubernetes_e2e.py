@@ -496,3 +496,39 @@ def test_four_traits_train_in_two_group_pods_from_and_to_a_bucket(
     for pod in fake.created_pods:  # the pod spec names the Secret, never the key itself
         assert SECRET_KEY not in json.dumps(pod)
     figures("s3", first_pod=clock.first_running - began, per_trait=(wall - clock.running_seconds()) / 4)
+
+
+def test_a_group_pod_evicted_after_its_first_trait_is_replaced_by_one_that_trains_only_the_second(
+    airflow_db, kubernetes_conn, warm_trainer, tiny_model, tmp_path, monkeypatch, capfd
+):
+    """Two traits in one pod on the PVC, evicted once the first trait is recorded: the replacement pod
+    (the group task's retry) leaves the first trait's adapter as it is and trains the second; both are
+    installed and neither gets a pod of its own."""
+    fake = kubernetes_conn
+    traits = PVC_TRAITS[:2]
+    data = tmp_path / "data"
+    copy_shards(data / "shards", traits)
+    model = shutil.copytree(tiny_model, data / "models" / "tiny")
+    gpu_cluster(fake, data)
+    real_image(fake, warm_trainer)
+    use(monkeypatch, settings_env(data, k8s_gpu_flag="0", k8s_micro_batch="8"))
+    group = "group-" + label(traits[0]) + "-2"
+    fake.inject("evict", selector=f"group={group}", on_log=r"group: \[2/2\]")
+    conf = {
+        "shards_dir": str(data / "shards"),
+        "output_dir": str(data / "out"),
+        "base_model": str(model),
+        "traits_per_process": 2,
+    }
+    run = run_dag("trait_lora_kubernetes", conf)
+    assert str(run.state) == "success", task_states(run)
+
+    assert fake.created_per_label("group") == {group: 2}  # the evicted pod and its replacement
+    assert fake.created_per_label("trait") == {"": 2}  # no pod of its own for either trait
+    evicted = fake.logs(fake.created_pods[0]["metadata"]["name"], NAMESPACE)  # kept: it failed
+    assert f"group: [1/2] {traits[0]}" in evicted and "not again" not in evicted
+    task_log = capfd.readouterr().out  # the replacement's log, streamed into its task's log
+    assert f"{traits[0]} was trained by this run's earlier process; not again" in task_log
+    assert f"group: [1/1] {traits[1]}" in task_log  # the only one it trained
+    mapping = json.loads((data / "out" / "hypernetwork_data.json").read_text())
+    assert sorted(mapping["traits"]) == traits and not mapping.get("failed")
