@@ -8,19 +8,16 @@ chunk by chunk (``urllib3`` ``stream()``), ``kubernetes_asyncio`` line by line.
 
 from __future__ import annotations
 
-import contextlib
 import email.message
 import json
 import select
 import socket
-import struct
-import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
+
+from tests.support.loopback import TrackedHandler, TrackedServer
 
 MAX_BODY = 8 * 1024 * 1024  # the API server's limit is 3 MiB per object; leave room, refuse the absurd
 
@@ -94,25 +91,9 @@ class Dispatcher(Protocol):
     def dispatch(self, request: Request) -> Reply: ...
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(TrackedHandler):
     timeout = 60
-    disable_nagle_algorithm = True
     server: Server
-
-    def setup(self) -> None:
-        super().setup()
-        with self.server.connections_lock:
-            self.server.connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.server.connections_lock:
-            self.server.connections.discard(self.connection)
-        with contextlib.suppress(OSError):
-            super().finish()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: tests read ``FakeKubernetes.stats`` and ``calls`` instead."""
 
     def _handle(self) -> None:
         split = urlsplit(self.path)
@@ -128,10 +109,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._write(self.server.fake.dispatch(request))
 
     def _write(self, reply: Reply) -> None:
-        if reply.reset:  # SO_LINGER 0: close() sends RST, the client sees a connection error
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.close_connection = True
-            self.connection.close()
+        if reply.reset:  # the client sees a connection error
+            self.reset_connection()
             return
         try:
             self.send_response(reply.status)
@@ -176,26 +155,9 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
+class Server(TrackedServer):
     fake: Dispatcher
 
     def __init__(self, address: tuple[str, int], fake: Dispatcher) -> None:
         super().__init__(address, _Handler)
         self.fake = fake
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that resets its kept-alive connection (a task process that exits without closing
-        it) is routine for an API server, not a traceback; anything else is printed as before."""
-        if isinstance(sys.exc_info()[1], ConnectionResetError | BrokenPipeError):
-            return
-        super().handle_error(request, client_address)
-
-    def close_connections(self) -> None:
-        with self.connections_lock:
-            connections, self.connections = self.connections, set()
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)

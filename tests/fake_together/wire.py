@@ -3,19 +3,14 @@ applies to what clients send."""
 
 from __future__ import annotations
 
-import contextlib
 import email
 import email.message
 import gzip
 import json
 import random
 import re
-import socket
-import struct
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
@@ -24,6 +19,7 @@ from tests.fake_together.common import (
     _is_int,
     _is_number,
 )
+from tests.support.loopback import TrackedHandler, TrackedServer
 
 # --------------------------------------------------------------------------------------------------
 # Plumbing
@@ -137,26 +133,11 @@ class _Dispatcher(Protocol):
     def _dispatch(self, req: _Request) -> _Reply: ...
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(TrackedHandler):
     """Reads a request, lets ``FakeTogether`` decide, writes (or withholds) the answer."""
 
-    protocol_version = "HTTP/1.1"  # keep-alive like the real API, so connection reuse is exercised
     timeout = 30  # an idle keep-alive connection must not pin a thread forever
-    disable_nagle_algorithm = True  # headers and body go out in two writes: avoid 40 ms delayed-ACK stalls
     server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        with self.server.connections_lock:
-            self.server.connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.server.connections_lock:
-            self.server.connections.discard(self.connection)
-        super().finish()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: tests read ``FakeTogether.calls`` and ``errors`` instead of stderr noise."""
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -190,11 +171,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.command, split.path, parse_qs(split.query, keep_blank_values=True), self.headers, body
         )
         reply = self.server.fake._dispatch(request)
-        if reply.action == "reset":
-            # SO_LINGER 0 makes close() send RST: the client sees a connection error, no response.
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.close_connection = True
-            self.connection.close()
+        if reply.action == "reset":  # the client sees a connection error, no response
+            self.reset_connection()
             return
         if reply.body_factory is not None:
             reply.body = reply.body_factory()
@@ -218,23 +196,13 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(TrackedServer):
     """Tracks open connections so that ``stop()`` also ends keep-alive ones (a stopped fake is down)."""
 
-    daemon_threads = True
     fake: _Dispatcher  # set by FakeTogether.start()
 
     def __init__(self, address: tuple[str, int]) -> None:
         super().__init__(address, _Handler)
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-
-    def close_connections(self) -> None:
-        with self.connections_lock:
-            connections, self.connections = self.connections, set()
-        for connection in connections:
-            with contextlib.suppress(OSError):  # already closed by the client
-                connection.shutdown(socket.SHUT_RDWR)
 
 
 # --------------------------------------------------------------------------------------------------
