@@ -176,10 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if objects.is_s3(args.out):
             objects.publish_dir(out, args.out)  # result.json goes up last: once there, so is the adapter
         if remote is not None:  # after the adapter is up: a pod lost in between still has something to resume
-            try:
-                remote.remove()
-            except StoreError as exc:  # the adapter is done; a stale checkpoint only costs storage
-                print(f"note: cannot delete the checkpoint in {remote.url}: {exc}", file=err)
+            remote.discard(err)
         if args.xcom_file:
             args.xcom_file.parent.mkdir(parents=True, exist_ok=True)
             args.xcom_file.write_text(line)
@@ -204,13 +201,7 @@ def _remote_checkpoint(args: argparse.Namespace, scratch: Path, err: Any) -> obj
     volume to survive it); the one a previous pod left is pulled down first."""
     if not (objects.is_s3(args.out) and args.checkpoint_every and not args.checkpoint_dir):
         return None
-    remote = objects.RemoteCheckpoint.beside(args.out, scratch / "checkpoint")
-    try:
-        if remote.pull():
-            print(f"found a checkpoint in {remote.url}", file=err, flush=True)
-    except StoreError as exc:  # a checkpoint only saves time: train from the start rather than fail
-        print(f"note: cannot read the checkpoint in {remote.url} ({exc}); starting over", file=err)
-    return remote
+    return objects.RemoteCheckpoint.resumed(args.out, scratch / "checkpoint", err)
 
 
 def _train(

@@ -48,7 +48,6 @@ from trait_lora.core.adapter.spec import RESULT_FILE
 from trait_lora.core.config import TrainingConfig, from_mapping
 from trait_lora.core.errors import ConfigError
 from trait_lora.core.shards.catalog import check_trait_name
-from trait_lora.core.storage.store import StoreError
 from trait_lora.train import EXIT_FAILED, objects
 from trait_lora.train.group_records import FAILED, TRAINED, trained_earlier, write_record
 
@@ -213,7 +212,8 @@ def run_group(
             )
             if code == 0:
                 line = _published(local, result.summary())
-                _drop(remote, tee)
+                if remote is not None:
+                    remote.discard(tee)
         except Exception:  # one trait's crash is its own: recorded, and the next starts from the base
             traceback.print_exc(file=tee)
             print(f"error: the trainer crashed on {member.trait} (traceback above)", file=tee)
@@ -234,23 +234,7 @@ def _remote_checkpoint(local: _Local, train_kwargs: dict[str, Any], err: TextIO)
     single trait's pod does (a pod's scratch is lost with it); the one an earlier pod left is pulled."""
     if not (local.remote and train_kwargs.get("checkpoint_every")):
         return None
-    remote = objects.RemoteCheckpoint.beside(local.remote, local.out.parent / "checkpoint")
-    try:
-        if remote.pull():
-            print(f"found a checkpoint in {remote.url}", file=err, flush=True)
-    except StoreError as exc:  # a checkpoint only saves time: train from the start rather than fail
-        print(f"note: cannot read the checkpoint in {remote.url} ({exc}); starting over", file=err)
-    return remote
-
-
-def _drop(remote: Any, err: TextIO) -> None:
-    """The bucket's checkpoint once the adapter is up (a pod lost before this still can resume)."""
-    if remote is None:
-        return
-    try:
-        remote.remove()
-    except StoreError as exc:  # the adapter is done; a stale checkpoint only costs storage
-        print(f"note: cannot delete the checkpoint in {remote.url}: {exc}", file=err)
+    return objects.RemoteCheckpoint.resumed(local.remote, local.out.parent / "checkpoint", err)
 
 
 def _localized(member: Member, scratch: Path, err: TextIO) -> _Local | None:

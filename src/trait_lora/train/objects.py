@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from trait_lora.core.adapter.spec import TRAINED_FILES
 from trait_lora.core.shards.catalog import SHARD_SUFFIX, opposite_trait
 from trait_lora.core.storage.location import Location, parse_location
 from trait_lora.core.storage.objects import S3Store
 from trait_lora.core.storage.opener import register_opener
+from trait_lora.core.storage.store import StoreError
 
 
 def is_s3(text: str) -> bool:
@@ -101,6 +103,27 @@ class RemoteCheckpoint:
     @classmethod
     def beside(cls, out_url: str, local: Path) -> RemoteCheckpoint:
         return cls(f"{out_url.rstrip('/')}.checkpoint", local)
+
+    @classmethod
+    def resumed(cls, out_url: str, local: Path, err: TextIO) -> RemoteCheckpoint:
+        """The checkpoint beside ``out_url``, pulled down when an earlier pod left one (said on
+        ``err``). One that cannot be read is a note: a checkpoint only saves time, so training starts
+        over rather than fails."""
+        remote = cls.beside(out_url, local)
+        try:
+            if remote.pull():
+                print(f"found a checkpoint in {remote.url}", file=err, flush=True)
+        except StoreError as exc:
+            print(f"note: cannot read the checkpoint in {remote.url} ({exc}); starting over", file=err)
+        return remote
+
+    def discard(self, err: TextIO) -> None:
+        """Remove it once the adapter is up (a pod lost before then still has something to resume);
+        one that cannot be deleted only costs storage, said on ``err``."""
+        try:
+            self.remove()
+        except StoreError as exc:
+            print(f"note: cannot delete the checkpoint in {self.url}: {exc}", file=err)
 
     def pull(self) -> bool:
         """Copy the checkpoint down when the bucket has one; whether it did."""
