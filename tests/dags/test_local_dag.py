@@ -284,3 +284,56 @@ def test_the_local_dag_trains_from_and_to_a_bucket(
     assert metrics["steps"] and metrics["eval"]["opposite_trait"] == "joy_minus"
     assert isinstance(metrics["eval"]["own_pole_margin"], float)
     assert not [k for k in store.list("") if ".staging-train" in k]
+
+
+def test_on_a_bucket_a_group_installs_for_traits_whose_tasks_run_on_another_worker(
+    airflow_db, s3_server, s3_bucket, s3_conn, tmp_path, monkeypatch
+):
+    """Celery, two traits in one group, outputs in a bucket: the group trains in its worker's scratch
+    folder; each trait's own task then runs on another worker (another temp folder, nothing of the
+    group's scratch) and must take what the group installed, not train the trait again."""
+    import tempfile
+
+    from trait_lora.core.handoff import runs
+    from trait_lora.core.storage.records import as_store
+    from trait_lora.local import backend
+    from trait_lora.provider import grouped
+    from trait_lora.train.tiny_model import build_tiny_model
+
+    shards = copy_shards(tmp_path / "shards", ["joy_plus", "joy_minus"])
+    model = build_tiny_model(shards, tmp_path / "model")
+    client = s3_server.client()
+    for path in shards.iterdir():
+        client.put_object(Bucket=s3_bucket, Key=f"shards/{path.name}", Body=path.read_bytes())
+    monkeypatch.setenv("AIRFLOW__TRAIT_LORA__STORAGE_ROOTS", json.dumps([f"s3://{s3_bucket}", str(tmp_path)]))
+    group_worker, other_worker = tmp_path / "worker-a-tmp", tmp_path / "worker-b-tmp"
+    group_worker.mkdir()
+    other_worker.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(group_worker))
+    real_group = grouped.train_group
+
+    def group_then_move(*args: Any, **kwargs: Any) -> Any:
+        done = real_group(*args, **kwargs)
+        monkeypatch.setattr(tempfile, "tempdir", str(other_worker))  # the traits' tasks: worker B
+        return done
+
+    def trained_alone(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a trait its group trained was trained again by its own task")
+
+    monkeypatch.setattr(grouped, "train_group", group_then_move)
+    monkeypatch.setattr(backend, "train_trait", trained_alone)
+    out = f"s3://{s3_bucket}/stage2"
+    conf = {
+        "shards_dir": f"s3://{s3_bucket}/shards",
+        "output_dir": out,
+        "base_model": str(model),
+        "traits_per_process": 2,
+    }
+    dr = run_dag("trait_lora_local", conf)
+    assert str(dr.state) == "success"
+    mapping = as_store(out).read("hypernetwork_data.json").json()
+    assert sorted(mapping["traits"]) == ["joy_minus", "joy_plus"] and not mapping.get("failed")
+    installs = runs.read_group_installs(out, dr.run_id)
+    for trait, entry in mapping["traits"].items():
+        assert installs[trait]["adapter_sha256"] == entry["adapter_sha256"]
+    assert not list(other_worker.rglob("*.safetensors"))  # worker B never held an adapter

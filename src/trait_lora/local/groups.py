@@ -5,9 +5,12 @@ A process per trait imports torch, transformers and peft and loads the base mode
 cluster). ``train_group`` starts one trainer for a group (``python -m trait_lora.train --group``), which
 trains each trait's adapter into the trait's usual staging folder with a record beside it; each trait's
 own task then calls ``take_group_result`` to verify and install it exactly as it installs an adapter it
-trained itself, or, when its group left no record for this run (the group crashed, or ran on another
-machine), trains the trait alone as before. So a trait that fails in a group fails alone, with its own
-reason, and a retry of its task trains only that trait.
+trained itself, or, when its group left no record for this run (the group crashed), trains the trait
+alone as before. So a trait that fails in a group fails alone, with its own reason, and a retry of its
+task trains only that trait. With an output on object storage the staging folder is the group worker's
+scratch, which another worker cannot see, so the group's task installs what it trained itself
+(``install_for_any_worker``) and each trait's task, wherever it runs, takes the result from the run's
+records.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from trait_lora.core.config import from_mapping
+from trait_lora.core.errors import TraitLoraError
+from trait_lora.core.handoff import runs
 from trait_lora.core.storage.atomic import atomic_write_json
 from trait_lora.core.storage.opener import is_url, scratch_dir
 from trait_lora.local.backend import (
@@ -142,7 +147,13 @@ def take_group_result(
     """Install what this run's group trained for the trait (``install_trained``'s result); raise its
     failure (``LocalTrainingError`` with the trainer's exit code and message); None when no group of
     this run trained it, so the caller trains it alone. The record is used once: a retry of a failed
-    trait trains it alone."""
+    trait trains it alone. With an output on object storage, what the group's task already installed
+    (``install_for_any_worker``) is taken from the run's records, wherever this task runs."""
+    location = str(output_dir or plan["output_dir"])
+    if is_url(location):
+        installed = runs.read_group_installs(location, run_id).get(plan["trait"])
+        if installed is not None:
+            return installed
     staging = staging_dir(plan, output_dir)
     record = read_record(staging)
     if record is None or record.get("run_id") != run_id:
@@ -158,6 +169,37 @@ def take_group_result(
         return install_trained(plan, staging, location if is_url(location) else Path(location))
     finally:
         _discard(staging)
+
+
+def install_for_any_worker(
+    plans: Sequence[dict[str, Any]],
+    statuses: dict[str, dict[str, Any]],
+    run_id: str,
+    output_dir: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> list[str]:
+    """With an output on object storage the group trained into this worker's scratch folder, which a
+    trait's own task on another worker (Celery) cannot see: it would train the trait again. So the
+    group's task installs here each trait its group trained, and leaves the result in the run's
+    records (``runs.record_group_install``) for the trait's task to take. A trait whose install fails
+    is left to its own task (which trains it alone and says why). Returns the traits installed; none
+    for a local output folder, where each trait's task installs from the shared staging folder."""
+    location = str(output_dir or (plans[0]["output_dir"] if plans else ""))
+    if not is_url(location):
+        return []
+    installed = []
+    for plan in plans:
+        if (statuses.get(plan["trait"]) or {}).get("status") != TRAINED:
+            continue
+        try:
+            result = take_group_result(plan, run_id, output_dir)
+        except (LocalTrainingError, TraitLoraError) as exc:
+            log(f"{plan['trait']}: not installed with its group ({exc}); its own task trains it")
+            continue
+        if result is not None:
+            runs.record_group_install(location, run_id, plan["trait"], result)
+            installed.append(plan["trait"])
+    return installed
 
 
 def _discard(staging: Path) -> None:

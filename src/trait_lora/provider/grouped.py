@@ -47,6 +47,7 @@ def train_group(group: dict[str, Any], run_id: str, context: Any) -> dict[str, A
     traits' own tasks train them alone."""
     from trait_lora.core.handoff import runs
     from trait_lora.local.backend import LocalTrainingError
+    from trait_lora.local.groups import install_for_any_worker
     from trait_lora.local.groups import train_group as train
 
     plans = [runs.load_trait_plan(ref) for ref in group["traits"]]
@@ -67,13 +68,16 @@ def train_group(group: dict[str, Any], run_id: str, context: Any) -> dict[str, A
     except TraitLoraError as exc:
         raise AirflowFailException(str(exc)) from None
     statuses = done["traits"]
+    installed = install_for_any_worker(plans, statuses, run_id, log=log.info)
     failed = sorted(t for t, s in statuses.items() if s["status"] != "trained")
     log.info(
-        "group: %d trained, %d failed%s, peak memory %.2f GiB (each trait's own task installs it or "
-        "reports why)",
+        "group: %d trained, %d failed%s, peak memory %.2f GiB (%s)",
         len(statuses) - len(failed),
         len(failed),
         f" ({', '.join(failed)})" if failed else "",
         (done.get("peak_memory_bytes") or 0) / 1024**3,
+        f"{len(installed)} installed here for the traits' tasks on any worker"
+        if installed
+        else "each trait's own task installs it or reports why",
     )
     return done

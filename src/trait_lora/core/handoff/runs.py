@@ -22,6 +22,8 @@ from trait_lora.core.storage.store import Store, encode_json
 Output = str | Path | Store
 
 FAILURES_FILE = "failures.json"
+# What a group of traits (traits_per_process) installed, by trait, for traits' own tasks on other workers
+GROUP_INSTALLS_FILE = "group_installs.json"
 PLANS_DIR = "plans"
 PLAN_FILE = "plan.json"
 
@@ -66,6 +68,19 @@ def read_failures(output_dir: Output, run_id: str) -> dict[str, dict[str, Any]]:
     key = f"{run_key(run_id)}/{FAILURES_FILE}"
     failures, _ = read_versioned(as_store(output_dir), key, what=FAILURES_FILE)
     return {t: r for t, r in (failures or {}).items() if isinstance(r, dict)}
+
+
+def record_group_install(output_dir: Output, run_id: str, trait: str, result: Mapping[str, Any]) -> None:
+    """What the group's task installed for ``trait`` (``install_trained``'s result), for the trait's
+    own task, which may run on a worker that cannot see the group's scratch folder."""
+    check_trait_name(trait)
+    update_run_file(output_dir, run_id, GROUP_INSTALLS_FILE, trait, dict(result))
+
+
+def read_group_installs(output_dir: Output, run_id: str) -> dict[str, dict[str, Any]]:
+    key = f"{run_key(run_id)}/{GROUP_INSTALLS_FILE}"
+    installs, _ = read_versioned(as_store(output_dir), key, what=GROUP_INSTALLS_FILE)
+    return {t: r for t, r in (installs or {}).items() if isinstance(r, dict)}
 
 
 def write_trait_plans(output_dir: Output, run_id: str, plans: list[dict[str, Any]]) -> list[dict[str, Any]]:
