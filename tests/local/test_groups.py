@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from trait_lora.local.backend import LocalTrainingError, run_trainer, staging_dir
-from trait_lora.local.groups import split_groups, take_group_result
+from trait_lora.local.groups import split_groups, take_group_result, train_group
 from trait_lora.train.group import Member
 from trait_lora.train.group_records import write_record
 
@@ -38,6 +38,26 @@ def test_a_trait_takes_its_groups_failure_once_and_ignores_another_runs_record(t
     assert failed.value.exit_code == 4  # a retry may pass: the task's retry trains the trait alone
     assert "in a group" in str(failed.value) and "out of memory" in str(failed.value)
     assert take_group_result(plan, "run-2") is None  # the record was used up: the retry trains it alone
+
+
+def test_a_group_retried_on_a_bucket_does_not_train_again_what_it_installed(s3_bucket, s3_conn):
+    """The group's task installed both traits for their tasks on any worker, then its worker died: its
+    retry (here or elsewhere) starts no trainer, and each trait's task takes the installed result."""
+    from trait_lora.core.handoff import runs
+
+    out = f"s3://{s3_bucket}/stage2"
+    plans = [
+        {"trait": t, "job_key": k * 64, "output_dir": out} for t, k in (("joy_plus", "a"), ("joy_minus", "b"))
+    ]
+    for plan in plans:
+        result = {"trait": plan["trait"], "adapter_sha256": plan["job_key"][0] * 64}
+        runs.record_group_install(out, "run-1", plan["trait"], result)
+    done = train_group(plans, run_id="run-1", python="/nonexistent/python")  # a trainer start would fail
+    assert done == {
+        "traits": {p["trait"]: {"status": "trained", "exit_code": 0, "earlier": True} for p in plans}
+    }
+    assert take_group_result(plans[1], "run-1") == {"trait": "joy_minus", "adapter_sha256": "b" * 64}
+    assert take_group_result(plans[0], "run-2") is None  # another run's installs are not this run's
 
 
 def test_a_hung_trainer_is_stopped_at_its_time_limit():

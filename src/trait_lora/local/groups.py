@@ -89,9 +89,13 @@ def train_group(
     ``LocalTrainingError`` only when the group as a whole failed without recording its traits (a
     crash, a timeout): their tasks then train them alone."""
     members, statuses = [], {}
+    location = str(output_dir or (plans[0]["output_dir"] if plans else ""))
+    # on a bucket, what this run's group already installed (a retry after some installs, maybe on
+    # another worker: the staging folders it trained into were consumed or are not here)
+    installed = runs.read_group_installs(location, run_id) if is_url(location) else {}
     for plan in plans:
         staging = staging_dir(plan, output_dir)
-        if trained_earlier(staging, run_id):
+        if plan["trait"] in installed or trained_earlier(staging, run_id):
             statuses[plan["trait"]] = {"status": TRAINED, "exit_code": 0, "earlier": True}
             continue
         _discard(staging)
