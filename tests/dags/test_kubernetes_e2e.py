@@ -497,6 +497,13 @@ def test_four_traits_train_in_two_group_pods_from_and_to_a_bucket(
         assert SECRET_KEY not in json.dumps(pod)
     figures("s3", first_pod=clock.first_running - began, per_trait=(wall - clock.running_seconds()) / 4)
 
+    created = fake.stats.pods_created
+    again = run_dag("trait_lora_kubernetes", conf)
+    assert str(again.state) == "success"
+    assert fake.stats.pods_created == created  # every adapter in the bucket verified: no pod at all
+    rows = summary_rows(store.read("run_summary.json").json())
+    assert {t: r["action"] for t, r in rows.items()} == dict.fromkeys(S3_TRAITS, "skipped")
+
 
 def test_a_group_pod_evicted_after_its_first_trait_is_replaced_by_one_that_trains_only_the_second(
     airflow_db, kubernetes_conn, warm_trainer, tiny_model, tmp_path, monkeypatch, capfd
