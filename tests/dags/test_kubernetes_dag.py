@@ -514,3 +514,40 @@ def test_the_pod_task_the_scheduler_sees_is_the_one_that_runs():
         assert differ <= {"task_type", "template_fields", "template_fields_renderers", "params"}, differ
         assert set(held.template_fields) <= set(pod.template_fields)
         assert pod.get_dag() is dag and dag.get_task(task_id) is held  # the DAG is left as it was
+
+
+def test_a_training_pod_refuses_what_its_operator_sets_and_keeps_the_start_date_it_was_given():
+    """Refused when the DAG file is parsed, not by every run when the pod operator is built."""
+    from datetime import UTC, datetime
+
+    from trait_lora.provider.training_pod import TrainingPod
+
+    pod_args = {"name": "trait-lora-joy-plus", "arguments": ["--shard", "x"], "labels": {"trait": "joy-plus"}}
+    with pytest.raises(TypeError, match="do_xcom_push, get_logs"):
+        TrainingPod(task_id="train_pod", do_xcom_push=True, get_logs=False, **pod_args)
+    start = datetime(2026, 2, 1, tzinfo=UTC)
+    pod = TrainingPod(task_id="train_pod", start_date=start, **pod_args).prepare_for_execution()
+    assert isinstance(pod, TrainingPodOperator) and pod.start_date == start
+
+
+def test_a_re_deferral_after_a_never_started_container_still_follows_the_logs(monkeypatch):
+    """trigger_reentry turns log reading off for a container that never started; when the provider
+    then defers again (the pod still pending after an "error" event), the new trigger follows the
+    pod's logs as configured, and the operator is left as it was."""
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    seen = []
+
+    def reentry_that_defers_again(self, context, event):
+        seen.append(("reentry", self.get_logs))
+        self.invoke_defer_method(context=context)
+
+    def defer(self, *args, **kwargs):
+        seen.append(("defer", self.get_logs))
+
+    monkeypatch.setattr(KubernetesPodOperator, "trigger_reentry", reentry_that_defers_again)
+    monkeypatch.setattr(KubernetesPodOperator, "invoke_defer_method", defer)
+    op = TrainingPodOperator(task_id="train_pod", name="trait-lora-joy-plus", arguments=[], labels={})
+    monkeypatch.setattr(op, "_container_started", lambda event: False)
+    op.trigger_reentry({}, {"status": "error", "name": "p", "namespace": "airflow", "message": "x"})
+    assert seen == [("reentry", False), ("defer", True)] and op.get_logs is True

@@ -335,5 +335,5 @@ def test_on_a_bucket_a_group_installs_for_traits_whose_tasks_run_on_another_work
     assert sorted(mapping["traits"]) == ["joy_minus", "joy_plus"] and not mapping.get("failed")
     installs = runs.read_group_installs(out, dr.run_id)
     for trait, entry in mapping["traits"].items():
-        assert installs[trait]["adapter_sha256"] == entry["adapter_sha256"]
+        assert installs[trait]["result"]["adapter_sha256"] == entry["adapter_sha256"]
     assert not list(other_worker.rglob("*.safetensors"))  # worker B never held an adapter

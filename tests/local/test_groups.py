@@ -47,17 +47,37 @@ def test_a_group_retried_on_a_bucket_does_not_train_again_what_it_installed(s3_b
 
     out = f"s3://{s3_bucket}/stage2"
     plans = [
-        {"trait": t, "job_key": k * 64, "output_dir": out} for t, k in (("joy_plus", "a"), ("joy_minus", "b"))
+        {"trait": t, "job_key": k * 64, "output_dir": out, "action": "train"}
+        for t, k in (("joy_plus", "a"), ("joy_minus", "b"))
     ]
     for plan in plans:
         result = {"trait": plan["trait"], "adapter_sha256": plan["job_key"][0] * 64}
-        runs.record_group_install(out, "run-1", plan["trait"], result)
+        runs.record_group_install(out, "run-1", plan["trait"], {"job_key": plan["job_key"], "result": result})
     done = train_group(plans, run_id="run-1", python="/nonexistent/python")  # a trainer start would fail
     assert done == {
         "traits": {p["trait"]: {"status": "trained", "exit_code": 0, "earlier": True} for p in plans}
     }
     assert take_group_result(plans[1], "run-1") == {"trait": "joy_minus", "adapter_sha256": "b" * 64}
     assert take_group_result(plans[0], "run-2") is None  # another run's installs are not this run's
+    changed = {**plans[0], "job_key": "c" * 64}  # the run cleared after the shard changed: another adapter
+    assert take_group_result(changed, "run-1") is None
+
+
+def test_on_a_bucket_a_trait_fails_once_with_the_reason_its_group_task_recorded(s3_bucket, s3_conn):
+    """The group task on worker A found the trait's adapter bad (or the trait failed in the group): the
+    trait's task on worker B fails with that reason instead of training again; its retry trains alone."""
+    from trait_lora.core.handoff import runs
+
+    out = f"s3://{s3_bucket}/stage2"
+    plan = {"trait": "joy_plus", "job_key": "a" * 64, "output_dir": out, "action": "train"}
+    reason = "joy_plus: the adapter's held-out loss is worse than the base model's (quality gate)"
+    runs.record_group_install(
+        out, "run-1", "joy_plus", {"job_key": "a" * 64, "error": reason, "exit_code": 2}
+    )
+    with pytest.raises(LocalTrainingError, match="quality gate") as failed:
+        take_group_result(plan, "run-1")
+    assert failed.value.exit_code == 2
+    assert take_group_result(plan, "run-1") is None  # used once: a retry trains the trait alone
 
 
 def test_a_hung_trainer_is_stopped_at_its_time_limit():

@@ -29,6 +29,7 @@ from trait_lora.core.errors import TraitLoraError
 from trait_lora.core.handoff import runs
 from trait_lora.core.storage.atomic import atomic_write_json
 from trait_lora.core.storage.opener import is_url, scratch_dir
+from trait_lora.core.storage.store import StoreError
 from trait_lora.local.backend import (
     EXIT_MEANINGS,
     STAGING_DIR,
@@ -40,7 +41,7 @@ from trait_lora.local.backend import (
     trainer_flags,
     with_local_shard,
 )
-from trait_lora.train.group_records import TRAINED, read_record, record_path, trained_earlier
+from trait_lora.train.group_records import FAILED, TRAINED, read_record, record_path, trained_earlier
 
 T = TypeVar("T")
 GROUPED_ACTIONS = ("train", "resume")
@@ -90,12 +91,21 @@ def train_group(
     crash, a timeout): their tasks then train them alone."""
     members, statuses = [], {}
     location = str(output_dir or (plans[0]["output_dir"] if plans else ""))
-    # on a bucket, what this run's group already installed (a retry after some installs, maybe on
-    # another worker: the staging folders it trained into were consumed or are not here)
-    installed = runs.read_group_installs(location, run_id) if is_url(location) else {}
+    on_bucket = is_url(location)
     for plan in plans:
         staging = staging_dir(plan, output_dir)
-        if plan["trait"] in installed or trained_earlier(staging, run_id):
+        # on a bucket, what this run's group task already did for the trait (a retry after some
+        # installs, maybe on another worker: the staging folders it trained into are gone or not here)
+        entry = group_install(plan, run_id, location) if on_bucket else None
+        if entry is not None:
+            code = 0 if "result" in entry else int(entry.get("exit_code") or 1)
+            statuses[plan["trait"]] = {
+                "status": FAILED if code else TRAINED,
+                "exit_code": code,
+                "earlier": True,
+            }
+            continue
+        if trained_earlier(staging, run_id):
             statuses[plan["trait"]] = {"status": TRAINED, "exit_code": 0, "earlier": True}
             continue
         _discard(staging)
@@ -151,20 +161,20 @@ def take_group_result(
     """Install what this run's group trained for the trait (``install_trained``'s result); raise its
     failure (``LocalTrainingError`` with the trainer's exit code and message); None when no group of
     this run trained it, so the caller trains it alone. The record is used once: a retry of a failed
-    trait trains it alone. With an output on object storage, what the group's task already installed
-    (``install_for_any_worker``) is taken from the run's records, wherever this task runs."""
+    trait trains it alone. With an output on object storage, what the group's task already did for
+    this plan (``install_for_any_worker``: installed it, or found why not) is taken from the run's
+    records, wherever this task runs."""
     location = str(output_dir or plan["output_dir"])
-    if is_url(location):
-        installed = runs.read_group_installs(location, run_id).get(plan["trait"])
-        if installed is not None:
-            return installed
+    if is_url(location) and plan.get("action") in GROUPED_ACTIONS:
+        entry = group_install(plan, run_id, location)
+        if entry is not None:
+            return _taken(location, run_id, plan["trait"], entry)
     staging = staging_dir(plan, output_dir)
     record = read_record(staging)
     if record is None or record.get("run_id") != run_id:
         if record is not None:  # an earlier run's, never used (its task did not run): not this adapter
             _discard(staging)
         return None
-    location = str(output_dir or plan["output_dir"])
     try:
         if record["status"] != TRAINED:
             code = int(record["exit_code"])
@@ -184,26 +194,57 @@ def install_for_any_worker(
 ) -> list[str]:
     """With an output on object storage the group trained into this worker's scratch folder, which a
     trait's own task on another worker (Celery) cannot see: it would train the trait again. So the
-    group's task installs here each trait its group trained, and leaves the result in the run's
-    records (``runs.record_group_install``) for the trait's task to take. A trait whose install fails
-    is left to its own task (which trains it alone and says why). Returns the traits installed; none
-    for a local output folder, where each trait's task installs from the shared staging folder."""
+    group's task does here what each trait's task would do with its group's record, and leaves the
+    outcome in the run's records (``runs.record_group_install``, tied to the plan's job key) for the
+    trait's task to take: the installed result, or why the trait failed in its group or could not be
+    installed (the trait's task then fails with that reason, or, for a failure a retry may cure, its
+    retry trains it alone). Returns the traits installed; none for a local output folder, where each
+    trait's task installs from the shared staging folder."""
     location = str(output_dir or (plans[0]["output_dir"] if plans else ""))
     if not is_url(location):
         return []
     installed = []
     for plan in plans:
-        if (statuses.get(plan["trait"]) or {}).get("status") != TRAINED:
-            continue
+        if plan["trait"] not in statuses or group_install(plan, run_id, location) is not None:
+            continue  # not recorded by the group, or already done by an earlier try of this task
+        entry: dict[str, Any] = {"job_key": plan["job_key"]}
         try:
             result = take_group_result(plan, run_id, output_dir)
-        except (LocalTrainingError, TraitLoraError) as exc:
-            log(f"{plan['trait']}: not installed with its group ({exc}); its own task trains it")
-            continue
-        if result is not None:
-            runs.record_group_install(location, run_id, plan["trait"], result)
+        except LocalTrainingError as exc:
+            entry.update(error=str(exc), exit_code=exc.exit_code)
+        except StoreError:
+            raise  # the store did not answer: the group task's retry tries again
+        except TraitLoraError as exc:  # the adapter failed its verification: as its own task would say
+            entry.update(error=str(exc), exit_code=2)
+        else:
+            if result is None:
+                continue
+            entry["result"] = result
             installed.append(plan["trait"])
+        if "error" in entry:
+            log(f"{plan['trait']}: not installed with its group: {entry['error']}")
+        runs.record_group_install(location, run_id, plan["trait"], entry)
     return installed
+
+
+def group_install(
+    plan: dict[str, Any], run_id: str, output_dir: str | Path | None = None
+) -> dict[str, Any] | None:
+    """What this run's group task did for this very plan (same job key: a run cleared after a shard
+    changed plans another adapter), or None."""
+    location = str(output_dir or plan["output_dir"])
+    entry = runs.read_group_installs(location, run_id).get(plan["trait"])
+    return entry if entry is not None and entry.get("job_key") == plan.get("job_key") else None
+
+
+def _taken(location: str, run_id: str, trait: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """The group task's outcome for the trait: its installed result, or its failure raised once (a
+    retry of the trait's task then trains it alone, as after a record on a volume)."""
+    if "result" in entry:
+        return dict(entry["result"])
+    runs.update_run_file(location, run_id, runs.GROUP_INSTALLS_FILE, trait, None)
+    code = int(entry.get("exit_code") or 1)
+    raise LocalTrainingError(str(entry.get("error") or "failed in its group"), code)
 
 
 def _discard(staging: Path) -> None:

@@ -15,6 +15,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from trait_lora import settings
 from trait_lora.core.errors import TraitLoraError
+from trait_lora.core.storage.store import StoreError
 from trait_lora.provider.pipeline import local_device_args, local_model_dir
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ def train_group(group: dict[str, Any], run_id: str, context: Any) -> dict[str, A
         if exc.exit_code in (1, 4):
             raise  # a crash may pass on retry
         raise AirflowFailException(str(exc)) from None
+    except StoreError:
+        raise  # the store did not answer (reading the run's records): a retry may find it
     except TraitLoraError as exc:
         raise AirflowFailException(str(exc)) from None
     statuses = done["traits"]

@@ -39,6 +39,9 @@ MICRO_BATCH_FLAG = "--micro-batch"
 UI_COLOR = "#d6f5e3"
 MAP_INDEX_TEMPLATE = "{{ task.annotations.get('" + TRAIT_ANNOTATION + "', '') }}"
 BASE_FIXED = {"do_xcom_push": False}
+# What TrainingPodOperator sets itself: a DAG passing one is refused when the file is parsed
+OPERATOR_FIXED = ("cmds", "deferrable", "get_logs", "on_finish_action", "log_events_on_failure")
+OPERATOR_FIXED += ("log_pod_spec_on_failure", "termination_message_policy", *BASE_FIXED)
 
 
 def shortened(text: str, limit: int) -> str:

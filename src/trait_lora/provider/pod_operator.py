@@ -253,9 +253,9 @@ class TrainingPodOperator(KubernetesPodOperator):
             self._failed(context, exc, created=self.pod is not None)
 
     def trigger_reentry(self, context: Any, event: dict[str, Any]) -> Any:
-        get_logs = self.get_logs
+        self._logs_wanted = self.get_logs
         try:
-            if get_logs and event.get("status") != "success" and not self._container_started(event):
+            if self.get_logs and event.get("status") != "success" and not self._container_started(event):
                 # no log to read from a container that never started (a missing Secret, an image that
                 # cannot be pulled, no node): the provider would ask three times, seconds apart, for a 400
                 self.log.info("no log: container %s never started", self.base_container_name)
@@ -264,7 +264,13 @@ class TrainingPodOperator(KubernetesPodOperator):
         except Exception as exc:
             self._failed(context, exc, created=True)
         finally:
-            self.get_logs = get_logs
+            self.get_logs = self._logs_wanted
+
+    def invoke_defer_method(self, *args: Any, **kwargs: Any) -> Any:
+        # a re-deferral (the pod still pending after an "error" event) follows the pod, and its logs,
+        # as configured, not as this re-entry left get_logs
+        self.get_logs = getattr(self, "_logs_wanted", self.get_logs)
+        return super().invoke_defer_method(*args, **kwargs)
 
     def _container_started(self, event: dict[str, Any]) -> bool:
         try:

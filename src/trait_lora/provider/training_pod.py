@@ -21,7 +21,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from trait_lora.provider.kubernetes import BASE_FIXED, MAP_INDEX_TEMPLATE, UI_COLOR
+from trait_lora.provider.kubernetes import BASE_FIXED, MAP_INDEX_TEMPLATE, OPERATOR_FIXED, UI_COLOR
 
 # What the DAG passes per pod, as TrainingPodOperator takes it (templated there and here).
 POD_ARGUMENTS = ("name", "arguments", "labels", "annotations", "image", "namespace", "run_record")
@@ -49,6 +49,12 @@ class TrainingPod(BaseOperator):
         run_record: Any = None,
         **kwargs: Any,
     ) -> None:
+        fixed = sorted(set(kwargs) & set(OPERATOR_FIXED))
+        if fixed:  # refused here, at parse time, not by every run when the operator is built
+            raise TypeError(
+                f"TrainingPod sets {', '.join(fixed)} itself (a deferrable pod whose trainer writes "
+                "result.json beside its adapter): leave them out"
+            )
         kwargs.setdefault("map_index_template", MAP_INDEX_TEMPLATE)
         super().__init__(**{**kwargs, **BASE_FIXED})
         self.name = name
@@ -60,7 +66,7 @@ class TrainingPod(BaseOperator):
         self.namespace = namespace
         # What the operator is built from, as given (after the DAG's and the group's default_args);
         # its place in the DAG (id, DAG, group) is this task's, read when it is built.
-        placed = ("task_id", "dag", "task_group")
+        placed = ("task_id", "dag", "task_group", "start_date", "end_date")
         self.pod_kwargs = {
             **{key: value for key, value in kwargs.items() if key not in placed},
             **{key: getattr(self, key) for key in POD_ARGUMENTS},

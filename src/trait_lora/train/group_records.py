@@ -97,6 +97,8 @@ def trained_earlier(out: str | os.PathLike[str], run_id: str | None, err: TextIO
     try:
         if objects.is_s3(str(out)):
             record = parse_record(objects.read_bytes(record_url(str(out))))
+            # the adapter is still there (an install that consumed it deletes the record after it)
+            record = record if record and objects.read_bytes(f"{out}/{RESULT_FILE}") is not None else None
         else:
             record = read_record(out)
             record = record if (Path(out) / RESULT_FILE).is_file() else None
