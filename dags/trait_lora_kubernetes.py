@@ -21,7 +21,7 @@ from airflow.sdk import DAG, task, task_group
 from trait_lora import settings
 from trait_lora.provider import grouped, pod_tasks, tasks
 from trait_lora.provider.deployment import dag_args, params_handed_over_once
-from trait_lora.provider.kubernetes import GROUP_ANNOTATION
+from trait_lora.provider.kubernetes import GROUP_ANNOTATION, operator_arguments
 from trait_lora.provider.training_pod import TrainingPod
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -60,11 +60,7 @@ with (
         spec = pod_spec(group)
         TrainingPod(
             task_id="train_pod",
-            name=spec["name"],
-            arguments=spec["arguments"],
-            labels=spec["labels"],
-            annotations=spec["annotations"],
-            run_record=spec["run_record"],
+            **operator_arguments(spec),
             map_index_template="{{ task.annotations.get('" + GROUP_ANNOTATION + "', '') }}",
             **pod_bounds,
         )
@@ -82,15 +78,7 @@ with (
 
         spec = pod_spec(trait_plan)
         groups >> spec.operator
-        pod = TrainingPod(
-            task_id="train_pod",
-            name=spec["name"],
-            arguments=spec["arguments"],
-            labels=spec["labels"],
-            annotations=spec["annotations"],
-            run_record=spec["run_record"],
-            **pod_bounds,
-        )
+        pod = TrainingPod(task_id="train_pod", **operator_arguments(spec), **pod_bounds)
 
         # after its own pod, or straight after pod_spec when its group's pod trained it (skipped)
         @task(map_index_template="{{ trait_label | default('') }}", trigger_rule="none_failed")

@@ -29,13 +29,7 @@ def make_plan(tmp_path, monkeypatch, local_model="meta-llama/Meta-Llama-3.1-8B-I
 
 def rendered_pod(plan):
     spec = kubernetes.pod_spec(plan)
-    op = TrainingPodOperator(
-        task_id="train_pod",
-        name=spec["name"],
-        arguments=spec["arguments"],
-        labels=spec["labels"],
-        annotations=spec["annotations"],
-    )
+    op = TrainingPodOperator(task_id="train_pod", **kubernetes.operator_arguments(spec))
     op.render_template_fields({"var": {"value": {"trait_lora_trainer_image": "registry.local/trainer:7"}}})
     return spec, op.build_pod_request_obj(dry_run=True)
 

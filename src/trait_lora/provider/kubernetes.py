@@ -158,6 +158,16 @@ def group_pod_spec(plans: list[dict[str, Any]], run_id: str) -> dict[str, Any]:
     }
 
 
+# What a pod spec (pod_spec, group_pod_spec) hands its pod operator, as the operator's arguments
+SPEC_ARGUMENTS = ("name", "arguments", "labels", "annotations", "run_record")
+
+
+def operator_arguments(spec: Any) -> dict[str, Any]:
+    """The pod operator's per-pod arguments from a spec: a dict, or the ``pod_spec`` task's output
+    (an XComArg, whose items the operator renders when its task runs)."""
+    return {key: spec[key] for key in SPEC_ARGUMENTS}
+
+
 def _how_to_train(plan: dict[str, Any]) -> list[str]:
     """The argv a trait's pod and a group's pod share: the run's pinned model, checkpoints, GPU, batch."""
     arguments: list[str] = []

@@ -389,10 +389,7 @@ def pod_manifest(
     spec = kubernetes.pod_spec(plan)
     op = TrainingPodOperator(
         task_id="train_pod",
-        name=spec["name"],
-        arguments=spec["arguments"],
-        labels=spec["labels"],
-        annotations=spec["annotations"],
+        **kubernetes.operator_arguments(spec),
         image=image or settings.get_str("trainer_image"),
         namespace=namespace or settings.get_str("k8s_namespace"),
     )

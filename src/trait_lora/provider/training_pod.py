@@ -23,9 +23,6 @@ from airflow.sdk import BaseOperator
 
 from trait_lora.provider.kubernetes import BASE_FIXED, MAP_INDEX_TEMPLATE, OPERATOR_FIXED, UI_COLOR
 
-# What the DAG passes per pod, as TrainingPodOperator takes it (templated there and here).
-POD_ARGUMENTS = ("name", "arguments", "labels", "annotations", "image", "namespace", "run_record")
-
 
 class TrainingPod(BaseOperator):
     """One trait's (or one group's) GPU pod, until its task runs; see the module docstring.
@@ -62,15 +59,19 @@ class TrainingPod(BaseOperator):
         self.labels = labels
         self.annotations = annotations if annotations is not None else {}
         self.run_record = run_record
-        self.image = image
-        self.namespace = namespace
         # What the operator is built from, as given (after the DAG's and the group's default_args);
-        # its place in the DAG (id, DAG, group) is this task's, read when it is built.
+        # its place in the DAG (id, DAG, group, dates) is this task's, read when it is built.
         placed = ("task_id", "dag", "task_group", "start_date", "end_date")
-        self.pod_kwargs = {
-            **{key: value for key, value in kwargs.items() if key not in placed},
-            **{key: getattr(self, key) for key in POD_ARGUMENTS},
-        }
+        self.pod_kwargs = {key: value for key, value in kwargs.items() if key not in placed}
+        self.pod_kwargs.update(
+            name=name,
+            arguments=arguments,
+            labels=labels,
+            annotations=self.annotations,
+            run_record=run_record,
+            image=image,
+            namespace=namespace,
+        )
 
     def prepare_for_execution(self) -> Any:
         from trait_lora.provider.pod_operator import TrainingPodOperator
