@@ -245,22 +245,15 @@ def delete_pod(store: Store, cluster: Cluster, pod: dict[str, Any], request: Req
         raise invalid("DeleteOptions", "", [error])
     preconditions = options.get("preconditions") or {}
     meta = pod["metadata"]
-    if preconditions.get("uid") and preconditions["uid"] != meta["uid"]:
-        raise ApiError(
-            409,
-            "Conflict",
-            f"Precondition failed: UID in precondition: {preconditions['uid']}, "
-            f"UID in object meta: {meta['uid']}",
-            {"name": meta["name"], "kind": "pods"},
-        )
-    if preconditions.get("resourceVersion") and preconditions["resourceVersion"] != meta["resourceVersion"]:
-        raise ApiError(
-            409,
-            "Conflict",
-            f"Precondition failed: ResourceVersion in precondition: {preconditions['resourceVersion']}, "
-            f"ResourceVersion in object meta: {meta['resourceVersion']}",
-            {"name": meta["name"], "kind": "pods"},
-        )
+    for key, label in (("uid", "UID"), ("resourceVersion", "ResourceVersion")):
+        if preconditions.get(key) and preconditions[key] != meta[key]:
+            raise ApiError(
+                409,
+                "Conflict",
+                f"Precondition failed: {label} in precondition: {preconditions[key]}, "
+                f"{label} in object meta: {meta[key]}",
+                {"name": meta["name"], "kind": "pods"},
+            )
     if grace_seconds is not None and grace_seconds < 0:
         grace_seconds = 1
     if request.arg("dryRun") == "All" or options.get("dryRun") == ["All"]:

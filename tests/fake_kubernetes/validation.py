@@ -218,18 +218,22 @@ def _enum(path: str, value: object, allowed: list[str]) -> list[FieldError]:
     return [] if value in allowed else [not_supported(path, value, allowed)]
 
 
+def _unique_label_name(path: str, name: str, seen: set[str]) -> list[FieldError]:
+    """A container's or volume's name: required, a DNS-1123 label, unique among its kind (``seen``)."""
+    if not name:
+        return [FieldError("Required", path)]
+    errors = [FieldError("Invalid", path, name, m) for m in dns1123_label(name)]
+    if name in seen:
+        errors.append(FieldError("Duplicate", path, name))
+    seen.add(name)
+    return errors
+
+
 def _container_errors(
     path: str, container: dict[str, Any], volume_names: set, seen: set[str]
 ) -> list[FieldError]:
     errors: list[FieldError] = []
-    name = container.get("name") or ""
-    if not name:
-        errors.append(FieldError("Required", f"{path}.name"))
-    else:
-        errors += [FieldError("Invalid", f"{path}.name", name, m) for m in dns1123_label(name)]
-        if name in seen:
-            errors.append(FieldError("Duplicate", f"{path}.name", name))
-        seen.add(name)
+    errors += _unique_label_name(f"{path}.name", container.get("name") or "", seen)
     if not container.get("image"):
         errors.append(FieldError("Required", f"{path}.image"))
     errors += _enum(
@@ -328,14 +332,7 @@ def _volume_errors(volumes: list[dict[str, Any]]) -> list[FieldError]:
     names: set[str] = set()
     for i, volume in enumerate(volumes):
         path = f"spec.volumes[{i}]"
-        name = volume.get("name") or ""
-        if not name:
-            errors.append(FieldError("Required", f"{path}.name"))
-        else:
-            errors += [FieldError("Invalid", f"{path}.name", name, m) for m in dns1123_label(name)]
-            if name in names:
-                errors.append(FieldError("Duplicate", f"{path}.name", name))
-            names.add(name)
+        errors += _unique_label_name(f"{path}.name", volume.get("name") or "", names)
         sources = [k for k, v in volume.items() if k != "name" and v is not None]
         if not sources:
             errors.append(FieldError("Required", path, None, "must specify a volume type"))
