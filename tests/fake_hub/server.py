@@ -43,12 +43,12 @@ import threading
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from tests.fake_hub.repos import LFS_POINTER_SIZE, Commit, Repo, RepoFileEntry, files_of_folder, new_repo
+from tests.support.loopback import TrackedHandler, TrackedServer
 
 INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 Parts = dict[str, str]  # a route's decoded path parts: repo, rev, sub, file
@@ -100,7 +100,7 @@ class FakeHub:
         self.bugs: list[str] = []  # tracebacks of the fake's own crashes (answered 500)
         self._signing_key = secrets.token_bytes(16)
         self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: TrackedServer | None = None
         self._thread: threading.Thread | None = None
         self.endpoint = ""
         self.cdn_base = ""
@@ -118,24 +118,19 @@ class FakeHub:
 
     def start(self) -> FakeHub:
         if self._server is None:
-            server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-            server.daemon_threads = True
+            server = TrackedServer(("127.0.0.1", 0), _Handler)
             server.fake = self  # type: ignore[attr-defined]
             self._server = server
             port = server.server_address[1]
             self.endpoint = f"http://127.0.0.1:{port}"
             self.cdn_base = f"http://localhost:{port}"  # another origin: the client drops its token
-            self._thread = threading.Thread(
-                target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-hub", daemon=True
-            )
-            self._thread.start()
+            self._thread = server.serve("fake-hub")
         return self
 
     def stop(self) -> None:
         server, self._server = self._server, None
         if server is not None:
-            server.shutdown()
-            server.server_close()
+            server.close()
             if self._thread is not None:
                 self._thread.join(timeout=5)
         if self._tmp is not None:
@@ -425,9 +420,7 @@ def _json(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None)
     )
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as the client's connection pool expects
-
+class _Handler(TrackedHandler):  # keep-alive, as the client's connection pool expects
     def _answer(self) -> None:
         fake: FakeHub = self.server.fake  # type: ignore[attr-defined]
         length = int(self.headers.get("Content-Length") or 0)
@@ -454,6 +447,3 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = _answer
     do_HEAD = _answer
     do_POST = _answer
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read ``requests`` instead
-        pass

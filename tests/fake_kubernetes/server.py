@@ -150,10 +150,7 @@ class FakeKubernetes:
         if self._default_node:
             self.add_node("node-1")
         self.cluster.start()
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._thread = self._server.serve("fake-kubernetes", poll_interval=0.05)
         return self
 
     def stop(self) -> None:
@@ -161,9 +158,7 @@ class FakeKubernetes:
             return
         assert self.cluster is not None
         self.cluster.stop()  # processes killed, followers and watches released
-        self._server.shutdown()
-        self._server.close_connections()
-        self._server.server_close()
+        self._server.close()
         self._server = None
 
     def __enter__(self) -> FakeKubernetes:

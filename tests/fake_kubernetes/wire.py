@@ -8,7 +8,6 @@ chunk by chunk (``urllib3`` ``stream()``), ``kubernetes_asyncio`` line by line.
 
 from __future__ import annotations
 
-import email.message
 import json
 import select
 import socket
@@ -17,25 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
-from tests.support.loopback import TrackedHandler, TrackedServer
+from tests.support.loopback import Request, TrackedHandler, TrackedServer
 
 MAX_BODY = 8 * 1024 * 1024  # the API server's limit is 3 MiB per object; leave room, refuse the absurd
-
-
-@dataclass
-class Request:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: email.message.Message
-    body: bytes
-
-    def arg(self, name: str) -> str | None:
-        values = self.query.get(name)
-        return values[0] if values else None
-
-    def flag(self, name: str) -> bool:
-        return (self.arg(name) or "").lower() in ("true", "1")
 
 
 @dataclass

@@ -39,7 +39,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import threading
 import traceback
 import uuid
 from collections.abc import Callable
@@ -122,10 +121,7 @@ class FakeTogether(FaultsMixin, FilesMixin, DownloadsMixin, JobsMixin, JobSimula
         self._server = server
         host, port = server.server_address[:2]
         self.base_url = f"http://{host}:{port}"
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-together", daemon=True
-        )
-        self._thread.start()
+        self._thread = server.serve("fake-together")
         return self
 
     def stop(self) -> None:
@@ -133,9 +129,7 @@ class FakeTogether(FaultsMixin, FilesMixin, DownloadsMixin, JobsMixin, JobSimula
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()
-        server.server_close()
-        server.close_connections()
+        server.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
 

@@ -3,8 +3,6 @@ applies to what clients send."""
 
 from __future__ import annotations
 
-import email
-import email.message
 import gzip
 import json
 import random
@@ -19,26 +17,12 @@ from tests.fake_together.common import (
     _is_int,
     _is_number,
 )
+from tests.support.loopback import Request as _Request
 from tests.support.loopback import TrackedHandler, TrackedServer
 
 # --------------------------------------------------------------------------------------------------
 # Plumbing
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Request:
-    """One parsed HTTP request (body already read in full, so keep-alive stays in sync)."""
-
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: email.message.Message
-    body: bytes
-
-    def arg(self, name: str) -> str | None:
-        values = self.query.get(name)
-        return values[0] if values else None
 
 
 @dataclass

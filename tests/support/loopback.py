@@ -6,12 +6,32 @@ quiet logs (tests read each fake's own request counts). Imports nothing of ours.
 from __future__ import annotations
 
 import contextlib
+import email.message
 import socket
 import struct
 import sys
 import threading
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+
+@dataclass
+class Request:
+    """One parsed HTTP request (its body read in full, so a kept-alive connection stays in sync)."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: email.message.Message
+    body: bytes
+
+    def arg(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else None
+
+    def flag(self, name: str) -> bool:
+        return (self.arg(name) or "").lower() in ("true", "1")
 
 
 class TrackedHandler(BaseHTTPRequestHandler):
@@ -59,6 +79,20 @@ class TrackedServer(ThreadingHTTPServer):
         if isinstance(sys.exc_info()[1], ConnectionResetError | BrokenPipeError):
             return
         super().handle_error(request, client_address)
+
+    def serve(self, name: str, poll_interval: float = 0.02) -> threading.Thread:
+        """Serve from a daemon thread (started; returned so ``close`` callers may join it)."""
+        thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": poll_interval}, name=name, daemon=True
+        )
+        thread.start()
+        return thread
+
+    def close(self) -> None:
+        """Stop serving, end open keep-alive connections and release the port: the fake is down."""
+        self.shutdown()
+        self.close_connections()
+        self.server_close()
 
     def close_connections(self) -> None:
         with self.connections_lock:
