@@ -91,12 +91,12 @@ def train_group(
     crash, a timeout): their tasks then train them alone."""
     members, statuses = [], {}
     location = str(output_dir or (plans[0]["output_dir"] if plans else ""))
-    on_bucket = is_url(location)
+    # on a bucket, what this run's group task already did for its traits (a retry after some installs,
+    # maybe on another worker: the staging folders it trained into are gone or not here)
+    installs = runs.read_group_installs(location, run_id) if is_url(location) else {}
     for plan in plans:
         staging = staging_dir(plan, output_dir)
-        # on a bucket, what this run's group task already did for the trait (a retry after some
-        # installs, maybe on another worker: the staging folders it trained into are gone or not here)
-        entry = group_install(plan, run_id, location) if on_bucket else None
+        entry = group_install(plan, installs)
         if entry is not None:
             code = 0 if "result" in entry else int(entry.get("exit_code") or 1)
             statuses[plan["trait"]] = {
@@ -166,7 +166,7 @@ def take_group_result(
     records, wherever this task runs."""
     location = str(output_dir or plan["output_dir"])
     if is_url(location) and plan.get("action") in GROUPED_ACTIONS:
-        entry = group_install(plan, run_id, location)
+        entry = group_install(plan, runs.read_group_installs(location, run_id))
         if entry is not None:
             return _taken(location, run_id, plan["trait"], entry)
     staging = staging_dir(plan, output_dir)
@@ -203,9 +203,9 @@ def install_for_any_worker(
     location = str(output_dir or (plans[0]["output_dir"] if plans else ""))
     if not is_url(location):
         return []
-    installed = []
+    installed, installs = [], runs.read_group_installs(location, run_id)
     for plan in plans:
-        if plan["trait"] not in statuses or group_install(plan, run_id, location) is not None:
+        if plan["trait"] not in statuses or group_install(plan, installs) is not None:
             continue  # not recorded by the group, or already done by an earlier try of this task
         entry: dict[str, Any] = {"job_key": plan["job_key"]}
         try:
@@ -227,13 +227,11 @@ def install_for_any_worker(
     return installed
 
 
-def group_install(
-    plan: dict[str, Any], run_id: str, output_dir: str | Path | None = None
-) -> dict[str, Any] | None:
-    """What this run's group task did for this very plan (same job key: a run cleared after a shard
-    changed plans another adapter), or None."""
-    location = str(output_dir or plan["output_dir"])
-    entry = runs.read_group_installs(location, run_id).get(plan["trait"])
+def group_install(plan: dict[str, Any], installs: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """What the run's group task did for this very plan, from the run's ``installs``
+    (``runs.read_group_installs``): same job key, since a run cleared after a shard changed plans
+    another adapter; or None."""
+    entry = installs.get(plan["trait"])
     return entry if entry is not None and entry.get("job_key") == plan.get("job_key") else None
 
 

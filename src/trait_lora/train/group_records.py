@@ -43,10 +43,9 @@ def record_url(out: str) -> str:
 def read_record(out: str | os.PathLike[str]) -> dict[str, Any] | None:
     """A member's record, or None when the group did not get to it (or it is not a record)."""
     try:
-        data = json.loads(record_path(out).read_text())
-    except (FileNotFoundError, ValueError):
+        return parse_record(record_path(out).read_bytes())
+    except FileNotFoundError:
         return None
-    return data if isinstance(data, dict) and data.get("status") in (TRAINED, FAILED) else None
 
 
 def parse_record(data: bytes | str | None) -> dict[str, Any] | None:
