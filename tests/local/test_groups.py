@@ -85,3 +85,28 @@ def test_a_hung_trainer_is_stopped_at_its_time_limit():
     with pytest.raises(LocalTrainingError, match="local_timeout_minutes") as stopped:
         run_trainer([sys.executable, "-c", "import time; time.sleep(60)"], log=lambda _: None, timeout=0.5)
     assert time.monotonic() - started < 15 and stopped.value.exit_code == 1
+
+
+def test_on_a_bucket_the_group_task_passes_a_traits_failure_to_its_task_on_any_worker(
+    s3_bucket, s3_conn, tmp_path, monkeypatch
+):
+    """The group recorded a bad shard for the trait in worker A's scratch: the group's task writes that
+    reason to the run's records, and the trait's task on worker B (another temp folder) fails with it."""
+    import tempfile
+
+    from trait_lora.local.groups import install_for_any_worker
+
+    out = f"s3://{s3_bucket}/stage2"
+    plan = {"trait": "joy_plus", "job_key": "a" * 64, "output_dir": out, "action": "train"}
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "worker-a"))
+    (tmp_path / "worker-a").mkdir()
+    member = Member("joy_plus", "shards/joy_plus.jsonl", str(staging_dir(plan)), None)  # type: ignore[arg-type]
+    write_record(member, "run-1", 2, "error: shards/joy_plus.jsonl:3: no assistant turn")
+    statuses = {"joy_plus": {"status": "failed", "exit_code": 2}}
+    assert install_for_any_worker([plan], statuses, "run-1", log=lambda _: None) == []
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "worker-b"))
+    (tmp_path / "worker-b").mkdir()
+    with pytest.raises(LocalTrainingError, match="no assistant turn") as failed:
+        take_group_result(plan, "run-1")
+    assert failed.value.exit_code == 2
